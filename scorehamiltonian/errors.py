@@ -1,0 +1,57 @@
+"""The toolkit's exceptions.
+
+Every error the toolkit raises on bad input is one of these, so that callers can catch
+``ScoreHamiltonianError`` for all of them or a specific class for one failure. Each also
+derives from the closest built-in exception (``ValueError``, ``TypeError`` ...), so code
+written against the built-ins keeps working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "InputDtypeError",
+    "InputShapeError",
+    "MixtureWeightsError",
+    "NonFiniteScoreError",
+    "NotDifferentiableError",
+    "NotPositiveDefiniteError",
+    "ScoreHamiltonianError",
+    "TimeRangeError",
+]
+
+
+class ScoreHamiltonianError(Exception):
+    """Base class of every error raised by scorehamiltonian."""
+
+
+class InputShapeError(ScoreHamiltonianError, ValueError):
+    """An array has the wrong number of dimensions or a size that does not match."""
+
+
+class InputDtypeError(ScoreHamiltonianError, TypeError):
+    """An array has a dtype the computation cannot use (integer, bool, complex)."""
+
+
+class TimeRangeError(ScoreHamiltonianError, ValueError):
+    """A diffusion time lies outside the forward process's valid range (or is NaN)."""
+
+
+class NonFiniteScoreError(ScoreHamiltonianError, FloatingPointError):
+    """A score returned NaN or Inf; the message names the first x and t where it did."""
+
+
+class NotPositiveDefiniteError(ScoreHamiltonianError, ValueError):
+    """A covariance matrix is not symmetric positive definite (numerically)."""
+
+
+class MixtureWeightsError(ScoreHamiltonianError, ValueError):
+    """Mixture weights are negative, non-finite or do not sum to one."""
+
+
+class NotDifferentiableError(ScoreHamiltonianError, TypeError):
+    """Autograd was asked for, but the score's output does not depend differentiably on x."""
+
+
+class CheckpointError(ScoreHamiltonianError, ValueError):
+    """A checkpoint file is missing, unreadable or not a scorehamiltonian checkpoint."""

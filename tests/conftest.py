@@ -1,0 +1,31 @@
+"""Shared fixtures: processes and reference mixtures."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from scorehamiltonian import EDM, OU, VE, GaussianMixture, VPLinear
+
+PROCESSES = [OU(), VPLinear(), VE(sigma_min=0.01, sigma_max=20.0), EDM(sigma_max=40.0)]
+
+
+@pytest.fixture(params=PROCESSES, ids=lambda p: type(p).__name__)
+def process(request):
+    return request.param
+
+
+def random_mixture(d: int, k: int = 3, seed: int = 0) -> GaussianMixture:
+    """A mixture with full, moderately conditioned covariances (eigenvalues in [0.05, ~2])."""
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(k, d, d, dtype=torch.float64, generator=gen)
+    covs = a @ a.transpose(-1, -2) / d + 0.05 * torch.eye(d, dtype=torch.float64)
+    w = torch.rand(k, dtype=torch.float64, generator=gen) + 0.2
+    means = 2.0 * torch.randn(k, d, dtype=torch.float64, generator=gen)
+    return GaussianMixture(w / w.sum(), means, covs)
+
+
+def interior_times(process, n: int = 7) -> torch.Tensor:
+    """Times spread over the process's range, including t_min."""
+    frac = torch.tensor([0.0, 1e-3, 0.01, 0.05, 0.2, 0.5, 1.0], dtype=torch.float64)[:n]
+    return process.t_min + frac * (process.t_max - process.t_min)
