@@ -227,7 +227,7 @@ def divergence(
     score = as_score(score)
     x, t = score.prepare(x, t)
     if method == "auto":
-        if hasattr(score, "divergence"):
+        if hasattr(score, "evaluate"):
             return _divergence(score, x, t, "exact", n_probes, generator)
         preferred = "autograd" if x.shape[-1] <= AUTO_EXACT_MAX_DIM else "hutch++"
         try:
@@ -241,11 +241,11 @@ def _divergence(
     score: Score, x: torch.Tensor, t: torch.Tensor, method: str, n_probes: int, generator
 ) -> DivergenceResult:
     if method == "exact":
-        if not hasattr(score, "divergence"):
+        if not hasattr(score, "evaluate"):
             raise ValueError(f"{score!r} has no closed-form divergence; choose another method")
-        value = score.divergence(x, t)
-        require_finite(value[..., None], x, t, "divergence of the score")
-        return DivergenceResult(value, torch.zeros_like(value), score(x, t), "exact", 2, 0)
+        ev = score.evaluate(x, t)
+        require_finite(torch.cat([ev.score, ev.divergence[..., None]], -1), x, t, "exact score or divergence")
+        return DivergenceResult(ev.divergence, torch.zeros_like(ev.divergence), ev.score, "exact", 1, 0)
     if method in ("autograd", "fd"):
         jac = jacobian(score, x, t, method=method)
         value = torch.diagonal(jac.value, dim1=-2, dim2=-1).sum(-1)

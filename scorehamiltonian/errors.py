@@ -55,3 +55,11 @@ class NotDifferentiableError(ScoreHamiltonianError, TypeError):
 
 class CheckpointError(ScoreHamiltonianError, ValueError):
     """A checkpoint file is missing, unreadable or not a scorehamiltonian checkpoint."""
+
+
+class ConvergenceError(ScoreHamiltonianError, RuntimeError):
+    """An iterative solver did not reach the requested accuracy (raised where asked to)."""
+
+
+class SamplesRequiredError(ScoreHamiltonianError, ValueError):
+    """A sample-based estimator needs samples of p_t that the score cannot provide exactly."""

@@ -1,0 +1,377 @@
+"""The Score Hamiltonian on a grid: a matrix-free operator H_h = -Laplacian_h + V.
+
+Discretisation (THEORY section 2). -Laplacian_h is the centred finite-difference stencil of
+order 2 (3 points per axis: (-1, 2, -1) / h^2) or order 4 (5 points: (1, -16, 30, -16, 1) /
+(12 h^2)) with homogeneous Dirichlet conditions on the box faces (values beyond the
+interior nodes are zero). Two choices of the diagonal V:
+
+- ``form="potential"``: V = |s|^2 / 4 + div s / 2 at the nodes, the quantum potential. This
+  is what the theory prescribes for any score, learned ones included; its discrete ground
+  state energy is not 0 but about -h^2 / (16 sigma^4) for a mode of width sigma (order 2),
+  so its eigenvalues carry an O(h^order) error that must be estimated.
+- ``form="ground_state"``: V = (Laplacian_h psi_0) / psi_0 with psi_0 = sqrt(p) on the grid,
+  so that H_h psi_0 = 0 exactly on every grid: lambda_0 = 0 to round-off and small gaps keep
+  their relative accuracy. log p comes from the score's exact ``log_prob`` when it has one,
+  else from the least-squares solve of grad phi = s on the grid (:func:`log_density_on_grid`).
+
+Both forms are symmetric; the ground-state form (order 2) is the square-root approximation
+of the generator: its off-diagonals are -1/h^2 and its Dirichlet form is
+psi^T H psi = -1/2 sum_{i != j} H_ij psi0_i psi0_j (f_i - f_j)^2 with f = psi / psi0.
+
+Matvecs run in torch on any device (v of shape (N,) or (N, m)), or with a numba kernel on
+the CPU. ``to_scipy`` exports the same matrix for reference solvers.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Literal
+
+import numba
+import numpy as np
+import scipy.fft
+import scipy.sparse as sp
+import torch
+
+from .derivatives import DivergenceMethod
+from .grid import Grid
+from .potential import quantum_potential
+from .scores import Score, as_score
+
+__all__ = ["ScoreHamiltonian", "ResolutionWarning", "BoundaryMassWarning", "log_density_on_grid", "stencil"]
+
+Form = Literal["potential", "ground_state"]
+Backend = Literal["auto", "torch", "numba"]
+
+#: Coefficients (c_0, c_1, ...) of -d^2/dx^2 at unit spacing: (-L u)_i = sum_o c_|o| u_{i+o}.
+_STENCILS = {2: (2.0, -1.0), 4: (30.0 / 12.0, -16.0 / 12.0, 1.0 / 12.0)}
+#: Points per width of the sharpest mode below which the grid is refused, and warned about.
+_MIN_POINTS_PER_WIDTH, _WARN_POINTS_PER_WIDTH = 1.0, 4.0
+_CHUNK = 1 << 16
+#: Below this many unknowns the torch matvec is as fast as the numba kernel (thread start-up).
+_NUMBA_MIN_SIZE = 1 << 16
+
+
+class ResolutionWarning(UserWarning):
+    """The grid spacing is coarse against the width of the sharpest mode of p_t."""
+
+
+class BoundaryMassWarning(UserWarning):
+    """The box cuts off probability mass: p_t is not negligible at its faces."""
+
+
+def stencil(order: int) -> tuple[float, ...]:
+    """Coefficients (c_0, c_1, ..., c_r) of the order-``order`` stencil of -d^2/dx^2 at h = 1."""
+    if order not in _STENCILS:
+        raise ValueError(f"order must be 2 or 4; got {order!r}")
+    return _STENCILS[order]
+
+
+def _shifted_sum(u: torch.Tensor, weights: list[tuple[int, int, float]]) -> torch.Tensor:
+    """sum over (axis, offset, w) of w * u shifted by +-offset along axis, zero outside."""
+    out = torch.zeros_like(u)
+    for axis, offset, w in weights:
+        m = u.shape[axis] - offset
+        if m <= 0:
+            continue
+        out.narrow(axis, offset, m).add_(u.narrow(axis, 0, m), alpha=w)
+        out.narrow(axis, 0, m).add_(u.narrow(axis, offset, m), alpha=w)
+    return out
+
+
+@numba.njit(parallel=True, cache=False)
+def _numba_stencil(u, diag, coef, h2inv, out):  # pragma: no cover - compiled
+    """out = diag * u + sum_axes sum_o coef[o] h2inv[axis] (u shifted by +-o), zero outside.
+
+    u, out: (m, n0, n1, n2) C-contiguous; one parallel task per line (c, i, j), whose inner
+    loops over k are contiguous and branch-free (vectorisable).
+    """
+    m, n0, n1, n2 = u.shape
+    r = coef.shape[0] - 1
+    for line in numba.prange(m * n0 * n1):
+        c = line // (n0 * n1)
+        i = (line // n1) % n0
+        j = line % n1
+        for k in range(n2):
+            out[c, i, j, k] = diag[i, j, k] * u[c, i, j, k]
+        for o in range(1, r + 1):
+            w0, w1, w2 = coef[o] * h2inv[0], coef[o] * h2inv[1], coef[o] * h2inv[2]
+            if i - o >= 0:
+                for k in range(n2):
+                    out[c, i, j, k] += w0 * u[c, i - o, j, k]
+            if i + o < n0:
+                for k in range(n2):
+                    out[c, i, j, k] += w0 * u[c, i + o, j, k]
+            if j - o >= 0:
+                for k in range(n2):
+                    out[c, i, j, k] += w1 * u[c, i, j - o, k]
+            if j + o < n1:
+                for k in range(n2):
+                    out[c, i, j, k] += w1 * u[c, i, j + o, k]
+            for k in range(o, n2):
+                out[c, i, j, k] += w2 * u[c, i, j, k - o]
+            for k in range(n2 - o):
+                out[c, i, j, k] += w2 * u[c, i, j, k + o]
+
+
+def log_density_on_grid(
+    score: Score, t: float, grid: Grid, scores: torch.Tensor | None = None
+) -> tuple[torch.Tensor, float]:
+    """log p_t at the nodes (normalised so that sum_i p_i prod h = 1) and the curl residual.
+
+    With an exact ``log_prob`` (:class:`ExactScore`) it is used directly (residual 0).
+    Otherwise phi solves the least-squares problem min sum_edges (phi_j - phi_i - b_ij)^2 over
+    the grid's edges, b_ij = h (s_i + s_j) . e / 2 (trapezoid line integral of the score along
+    the edge); its normal equations are the graph Laplacian with natural (Neumann)
+    boundaries, diagonalised by the DCT-II on every axis (O(N log N)). The returned residual
+    ||D phi - b|| / ||b|| is the part of the score no potential explains: O(h^2) for an exact
+    score (trapezoid error), larger for a non-conservative field.
+    """
+    points = grid.points(dtype=torch.float64)
+    if hasattr(score, "log_prob"):
+        phi = torch.cat([score.log_prob(chunk, t) for chunk in points.split(_CHUNK)])
+        residual = 0.0
+    else:
+        s = scores if scores is not None else torch.cat([score(chunk, t) for chunk in points.split(_CHUNK)])
+        phi, residual = _least_squares_potential(s.detach().to(torch.float64).cpu().numpy(), grid)
+        phi = torch.from_numpy(phi)
+    phi = phi - torch.logsumexp(phi, 0) - math.log(grid.cell_volume)
+    return phi, residual
+
+
+def _least_squares_potential(s: np.ndarray, grid: Grid) -> tuple[np.ndarray, float]:
+    field = s.reshape(*grid.n, grid.dim)
+    rhs = np.zeros(grid.n)
+    increments = []
+    for a, h in enumerate(grid.h):
+        comp = field[..., a]
+        m = grid.n[a] - 1
+        left, right = np.take(comp, range(m), axis=a), np.take(comp, range(1, m + 1), axis=a)
+        b = 0.5 * h * (left + right)
+        increments.append(b)
+        idx_lo = [slice(None)] * grid.dim
+        idx_hi = [slice(None)] * grid.dim
+        idx_lo[a], idx_hi[a] = slice(0, m), slice(1, m + 1)
+        rhs[tuple(idx_lo)] -= b
+        rhs[tuple(idx_hi)] += b
+    eig = np.zeros(grid.n)
+    for a, m in enumerate(grid.n):
+        shape = [1] * grid.dim
+        shape[a] = m
+        eig = eig + (4.0 * np.sin(0.5 * np.pi * np.arange(m) / m) ** 2).reshape(shape)
+    coef = scipy.fft.dctn(rhs, type=2, norm="ortho")
+    eig.flat[0] = 1.0
+    coef = coef / eig
+    coef.flat[0] = 0.0
+    phi = scipy.fft.idctn(coef, type=2, norm="ortho")
+    res2 = b2 = 0.0
+    for a, b in enumerate(increments):
+        diff = np.diff(phi, axis=a) - b
+        res2 += float((diff**2).sum())
+        b2 += float((b**2).sum())
+    return phi.reshape(-1), math.sqrt(res2 / b2) if b2 > 0 else 0.0
+
+
+class ScoreHamiltonian:
+    """H_h = -Laplacian_h + V on a :class:`Grid`, from a score at time t (module docstring).
+
+    Parameters
+    ----------
+    score : a :class:`Score` or callable ``score(x, t)`` with x of shape (..., d).
+    t : the diffusion time (a float in the process's range).
+    grid : the grid (d = 1, 2, 3; must match the score's dimension).
+    order : 2 or 4, the order of the Laplacian stencil.
+    form : "potential" (V = |s|^2/4 + div s/2) or "ground_state" (H psi_0 = 0 exactly).
+    divergence : divergence method of the potential form (see ``quantum_potential``).
+    backend : "torch", "numba" (CPU, float64) or "auto" (numba on the CPU, else torch).
+    mass_tol : warn (:class:`BoundaryMassWarning`) when the mass of p_t on the outermost
+        layer of nodes exceeds this.
+    dtype, device : of the matvec (float64 by default).
+
+    Attributes
+    ----------
+    potential, potential_error : V at the nodes (N,) and its error (from the divergence).
+    log_density : log p_t at the nodes, normalised on the grid (N,).
+    ground_state : sqrt(p_t) at the nodes with unit 2-norm (N,): the exact lowest
+        eigenvector of the ground-state form, an approximate one of the potential form.
+    curl_residual : the relative residual of the reconstruction grad phi = s (0 with an
+        exact log_prob).
+    boundary_mass : the mass of p_t on the outermost layer of nodes.
+    points_per_width : the sharpest mode's width (1 / sqrt of the largest curvature
+        -Laplacian log p / d where p is above 1e-6 of its peak) over max h.
+    """
+
+    def __init__(
+        self,
+        score: Any,
+        t: float,
+        grid: Grid,
+        order: int = 2,
+        form: Form = "potential",
+        divergence: DivergenceMethod = "auto",
+        backend: Backend = "auto",
+        mass_tol: float = 1e-7,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.score = as_score(score)
+        if self.score.dim is not None and self.score.dim != grid.dim:
+            raise ValueError(f"the score is {self.score.dim}-dimensional but the grid is {grid.dim}-dimensional")
+        if form not in ("potential", "ground_state"):
+            raise ValueError(f"form must be 'potential' or 'ground_state'; got {form!r}")
+        if backend not in ("auto", "torch", "numba"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'numba'; got {backend!r}")
+        self.t, self.grid, self.order, self.form = float(t), grid, order, form
+        self.coef = stencil(order)
+        self.dtype = dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.shape = (grid.size, grid.size)
+        if backend == "auto":
+            backend = "numba" if self.device.type == "cpu" and grid.size >= _NUMBA_MIN_SIZE else "torch"
+        self.backend = backend
+        if self.backend == "numba" and self.device.type != "cpu":
+            raise ValueError("the numba backend runs on the CPU; use backend='torch' on other devices")
+        self._set_diagonal(divergence)
+        self._check_box(mass_tol)
+
+    def __repr__(self) -> str:
+        return (f"ScoreHamiltonian(t={self.t}, grid={self.grid}, order={self.order}, "
+                f"form={self.form!r}, backend={self.backend!r})")
+
+    def _set_diagonal(self, divergence: DivergenceMethod) -> None:
+        points = self.grid.points(dtype=torch.float64)
+        if self.form == "potential":
+            parts = [quantum_potential(self.score, chunk, self.t, divergence_method=divergence)
+                     for chunk in points.split(_CHUNK)]
+            potential = torch.cat([p.value for p in parts])
+            self.potential_error = torch.cat([p.error for p in parts])
+            scores = torch.cat([p.score for p in parts])
+            self.log_density, self.curl_residual = log_density_on_grid(self.score, self.t, self.grid, scores)
+        else:
+            self.log_density, self.curl_residual = log_density_on_grid(self.score, self.t, self.grid)
+            potential = self._ground_state_potential(self.log_density)
+            self.potential_error = torch.zeros_like(potential)
+        self.potential = potential
+        half = 0.5 * (self.log_density - self.log_density.max())
+        self.ground_state = (torch.exp(half) / torch.exp(half).norm()).to(self.dtype).to(self.device)
+        h2inv = [1.0 / h**2 for h in self.grid.h]
+        self._weights = [(a, o, self.coef[o] * h2inv[a]) for a in range(self.grid.dim) for o in range(1, len(self.coef))]
+        self._diag = (potential + self.coef[0] * sum(h2inv)).to(self.dtype).to(self.device)
+        self._diag_numpy = self._diag.numpy() if self.backend == "numba" else None
+
+    def _ground_state_potential(self, log_density: torch.Tensor) -> torch.Tensor:
+        """V_i = (Laplacian_h psi0)_i / psi0_i = -c_0 sum 1/h^2 - sum_nb w_nb exp((phi_nb - phi_i)/2)."""
+        half = (0.5 * log_density).reshape(self.grid.n)
+        total = torch.zeros_like(half)
+        for a, h in enumerate(self.grid.h):
+            for o in range(1, len(self.coef)):
+                w = self.coef[o] / h**2
+                m = self.grid.n[a] - o
+                lo, hi = half.narrow(a, 0, m), half.narrow(a, o, m)
+                total.narrow(a, o, m).add_(torch.exp(lo - hi), alpha=w)
+                total.narrow(a, 0, m).add_(torch.exp(hi - lo), alpha=w)
+        return -(total.reshape(-1) + self.coef[0] * sum(1.0 / h**2 for h in self.grid.h))
+
+    def _check_box(self, mass_tol: float) -> None:
+        p = torch.exp(self.log_density) * self.grid.cell_volume
+        self.boundary_mass = float(p[self.grid.boundary_shell(1)].sum())
+        if self.boundary_mass > mass_tol:
+            warnings.warn(
+                f"the box {list(zip(self.grid.lo, self.grid.hi))} cuts off probability mass: "
+                f"p_t has mass {self.boundary_mass:.3g} on the outermost layer of nodes "
+                f"(tolerance {mass_tol:g}); enlarge the box",
+                BoundaryMassWarning, stacklevel=3,
+            )
+        phi = self.log_density.reshape(self.grid.n)
+        lap = _shifted_sum(phi, [(a, 1, 1.0 / h**2) for a, h in enumerate(self.grid.h)]).reshape(-1)
+        lap = lap - 2.0 * sum(1.0 / h**2 for h in self.grid.h) * self.log_density
+        interior = ~self.grid.boundary_shell(1) & (self.log_density > self.log_density.max() - math.log(1e6))
+        curvature = float((-lap[interior]).clamp_min(0).max()) / self.grid.dim if bool(interior.any()) else 0.0
+        width = 1.0 / math.sqrt(curvature) if curvature > 0 else math.inf
+        self.points_per_width = width / max(self.grid.h)
+        if self.points_per_width < _MIN_POINTS_PER_WIDTH:
+            raise ValueError(
+                f"the grid (h = {max(self.grid.h):.3g}) does not resolve p_t: its sharpest mode has "
+                f"width about {width:.3g}, {self.points_per_width:.2f} grid spacings; refine the grid"
+            )
+        if self.points_per_width < _WARN_POINTS_PER_WIDTH:
+            warnings.warn(
+                f"coarse grid: the sharpest mode of p_t (width about {width:.3g}) spans only "
+                f"{self.points_per_width:.2f} spacings h = {max(self.grid.h):.3g}; discretisation "
+                "errors will be large", ResolutionWarning, stacklevel=3,
+            )
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """H v for v of shape (N,) or (N, m), in the operator's dtype and device."""
+        if v.shape[0] != self.shape[0] or v.ndim not in (1, 2):
+            raise ValueError(f"matvec needs shape ({self.shape[0]},) or ({self.shape[0]}, m); got {tuple(v.shape)}")
+        cols = v.reshape(self.shape[0], -1).to(dtype=self.dtype, device=self.device)
+        if self.backend == "numba":
+            out = self._matvec_numba(cols)
+        else:
+            u = cols.reshape(*self.grid.n, -1)
+            out = (self._diag.reshape(*self.grid.n, 1) * u + _shifted_sum(u, self._weights)).reshape(cols.shape)
+        return out.reshape(v.shape)
+
+    def _matvec_numba(self, cols: torch.Tensor) -> torch.Tensor:
+        pad = 3 - self.grid.dim
+        n3 = (1,) * pad + tuple(self.grid.n)
+        h2inv = np.zeros(3)
+        h2inv[pad:] = [1.0 / h**2 for h in self.grid.h]
+        array = cols.detach().cpu().numpy()
+        coef = np.asarray(self.coef, dtype=array.dtype)
+        diag = self._diag_numpy.reshape(n3)
+        out = np.empty_like(array, order="F")
+        for c in range(array.shape[1]):
+            column = np.ascontiguousarray(array[:, c]).reshape(1, *n3)
+            result = np.empty_like(column)
+            _numba_stencil(column, diag, coef, h2inv.astype(array.dtype), result)
+            out[:, c] = result.reshape(-1)
+        return torch.from_numpy(out)
+
+    def diagonal(self) -> torch.Tensor:
+        """The diagonal of H, (N,)."""
+        return self._diag.clone()
+
+    def spectral_bounds(self) -> tuple[float, float]:
+        """Gershgorin interval [lower, upper] holding every eigenvalue of H."""
+        off = sum(abs(w) * 2 for _, _, w in self._weights)
+        return float(self._diag.min()) - off, float(self._diag.max()) + off
+
+    def to_scipy(self) -> sp.csr_matrix:
+        """The same matrix as a scipy CSR matrix (float64)."""
+        mats = []
+        for a, (m, h) in enumerate(zip(self.grid.n, self.grid.h)):
+            offsets = [o for o in range(1, len(self.coef))]
+            band = sp.diags([self.coef[o] / h**2 * np.ones(m - o) for o in offsets]
+                            + [self.coef[o] / h**2 * np.ones(m - o) for o in offsets],
+                            offsets + [-o for o in offsets], shape=(m, m))
+            left = sp.identity(math.prod(self.grid.n[:a]), format="csr")
+            right = sp.identity(math.prod(self.grid.n[a + 1:]), format="csr")
+            mats.append(sp.kron(sp.kron(left, band), right))
+        total = sum(mats) + sp.diags(self._diag.detach().cpu().double().numpy())
+        return sp.csr_matrix(total)
+
+    def dirichlet_form(self, v: torch.Tensor) -> torch.Tensor:
+        """v^T H v / v^T v for columns v (N,) or (N, m) orthogonal to ``ground_state``,
+        through the ground-state identity v^T H v = -1/2 sum_{i != j} H_ij psi0_i psi0_j
+        (f_i - f_j)^2, f = v / psi0 (ground-state form only). Each term is non-negative,
+        so a tiny gap keeps its relative accuracy where v^T H v by matvec would cancel.
+        """
+        if self.form != "ground_state":
+            raise ValueError("dirichlet_form needs form='ground_state' (H psi0 = 0 exactly)")
+        cols = v.reshape(self.shape[0], -1).to(torch.float64).cpu()
+        half = (0.5 * self.log_density).reshape(*self.grid.n, 1)
+        u = cols.reshape(*self.grid.n, -1)
+        total = torch.zeros(u.shape[-1], dtype=torch.float64)
+        for a, o, w in self._weights:
+            m = self.grid.n[a] - o
+            ui, uj = u.narrow(a, 0, m), u.narrow(a, o, m)
+            hi_, hj = half.narrow(a, 0, m), half.narrow(a, o, m)
+            # psi0_i psi0_j (f_i - f_j)^2 = (u_i e^{(h_j - h_i)/2} - u_j e^{(h_i - h_j)/2})^2
+            d = hj - hi_
+            term = (ui * torch.exp(0.5 * d) - uj * torch.exp(-0.5 * d)) ** 2
+            total += -w * term.reshape(-1, u.shape[-1]).sum(0)
+        value = total / (cols**2).sum(0)
+        return value.reshape(v.shape[1:]) if v.ndim == 2 else value[0]

@@ -1,0 +1,160 @@
+"""The grid Score Hamiltonian: stencils, both forms, reconstruction of log p, input checks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as sla
+import torch
+
+from scorehamiltonian import ExactScore, GaussianMixture, NonFiniteScoreError, as_score
+from scorehamiltonian.examples import four_mode_2d
+from scorehamiltonian.grid import Grid, box_from_mixture, box_from_samples
+from scorehamiltonian.operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
+
+from .conftest import random_mixture
+
+
+def lowest(H: ScoreHamiltonian, k: int) -> np.ndarray:
+    """Reference eigenvalues of the exported matrix (dense below 3000 unknowns)."""
+    a = H.to_scipy()
+    if a.shape[0] <= 3000:
+        return np.linalg.eigvalsh(a.toarray())[:k]
+    lo, _ = H.spectral_bounds()
+    return np.sort(sla.eigsh(a, k=k, sigma=lo - 1.0, which="LM", return_eigenvectors=False))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("dim, n", [(1, 37), (2, 13), (3, 7)])
+@pytest.mark.parametrize("order", [2, 4])
+def test_matvec_backends_agree_with_the_sparse_matrix(dim, n, order):
+    score = ExactScore(GaussianMixture([0.4, 0.6], [[-1.0] * dim, [1.0] * dim], [1.0, 2.0]))
+    grid = Grid([-4.0] * dim, [4.0] * dim, n)
+    x = torch.randn(grid.size, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    ops = [ScoreHamiltonian(score, 0.3, grid, order=order, backend=b) for b in ("torch", "numba")]
+    ref = ops[0].to_scipy() @ x.numpy()
+    for op in ops:
+        np.testing.assert_allclose(op.matvec(x).numpy(), ref, rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+        np.testing.assert_allclose(op.matvec(x[:, 0]).numpy(), ref[:, 0], rtol=1e-12, atol=1e-12 * np.abs(ref).max())
+    np.testing.assert_allclose(ops[0].diagonal().numpy(), ops[0].to_scipy().diagonal())
+    lo, hi = ops[0].spectral_bounds()
+    w = np.linalg.eigvalsh(ops[0].to_scipy().toarray())
+    assert lo <= w[0] and w[-1] <= hi
+
+
+@pytest.mark.filterwarnings("ignore::scorehamiltonian.operator.ResolutionWarning")
+@pytest.mark.parametrize("form", ["potential", "ground_state"])
+@pytest.mark.parametrize("order", [2, 4])
+def test_gaussian_levels_converge_at_the_stencil_order(form, order):
+    # p = N(0, diag(nu)) in 2D: levels n1 / nu1 + n2 / nu2 (THEORY section 2).
+    nu = (0.5, 1.2)
+    score = ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [list(nu)]))
+    exact = np.array([0.0, 1 / nu[1], min(1 / nu[0], 2 / nu[1])])
+    errors, spacings = [], []
+    grid = Grid([-7.0, -10.0], [7.0, 10.0], [21, 31])
+    for _ in range(3):
+        H = ScoreHamiltonian(score, 0.0, grid, order=order, form=form)
+        w = lowest(H, 3)
+        errors.append(np.abs(w - exact)[1:].max() if form == "ground_state" else np.abs(w - exact).max())
+        spacings.append(max(grid.h))
+        grid = grid.refine()
+    observed = math.log(errors[-2] / errors[-1]) / math.log(spacings[-2] / spacings[-1])
+    assert abs(observed - order) < 0.5, f"observed order {observed:.2f} for a stencil of order {order}"
+    if form == "ground_state":
+        assert abs(w[0]) < 1e-10
+
+
+def test_ground_state_form_keeps_lambda0_zero_and_potential_form_does_not():
+    score = ExactScore(four_mode_2d())
+    lo, hi = box_from_mixture(score.mixture, 1e-10)
+    grid = Grid(lo, hi, 63)
+    gs = ScoreHamiltonian(score, 0.0, grid, form="ground_state")
+    pot = ScoreHamiltonian(score, 0.0, grid, form="potential")
+    w_gs, w_pot = lowest(gs, 2), lowest(pot, 2)
+    assert abs(w_gs[0]) < 1e-11
+    assert w_pot[0] < -1e-3  # about -h^2 / (16 sigma^4) per sharp mode
+    # The ground state is the exact eigenvector of the ground-state form.
+    r = gs.matvec(gs.ground_state)
+    assert float(r.norm()) < 1e-10 * float(gs.diagonal().abs().max())
+
+
+def test_non_conservative_field_has_a_clearly_nonzero_lambda0():
+    # s = -x + c R x, R a rotation by 90 degrees: V = (1 + c^2) |x|^2 / 4 - 1, a harmonic
+    # oscillator with lambda_0 = sqrt(1 + c^2) - 1 exactly (zero for c = 0).
+    c = 1.0
+    rot = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+    field = as_score(lambda x, t: -x + c * x @ rot.T, dim=2)
+    grid = Grid([-8.0, -8.0], [8.0, 8.0], 63)
+    H = ScoreHamiltonian(field, 0.5, grid)
+    w = lowest(H, 1)
+    assert abs(w[0] - (math.sqrt(1 + c**2) - 1)) < 5e-3
+    assert H.curl_residual > 0.3
+    conservative = ScoreHamiltonian(as_score(lambda x, t: -x, dim=2), 0.5, grid)
+    assert abs(lowest(conservative, 1)[0]) < 5e-3 and conservative.curl_residual < 1e-12
+
+
+def test_reconstructed_log_density_converges_at_second_order():
+    exact = ExactScore(random_mixture(2, k=2, seed=11))
+    opaque = as_score(lambda x, t: exact(x, t), dim=2)
+    lo, hi = box_from_mixture(exact.marginal(0.2), 1e-9)
+    errors, grid = [], Grid(lo, hi, 41)
+    for _ in range(3):
+        H = ScoreHamiltonian(opaque, 0.2, grid, form="ground_state")
+        ref = ScoreHamiltonian(exact, 0.2, grid, form="ground_state")
+        p = torch.exp(ref.log_density) * grid.cell_volume
+        errors.append(float((p * (H.log_density - ref.log_density).abs()).sum()))
+        assert H.curl_residual < 0.05
+        grid = grid.refine()
+    ratios = [errors[i] / errors[i + 1] for i in range(2)]
+    assert all(3.0 < r < 5.0 for r in ratios), ratios
+
+
+def test_dirichlet_form_matches_the_rayleigh_quotient():
+    score = ExactScore(random_mixture(2, seed=3))
+    lo, hi = box_from_mixture(score.mixture, 1e-10)
+    H = ScoreHamiltonian(score, 0.0, Grid(lo, hi, 55), form="ground_state")
+    v = torch.randn(H.shape[0], 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    v = v - H.ground_state[:, None] * (H.ground_state @ v)
+    want = (v * H.matvec(v)).sum(0) / (v * v).sum(0)
+    torch.testing.assert_close(H.dirichlet_form(v), want, rtol=1e-10, atol=0)
+    assert bool((H.dirichlet_form(v) > 0).all())
+
+
+def test_a_box_that_cuts_the_mass_warns_with_the_figure():
+    score = ExactScore(GaussianMixture([1.0], [[0.0]], [[1.0]]))
+    with pytest.warns(BoundaryMassWarning, match=r"mass [0-9.e-]+ on the outermost layer"):
+        ScoreHamiltonian(score, 0.0, Grid(-2.0, 2.0, 81))
+    lo, hi = box_from_mixture(score.mixture, 1e-12)
+    H = ScoreHamiltonian(score, 0.0, Grid(lo, hi, 81))
+    assert H.boundary_mass < 1e-10
+
+
+def test_a_grid_too_coarse_for_the_modes_warns_or_refuses():
+    sharp = ExactScore(GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [[0.01], [0.01]]))
+    with pytest.warns(ResolutionWarning, match="spans only"):
+        ScoreHamiltonian(sharp, 0.0, Grid(-2.0, 2.0, 99))  # h = 0.04, width 0.1
+    with pytest.raises(ValueError, match="does not resolve"):
+        ScoreHamiltonian(sharp, 0.0, Grid(-2.0, 2.0, 19))  # h = 0.2
+
+
+def test_nan_from_the_score_names_where():
+    def broken(x, t):
+        out = -x.clone()
+        out[(x[..., 0] > 0.9) & (x[..., 0] < 1.1)] = float("nan")
+        return out
+
+    with pytest.raises(NonFiniteScoreError, match=r"x = \[1\.0\]"):
+        ScoreHamiltonian(as_score(broken, dim=1), 0.3, Grid(-5.0, 5.0, 49))
+
+
+def test_boxes_from_mixture_and_samples_hold_the_mass():
+    mix = four_mode_2d()
+    lo, hi = box_from_mixture(mix, 1e-8)
+    x = mix.sample(200_000, torch.Generator().manual_seed(0))
+    inside = ((x > torch.tensor(lo)) & (x < torch.tensor(hi))).all(-1)
+    assert bool(inside.all())
+    slo, shi = box_from_samples(x[:5000], 1e-8)
+    assert all(a <= b for a, b in zip(slo, lo)) or all(abs(a - b) < 1.0 for a, b in zip(slo, lo))
+    assert Grid(lo, hi, 10).refine().n == (21, 21)
