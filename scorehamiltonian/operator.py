@@ -39,7 +39,7 @@ from .grid import Grid
 from .potential import quantum_potential
 from .scores import Score, as_score
 
-__all__ = ["ScoreHamiltonian", "ResolutionWarning", "BoundaryMassWarning", "log_density_on_grid", "stencil"]
+__all__ = ["BoundaryMassWarning", "ResolutionWarning", "ScoreHamiltonian", "log_density_on_grid", "stencil"]
 
 Form = Literal["potential", "ground_state"]
 Backend = Literal["auto", "torch", "numba"]

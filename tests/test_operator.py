@@ -156,5 +156,6 @@ def test_boxes_from_mixture_and_samples_hold_the_mass():
     inside = ((x > torch.tensor(lo)) & (x < torch.tensor(hi))).all(-1)
     assert bool(inside.all())
     slo, shi = box_from_samples(x[:5000], 1e-8)
-    assert all(a <= b for a, b in zip(slo, lo)) or all(abs(a - b) < 1.0 for a, b in zip(slo, lo))
+    inside = ((x > torch.tensor(slo)) & (x < torch.tensor(shi))).all(-1)
+    assert bool(inside.all()), "a box from 5000 samples must hold 200000 more (tail mass 1e-8)"
     assert Grid(lo, hi, 10).refine().n == (21, 21)
