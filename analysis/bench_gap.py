@@ -1,0 +1,232 @@
+"""Benchmark: the spectral gap of the Score Hamiltonian on fine grids, three solvers.
+
+Problem: p_0 = the mixture of four Gaussians at (+-1.5, +-1.5), each with covariance
+diag(0.3^2, 0.6^2), equal weights, at t = 0 under OU; H = -Laplacian_h + V (order 2,
+potential form) on the box holding all but 1e-12 of the mass, n^2 nodes. In 3D (ours only)
+the modes sit at (+-1.5, +-1.5, 0) with covariance diag(0.3^2, 0.6^2, 0.45^2).
+
+Solvers, each in its own process (so that one can be abandoned after --time-limit seconds
+and peak memory is its own): ``spectrum(H, k=2)`` (our default), scipy eigsh shift-invert
+(SuperLU of H - sigma I, sigma just below lambda_0: the ground state's Rayleigh quotient
+minus max(residual, 1% of its distance to the Gershgorin bound)), and eigsh(which="SA").
+Reported: wall time of the solve (operator build excluded), matvec count (solves for
+shift-invert), peak RSS increase during the solve (sampled every 20 ms), the gap
+lambda_1 - lambda_0 and its relative error bound (ours) or relative difference from ours,
+and time / (matvecs x one bare single-column matvec).
+
+Usage: python analysis/bench_gap.py --sizes 256 512 1024 [--dim3 128] [--out DIR]
+Writes results.json and results.md into --out (default analysis/out/bench_gap/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLVERS = ("ours", "eigsh-shift-invert", "eigsh-SA")
+
+
+def build_operator(n: int, dim: int):
+    """The benchmark's ScoreHamiltonian (order 2, potential form) on an n^dim grid."""
+    import torch
+
+    from scorehamiltonian import OU, ExactScore, GaussianMixture, Grid, ScoreHamiltonian, box_from_mixture
+
+    corners = [[sx * 1.5, sy * 1.5] + [0.0] * (dim - 2) for sx in (1, -1) for sy in (1, -1)]
+    variances = [0.3**2, 0.6**2, 0.45**2][:dim]
+    mixture = GaussianMixture(torch.full((4,), 0.25), torch.tensor(corners), torch.tensor([variances] * 4))
+    score = ExactScore(mixture, OU())
+    lo, hi = box_from_mixture(mixture, 1e-12)
+    return ScoreHamiltonian(score, 0.0, Grid(lo, hi, n), order=2)
+
+
+class PeakRSS:
+    """Peak resident set size above the level at entry, sampled every 20 ms (bytes)."""
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    @property
+    def increase_mib(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def bare_matvec_seconds(H) -> float:
+    import torch
+
+    v = torch.randn(H.shape[0], dtype=torch.float64)
+    H.matvec(v)
+    times = []
+    for _ in range(11):
+        start = time.perf_counter()
+        H.matvec(v)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[5]
+
+
+def shift_below(H) -> float:
+    """sigma just below lambda_0 from the ground state (the same rule as our solver)."""
+    g = H.ground_state.double()
+    Hg = H.matvec(g)
+    rho = float(g @ Hg)
+    lo = H.spectral_bounds()[0]
+    return rho - max(float((Hg - rho * g).norm()), 0.01 * (rho - lo))
+
+
+def solve(solver: str, H, tol: float) -> dict:
+    """Run one solver on H; return its figures (gap, matvecs, seconds, memory)."""
+    import numpy as np
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
+    from scorehamiltonian.eigensolvers import spectrum
+
+    if solver == "ours":
+        with PeakRSS() as mem:
+            r = spectrum(H, k=2, tol=tol)
+        return {"seconds": r.wall_time, "matvecs": r.n_matvec, "gap": r.gap, "gap_error": r.gap_error,
+                "converged": bool(r.converged.all()), "method": r.method, "memory_mib": mem.increase_mib,
+                "eigenvalues": r.eigenvalues.tolist()}
+    A = H.to_scipy()
+    count = [0]
+    with PeakRSS() as mem:
+        start = time.perf_counter()
+        if solver == "eigsh-shift-invert":
+            sigma = shift_below(H)
+            lu = spla.splu((A - sigma * sp.identity(A.shape[0], format="csc")).tocsc())
+
+            def solve_once(x):
+                count[0] += 1
+                return lu.solve(x)
+
+            opinv = spla.LinearOperator(A.shape, matvec=solve_once, dtype=np.float64)
+            w = spla.eigsh(A, k=2, sigma=sigma, which="LM", OPinv=opinv, return_eigenvectors=False)
+        else:
+            def product(x):
+                count[0] += 1
+                return A @ x
+
+            w = spla.eigsh(spla.LinearOperator(A.shape, matvec=product, dtype=np.float64), k=2, which="SA",
+                           return_eigenvectors=False)
+        seconds = time.perf_counter() - start
+    w = np.sort(w)
+    return {"seconds": seconds, "matvecs": count[0], "gap": float(w[1] - w[0]), "converged": True,
+            "method": solver, "memory_mib": mem.increase_mib, "eigenvalues": w.tolist()}
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Child process: build H, time one bare matvec, run one solver, write JSON."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(ROOT))
+    start = time.perf_counter()
+    H = build_operator(args.n, args.dim)
+    build = time.perf_counter() - start
+    row = {"solver": args.worker, "n": args.n, "dim": args.dim, "N": H.shape[0], "build_seconds": build,
+           "bare_matvec_seconds": bare_matvec_seconds(H), "threads": torch.get_num_threads()}
+    row.update(solve(args.worker, H, args.tol))
+    row["time_per_matvec_ratio"] = row["seconds"] / (row["matvecs"] * row["bare_matvec_seconds"])
+    Path(args.result).write_text(json.dumps(row))
+
+
+def run_one(solver: str, n: int, dim: int, args: argparse.Namespace) -> dict:
+    """Run ``solver`` in a child process, abandoned after the time limit (+ build time)."""
+    result = Path(args.out) / f"_{solver}_{dim}d_{n}.json"
+    result.unlink(missing_ok=True)
+    cmd = [sys.executable, __file__, "--worker", solver, "--n", str(n), "--dim", str(dim), "--result", str(result),
+           "--tol", str(args.tol), "--threads", str(args.threads)]
+    budget = args.time_limit + args.build_allowance * (n**dim / 2**20)
+    try:
+        subprocess.run(cmd, check=True, timeout=budget, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"solver": solver, "n": n, "dim": dim, "N": n**dim, "finished": False,
+                "note": f"did not finish within {args.time_limit:.0f} s (killed)"}
+    except subprocess.CalledProcessError as exc:
+        return {"solver": solver, "n": n, "dim": dim, "N": n**dim, "finished": False, "note": f"failed: {exc}"}
+    row = json.loads(result.read_text())
+    result.unlink()
+    row["finished"] = True
+    return row
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| grid | solver | time (s) | matvecs | peak RSS + (MiB) | gap | rel. gap error | "
+            "time / (matvecs x bare matvec) | note |\n|---|---|---|---|---|---|---|---|---|\n")
+    ours = {(r["n"], r["dim"]): r for r in rows if r["solver"] == "ours" and r.get("finished")}
+    lines = []
+    for r in rows:
+        grid = "x".join([str(r["n"])] * r["dim"])
+        if not r.get("finished"):
+            lines.append(f"| {grid} | {r['solver']} | - | - | - | - | - | - | {r['note']} |")
+            continue
+        ref = ours.get((r["n"], r["dim"]))
+        if r["solver"] == "ours":
+            err, note = r["gap_error"] / r["gap"], f"bound; {r['method']}; converged={r['converged']}"
+        else:
+            err, note = (abs(r["gap"] - ref["gap"]) / ref["gap"] if ref else float("nan")), "difference from ours"
+        lines.append(
+            f"| {grid} | {r['solver']} | {r['seconds']:.2f} | {r['matvecs']} | {r['memory_mib']:.0f} | "
+            f"{r['gap']:.10e} | {err:.1e} | {r['time_per_matvec_ratio']:.1f} | {note} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024], help="2D grids n x n")
+    parser.add_argument("--dim3", type=int, default=128, help="3D grid n^3 for ours alone (0: skip)")
+    parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=SOLVERS)
+    parser.add_argument("--time-limit", type=float, default=600.0, help="seconds before a solver is abandoned")
+    parser.add_argument("--build-allowance", type=float, default=90.0, help="extra seconds per 2^20 nodes for the build")
+    parser.add_argument("--tol", type=float, default=5e-7, help="our tol: the gap comes with relative error <= 2 tol")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--out", default=str(ROOT / "analysis" / "out" / "bench_gap"))
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--dim", type=int, default=2, help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    jobs = [(s, n, 2) for n in args.sizes for s in args.solvers]
+    jobs += [("ours", args.dim3, 3)] if args.dim3 else []
+    rows = []
+    for solver, n, dim in jobs:
+        rows.append(run_one(solver, n, dim, args))
+        print(json.dumps(rows[-1]), flush=True)
+        (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
+        (Path(args.out) / "results.md").write_text(markdown(rows))
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

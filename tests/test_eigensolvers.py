@@ -1,0 +1,324 @@
+"""spectrum(): every method against dense eigh, known spectra, deflation, failures, counting."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from scorehamiltonian.eigensolvers import (
+    ConvergenceWarning,
+    SpectrumResult,
+    SymmetricOperator,
+    fourier_preconditioner,
+    spectrum,
+)
+from scorehamiltonian.errors import ConvergenceError, InputDtypeError, ScoreHamiltonianError
+
+ITERATIVE = [("lobpcg", "amg"), ("lobpcg", "fourier"), ("lobpcg", "jacobi"), ("lanczos", "auto")]
+ALL_METHODS = [*ITERATIVE, ("eigsh", "auto"), ("eigsh-sa", "auto"), ("auto", "auto")]
+
+
+@dataclass
+class GridOperator:
+    """-Laplacian_h (3-point, Dirichlet, per axis) + diag(V) on an n_1 x ... grid, C order."""
+
+    n: tuple[int, ...]
+    h: tuple[float, ...]
+    V: torch.Tensor
+    ground_state: torch.Tensor | None = None
+    dtype: torch.dtype = torch.float64
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        self.grid = SimpleNamespace(n=self.n, h=self.h, dim=len(self.n))
+        size = math.prod(self.n)
+        self.shape = (size, size)
+        self.columns = 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.columns += 1 if v.ndim == 1 else v.shape[1]
+        u = v.reshape(*self.n, -1).to(torch.float64)
+        out = (self.V.reshape(*self.n, 1) + sum(2.0 / h**2 for h in self.h)) * u
+        for axis, h in enumerate(self.h):
+            m = self.n[axis] - 1
+            out.narrow(axis, 1, m).sub_(u.narrow(axis, 0, m) / h**2)
+            out.narrow(axis, 0, m).sub_(u.narrow(axis, 1, m) / h**2)
+        return out.reshape(v.shape).to(self.dtype)
+
+    def to_scipy(self) -> sp.csr_matrix:
+        total = sp.diags(self.V.double().numpy())
+        for axis, (m, h) in enumerate(zip(self.n, self.h)):
+            band = sp.diags([-np.ones(m - 1), 2 * np.ones(m), -np.ones(m - 1)], [-1, 0, 1]) / h**2
+            left, right = sp.identity(math.prod(self.n[:axis])), sp.identity(math.prod(self.n[axis + 1 :]))
+            total = total + sp.kron(sp.kron(left, band), right)
+        return sp.csr_matrix(total)
+
+    def diagonal(self) -> torch.Tensor:
+        return (self.V + sum(2.0 / h**2 for h in self.h)).to(self.dtype)
+
+    def spectral_bounds(self) -> tuple[float, float]:
+        lap = sum(4.0 / h**2 for h in self.h)
+        return float(self.V.min()), float(self.V.max()) + lap
+
+
+@dataclass
+class DiagonalOperator:
+    """diag(values): the spectrum is known exactly."""
+
+    values: torch.Tensor
+    ground_state: torch.Tensor | None = None
+    dtype: torch.dtype = torch.float64
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def __post_init__(self) -> None:
+        self.shape = (self.values.numel(), self.values.numel())
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return (self.values if v.ndim == 1 else self.values[:, None]) * v
+
+    def to_scipy(self) -> sp.csr_matrix:
+        return sp.csr_matrix(sp.diags(self.values.numpy()))
+
+    def diagonal(self) -> torch.Tensor:
+        return self.values.clone()
+
+    def spectral_bounds(self) -> tuple[float, float]:
+        return float(self.values.min()), float(self.values.max())
+
+
+def oscillator(n: int, variances: tuple[float, ...], width: float = 6.0, dtype=torch.float64) -> GridOperator:
+    """H for p = N(0, diag(variances)): V = sum x^2 / (4 v^2) - 1 / (2 v); levels sum n_i / v_i."""
+    axes, hs = [], []
+    for v in variances:
+        half = width * math.sqrt(v)
+        h = 2 * half / (n + 1)
+        axes.append(-half + h * torch.arange(1, n + 1, dtype=torch.float64))
+        hs.append(h)
+    mesh = torch.meshgrid(*axes, indexing="ij")
+    V = sum(x**2 / (4 * v**2) - 1 / (2 * v) for x, v in zip(mesh, variances)).reshape(-1)
+    psi = torch.exp(-sum(x**2 / (4 * v) for x, v in zip(mesh, variances))).reshape(-1)
+    return GridOperator((n,) * len(variances), tuple(hs), V, psi / psi.norm(), dtype=dtype)
+
+
+def double_well(n: int, centre: float, sigma: float = 0.3) -> GridOperator:
+    """1D, p = (N(-centre, s^2) + N(centre, s^2)) / 2 in the ground-state form: V = psi'' / psi
+    (discrete), so psi = sqrt(p) is the exact lowest eigenvector with eigenvalue 0."""
+    half = centre + 7 * sigma
+    h = 2 * half / (n + 1)
+    x = -half + h * torch.arange(1, n + 1, dtype=torch.float64)
+    log_p = torch.logaddexp(-((x - centre) ** 2), -((x + centre) ** 2)) / (2 * sigma**2)
+    half_log = 0.5 * (log_p - log_p.max())
+    pad = torch.cat([torch.tensor([-math.inf], dtype=torch.float64), half_log, torch.tensor([-math.inf], dtype=torch.float64)])
+    V = (torch.exp(pad[:-2] - half_log) + torch.exp(pad[2:] - half_log) - 2.0) / h**2
+    psi = torch.exp(half_log)
+    return GridOperator((n,), (h,), V, psi / psi.norm())
+
+
+def dense_eigenvalues(H) -> np.ndarray:
+    return np.linalg.eigvalsh(H.to_scipy().toarray())
+
+
+def seeded(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def assert_bounds_hold(result: SpectrumResult, exact: np.ndarray, slack: float = 1e-12) -> None:
+    """|lambda_i - exact_i| <= eigenvalue_errors_i (+ the dense solver's own round-off)."""
+    k = result.eigenvalues.numel()
+    err = np.abs(result.eigenvalues.numpy() - exact[:k])
+    assert (err <= result.eigenvalue_errors.numpy() + slack * max(1.0, np.abs(exact[:k]).max())).all(), (
+        err, result.eigenvalue_errors
+    )
+
+
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The test problems are tiny: one torch thread avoids OpenMP spin-waits on a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_test_operators_satisfy_the_protocol():
+    assert isinstance(oscillator(10, (0.5,)), SymmetricOperator)
+    assert isinstance(DiagonalOperator(torch.arange(10.0, dtype=torch.float64)), SymmetricOperator)
+
+
+@pytest.mark.parametrize(("method", "preconditioner"), ALL_METHODS)
+def test_methods_match_dense_eigh_1d(method, preconditioner):
+    H = oscillator(150, (0.5,))
+    exact = dense_eigenvalues(H)
+    result = spectrum(H, k=3, method=method, preconditioner=preconditioner, tol=1e-9, generator=seeded())
+    assert result.converged.all()
+    assert_bounds_hold(result, exact)
+    scale = np.maximum(exact[:3] - exact[0], exact[1] - exact[0])
+    assert (result.eigenvalue_errors.numpy() <= 1e-9 * scale).all()
+
+
+@pytest.mark.parametrize(("method", "preconditioner"), ALL_METHODS)
+def test_methods_match_dense_eigh_2d_with_degenerate_levels(method, preconditioner):
+    H = oscillator(22, (0.5, 0.5))  # levels 0, 2, 2 (exactly degenerate), 4, 4, 4
+    exact = dense_eigenvalues(H)
+    result = spectrum(H, k=4, method=method, preconditioner=preconditioner, tol=1e-8, generator=seeded())
+    assert result.converged.all()
+    assert_bounds_hold(result, exact)
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_harmonic_oscillator_levels_are_n_over_v(dims):
+    variances = (0.5, 1.0)[:dims]  # 2D levels 0, 1, 2 (2/v_1 = 2 and 2/v_2 ... 1/v_1 = 2)
+    n = 400 if dims == 1 else 60
+    H = oscillator(n, variances)
+    result = spectrum(H, k=3, generator=seeded())
+    levels = sorted(a / variances[0] + b / variances[-1] for a in range(4) for b in range(4 if dims == 2 else 1))[:3]
+    h2 = max(H.h) ** 2
+    gaps = (result.eigenvalues - result.eigenvalues[0]).numpy()
+    # discretisation error O(h^2 / v^2) per level
+    assert np.allclose(gaps, levels, atol=2 * h2 / min(variances) ** 2 * (1 + max(levels)))
+    assert abs(float(result.eigenvalues[0])) < h2 / min(variances) ** 2
+
+
+WITHOUT_GRID = [m for m in ALL_METHODS if m[1] != "fourier"]
+
+
+@pytest.mark.parametrize(("method", "preconditioner"), WITHOUT_GRID)
+def test_negative_ground_state_is_kept(method, preconditioner):
+    values = torch.cat([torch.tensor([-1e-8, 0.3, 0.7]), torch.linspace(1.0, 50.0, 197)]).double()
+    values = values[torch.randperm(200, generator=seeded(1))]
+    H = DiagonalOperator(values)
+    result = spectrum(H, k=3, method=method, preconditioner=preconditioner, generator=seeded())
+    assert result.converged.all()
+    assert_bounds_hold(result, np.sort(values.numpy()), slack=0.0)
+    assert float(result.eigenvalues[0]) < 0
+
+
+@pytest.mark.parametrize(("method", "preconditioner"), [("lobpcg", "amg"), ("lanczos", "auto"), ("eigsh", "auto")])
+def test_near_degenerate_pair_of_a_diagonal_operator_is_found(method, preconditioner):
+    values = torch.cat([torch.tensor([0.0, 1e-11, 1.0, 1.5]), torch.linspace(2.0, 40.0, 296)]).double()
+    values = values[torch.randperm(300, generator=seeded(2))]
+    # tol is relative to the gap: 1e-3 of 1e-11 is 1e-14, above float64 round-off
+    result = spectrum(DiagonalOperator(values), k=3, method=method, preconditioner=preconditioner,
+                      tol=1e-3, generator=seeded())
+    assert result.converged.all()
+    assert_bounds_hold(result, np.sort(values.numpy()), slack=0.0)
+    assert abs(result.gap - 1e-11) <= result.gap_error <= 2e-3 * 1e-11
+
+
+@pytest.mark.parametrize(("method", "preconditioner"), [("lobpcg", "fourier"), ("lanczos", "auto"), ("auto", "auto")])
+def test_double_well_keeps_both_low_levels(method, preconditioner):
+    H = double_well(400, centre=2.4, sigma=0.3)  # tunnelling gap ~ 7e-12, next level ~ 11
+    exact = dense_eigenvalues(H)  # itself accurate to ~ 1e-12 only
+    assert exact[1] - exact[0] < 1e-10 and exact[2] > 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # the tiny gap is below round-off
+        result = spectrum(H, k=3, method=method, preconditioner=preconditioner, generator=seeded(),
+                          maxiter=2000 if method == "lanczos" else 150)
+    assert_bounds_hold(result, exact, slack=1e-11)
+    assert 0 <= result.eigenvalues[1] - result.eigenvalues[0] < 1e-10
+    assert float(result.eigenvalues[2]) > 1.0
+    assert result.converged[2]
+
+
+def test_deflation_with_an_exact_ground_state_saves_matvecs():
+    H = double_well(300, centre=0.8, sigma=0.3)
+    exact = dense_eigenvalues(H)
+    deflated = spectrum(H, k=3, method="lobpcg", preconditioner="fourier", generator=seeded())
+    plain = spectrum(H, k=3, method="lobpcg", preconditioner="fourier", deflate=False, generator=seeded())
+    assert "ground-state start" in deflated.method and "ground-state" not in plain.method
+    assert deflated.converged.all() and plain.converged.all()
+    assert deflated.n_matvec < plain.n_matvec
+    assert_bounds_hold(deflated, exact)
+    assert abs(float(deflated.eigenvalues[0])) < 1e-10 and float(deflated.residual_norms[0]) < 1e-9
+
+
+@pytest.mark.parametrize("method", ["lobpcg", "lanczos"])
+def test_deflation_with_a_poor_ground_state_stays_honest(method):
+    H = oscillator(200, (0.5,))
+    noise = torch.randn(H.shape[0], generator=seeded(3), dtype=torch.float64)
+    H.ground_state = (H.ground_state + 0.2 * noise / noise.norm()) / (H.ground_state + 0.2 * noise / noise.norm()).norm()
+    exact = dense_eigenvalues(H)
+    result = spectrum(H, k=3, method=method, generator=seeded(), return_eigenvectors=True)
+    assert result.converged.all()
+    assert_bounds_hold(result, exact)
+    v = result.eigenvectors
+    residual = (H.matvec(v) - v * result.eigenvalues).norm(dim=0)
+    assert torch.allclose(residual, result.residual_norms, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize(("method", "maxiter"), [("lobpcg", 2), ("lanczos", 20), ("eigsh-sa", 1)])
+def test_non_convergence_is_flagged_and_can_raise(method, maxiter):
+    H = oscillator(300, (0.5,))
+    with pytest.warns(ConvergenceWarning, match="residual norms"):
+        result = spectrum(H, k=3, method=method, preconditioner="jacobi", maxiter=maxiter, generator=seeded())
+    assert not result.converged.all()
+    exact = dense_eigenvalues(H)
+    # unconverged: each value is still within its residual norm of some eigenvalue
+    distance = np.abs(result.eigenvalues.numpy()[:, None] - exact[None, :]).min(1)
+    assert (distance <= result.residual_norms.numpy() * (1 + 1e-8)).all()
+    with pytest.raises(ConvergenceError) as info:
+        spectrum(H, k=3, method=method, preconditioner="jacobi", maxiter=maxiter, raise_on_failure=True,
+                 generator=seeded())
+    assert isinstance(info.value, ScoreHamiltonianError) and isinstance(info.value, RuntimeError)
+
+
+@pytest.mark.parametrize(("method", "preconditioner"), ITERATIVE)
+def test_matvec_count_counts_columns(method, preconditioner):
+    H = oscillator(100, (0.5,))
+    result = spectrum(H, k=2, method=method, preconditioner=preconditioner, generator=seeded())
+    assert result.n_matvec == H.columns > 0
+    assert result.wall_time > 0 and result.tol == 1e-8
+
+
+def test_float32_works_at_a_reachable_tol_and_is_refused_below():
+    H32 = oscillator(120, (0.5,), dtype=torch.float32)
+    exact = dense_eigenvalues(oscillator(120, (0.5,)))
+    result = spectrum(H32, k=3, tol=1e-4, generator=seeded(), return_eigenvectors=True)
+    assert result.converged.all() and result.eigenvectors.dtype == torch.float32
+    assert_bounds_hold(result, exact, slack=0.0)
+    with pytest.raises(InputDtypeError, match="float64"):
+        spectrum(H32, k=3, tol=1e-8)
+
+
+def test_gap_properties_and_argument_checks():
+    H = DiagonalOperator(torch.linspace(0.0, 10.0, 50, dtype=torch.float64))
+    result = spectrum(H, k=2, generator=seeded())
+    assert abs(result.gap - 10 / 49) <= result.gap_error + 1e-14
+    with pytest.raises(ScoreHamiltonianError):
+        _ = spectrum(H, k=1, generator=seeded()).gap
+    with pytest.raises(ValueError, match="method"):
+        spectrum(H, method="arnoldi")
+    with pytest.raises(ValueError, match="k must"):
+        spectrum(H, k=48)
+    with pytest.raises(ValueError, match="grid"):
+        spectrum(H, preconditioner="fourier")
+
+
+def test_fourier_preconditioner_inverts_the_shifted_laplacian():
+    H = GridOperator((9, 7), (0.3, 0.2), torch.zeros(63, dtype=torch.float64))
+    x = torch.randn(63, 2, generator=seeded(), dtype=torch.float64)
+    back = fourier_preconditioner(H, 1.5)(H.matvec(x) + 1.5 * x)
+    assert torch.allclose(back, x, atol=1e-12)
+
+
+def test_score_hamiltonian_operator_if_available():
+    operator = pytest.importorskip("scorehamiltonian.operator")
+    grid_module = pytest.importorskip("scorehamiltonian.grid")
+    from scorehamiltonian import OU, ExactScore, GaussianMixture
+
+    mixture = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], [[0.5, 0.7], [0.5, 0.7]])
+    H = operator.ScoreHamiltonian(ExactScore(mixture, OU()), 0.1, grid_module.Grid([-5.5, -5.5], [5.5, 5.5], 56))
+    exact = dense_eigenvalues(H)
+    result = spectrum(H, k=3, generator=seeded())
+    assert result.converged.all()
+    assert_bounds_hold(result, exact)
