@@ -22,7 +22,6 @@ import json
 import math
 import os
 import struct
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import derivatives
+from ._io import atomic_write
 from ._validation import as_float_tensor
 from .derivatives import DivergenceMethod
 from .eigensolvers import ConvergenceWarning
@@ -382,19 +382,8 @@ def _dtype(name: str) -> Any:
 
 
 def _write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
-    """json.dump to a temporary file in the target's directory, fsync, then os.replace."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """json.dump through :func:`atomic_write` (temporary file, fsync, os.replace)."""
+    atomic_write(path, lambda f: f.write(json.dumps(data).encode()))
 
 
 def _read_json(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from ._io import atomic_write
 from ._validation import check_points
 from .errors import CheckpointError, InputShapeError
 from .processes import OU, ForwardProcess, process_from_config
@@ -331,19 +331,7 @@ def save_score(score: ModelScore, path: str | os.PathLike[str]) -> None:
         "training": mlp.training_config,
         "state_dict": {k: v.detach().cpu().clone() for k, v in mlp.state_dict().items()},
     }
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load_score(path: str | os.PathLike[str], device: torch.device | str | None = None) -> ModelScore:
