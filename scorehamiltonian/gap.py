@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 
 from .eigensolvers import ConvergenceWarning, spectrum
-from .errors import ConvergenceError
+from .errors import ConvergenceError, InputShapeError
 from .grid import Grid, box_from_mixture, box_from_score
 from .operator import ResolutionWarning, ScoreHamiltonian
 from .scores import as_score
@@ -157,6 +157,11 @@ def spectral_gap(
     ground-state form for scores with an exact log-density and the potential form otherwise.
     """
     score = as_score(score)
+    if score.dim is not None and score.dim > 3:
+        raise InputShapeError(
+            f"spectral_gap discretises H on grids in d <= 3; this score has d = {score.dim}: "
+            "use ritz_gap (sample-based Rayleigh-Ritz) in high dimension"
+        )
     if box is None:
         if hasattr(score, "marginal"):
             box = box_from_mixture(score.marginal(t), mass_tol)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from scorehamiltonian import OU, ExactScore, GaussianMixture, as_score
+from scorehamiltonian import OU, ExactScore, GaussianMixture, InputShapeError, as_score
 from scorehamiltonian.gap import spectral_gap
 from scorehamiltonian.grid import box_from_mixture
 
@@ -85,3 +85,8 @@ def test_not_converging_within_the_budget_is_flagged():
         result = spectral_gap(ExactScore(mix), 0.0, rtol=1e-10, max_unknowns=300)
     assert not result.converged
     assert math.isinf(result.error) or result.error > 1e-10 * result.value
+
+
+def test_high_dimension_points_to_ritz_gap():
+    with pytest.raises(InputShapeError, match="ritz_gap"):
+        spectral_gap(ExactScore(GaussianMixture([1.0], [[0.0] * 5], [1.0])), 0.0)
