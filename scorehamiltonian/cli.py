@@ -2,6 +2,7 @@
 
 Subcommands:
   audit     quantum potential and score audit of a built-in example or a trained model
+  gap       spectral gap of the Score Hamiltonian with its error estimate, along t
   train     train an MLP score by denoising score matching on samples of an example
   examples  list the built-in example targets
 """
@@ -17,6 +18,7 @@ import torch
 from .audit import score_audit, score_error
 from .errors import ScoreHamiltonianError
 from .examples import EXAMPLES, example
+from .gap import spectral_gap
 from .potential import quantum_potential
 from .processes import EDM, OU, VE, ForwardProcess, VPLinear
 from .scores import ExactScore, Score
@@ -52,6 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--samples", type=int, default=10_000, help="training samples (default 10000)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True, help="checkpoint file to write")
+
+    gap = sub.add_parser("gap", help="spectral gap of the Score Hamiltonian with its error, along t")
+    gap_source = gap.add_mutually_exclusive_group()
+    gap_source.add_argument("--example", choices=sorted(EXAMPLES), help="built-in exact target (default bimodal)")
+    gap_source.add_argument("--model", help="checkpoint written by 'scorehamiltonian train'")
+    gap.add_argument("--process", choices=sorted(PROCESSES), default="ou",
+                     help="forward process of an example (a model brings its own); default ou")
+    gap.add_argument("--t", type=float, nargs="+", help="diffusion times (default: 0.5%%, 3%%, 10%%, 30%% of t_max)")
+    gap.add_argument("--rtol", type=float, default=1e-6, help="relative accuracy of the gap (default 1e-6)")
 
     sub.add_parser("examples", help="list the built-in example targets")
     return parser
@@ -114,6 +125,29 @@ def _train(args: argparse.Namespace) -> None:
         print(f"  t = {t:8.4g}: relative score error {err.relative:.4f} +- {err.relative_stderr:.4f}")
 
 
+def _gap(args: argparse.Namespace) -> None:
+    if not 0 < args.rtol < 1:
+        raise ValueError(f"--rtol must lie in (0, 1); got {args.rtol}")
+    if args.model:
+        score: Score = load_score(args.model)
+        label = f"model {args.model}"
+    else:
+        name = args.example or "bimodal"
+        score = ExactScore(example(name), PROCESSES[args.process]())
+        label = f"example {name!r}"
+    process = score.process
+    times = args.t or [f * process.t_max for f in DEFAULT_TIME_FRACTIONS]
+    process.time(torch.tensor(times, dtype=torch.float64))
+    print(f"scorehamiltonian gap: {label}, {process!r}, rtol {args.rtol:g}")
+    print(f"{'t':>9} {'gap':>14} {'error':>10} {'converged':>9} {'form':>12} {'grid':>14} {'order seen':>10}")
+    for t in times:
+        res = spectral_gap(score, t, rtol=args.rtol)
+        seen = f"{res.observed_order:.2f}" if res.observed_order is not None else "-"
+        print(f"{t:9.4g} {res.value:14.8g} {res.error:10.2e} {res.converged!s:>9} {res.form:>12} "
+              f"{'x'.join(map(str, res.grid.n)):>14} {seen:>10}")
+    print("gap = lambda_1 - lambda_0 of H_t (units 1/x^2), Richardson-extrapolated; error = its estimate.")
+
+
 def _examples(_: argparse.Namespace) -> None:
     for name, build in EXAMPLES.items():
         print(f"{name:14s} {build.__doc__}")
@@ -122,7 +156,7 @@ def _examples(_: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for bad input)."""
     args = _parser().parse_args(argv)
-    commands = {"audit": _audit, "train": _train, "examples": _examples}
+    commands = {"audit": _audit, "train": _train, "gap": _gap, "examples": _examples}
     try:
         commands[args.command](args)
     except (ScoreHamiltonianError, ValueError, OSError) as err:

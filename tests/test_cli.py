@@ -63,3 +63,16 @@ def test_train_then_audit_the_model_against_its_reference(tmp_path, capsys):
     assert len(rows) == 2, out
     for row in rows:  # relative score error of the trained model, below the 10% of the DSM target
         assert float(row.split()[-3]) < 0.1, row
+
+
+def test_gap_of_the_builtin_example(capsys):
+    assert main(["gap", "--example", "bimodal", "--t", "0.3", "1", "--rtol", "1e-5"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.split()[0] in ("0.3", "1")]
+    assert len(rows) == 2 and all(row[3] == "True" for row in rows), out
+    assert all(float(row[2]) <= 1e-5 * float(row[1]) for row in rows)
+
+
+def test_gap_refuses_a_bad_tolerance(capsys):
+    assert main(["gap", "--rtol", "2"]) == 2
+    assert "--rtol must lie in (0, 1)" in capsys.readouterr().err
