@@ -68,21 +68,29 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _source(args: argparse.Namespace) -> tuple[Score, str]:
+    """The score named by --model or --example (default bimodal), and a label for it."""
+    if args.model:
+        return load_score(args.model), f"model {args.model}"
+    name = args.example or "bimodal"
+    return ExactScore(example(name), PROCESSES[args.process]()), f"example {name!r}"
+
+
+def _times(args: argparse.Namespace, process: ForwardProcess) -> list[float]:
+    """--t, or the default fractions of t_max; checked against the process's range."""
+    times = args.t or [f * process.t_max for f in DEFAULT_TIME_FRACTIONS]
+    process.time(torch.tensor(times, dtype=torch.float64))
+    return times
+
+
 def _audit(args: argparse.Namespace) -> None:
     if args.samples < 2:
         raise ValueError(f"--samples must be at least 2; got {args.samples}")
-    reference_name = args.reference or (args.example or "bimodal" if not args.model else None)
-    if args.model:
-        score: Score = load_score(args.model)
-        process = score.process
-        label = f"model {args.model}"
-    else:
-        process = PROCESSES[args.process]()
-        score = ExactScore(example(reference_name), process)
-        label = f"example {reference_name!r}"
+    score, label = _source(args)
+    process = score.process
+    reference_name = args.reference or (None if args.model else args.example or "bimodal")
     reference = ExactScore(example(reference_name), process) if reference_name else None
-    times = args.t or [f * process.t_max for f in DEFAULT_TIME_FRACTIONS]
-    process.time(torch.tensor(times, dtype=torch.float64))
+    times = _times(args, process)
     generator = torch.Generator().manual_seed(args.seed)
     dim = reference.dim if reference else score.dim
     print(f"scorehamiltonian audit: {label}, {process!r}, {args.samples} points per time")
@@ -128,16 +136,9 @@ def _train(args: argparse.Namespace) -> None:
 def _gap(args: argparse.Namespace) -> None:
     if not 0 < args.rtol < 1:
         raise ValueError(f"--rtol must lie in (0, 1); got {args.rtol}")
-    if args.model:
-        score: Score = load_score(args.model)
-        label = f"model {args.model}"
-    else:
-        name = args.example or "bimodal"
-        score = ExactScore(example(name), PROCESSES[args.process]())
-        label = f"example {name!r}"
+    score, label = _source(args)
     process = score.process
-    times = args.t or [f * process.t_max for f in DEFAULT_TIME_FRACTIONS]
-    process.time(torch.tensor(times, dtype=torch.float64))
+    times = _times(args, process)
     print(f"scorehamiltonian gap: {label}, {process!r}, rtol {args.rtol:g}")
     print(f"{'t':>9} {'gap':>14} {'error':>10} {'converged':>9} {'form':>12} {'grid':>14} {'order seen':>10}")
     for t in times:
