@@ -240,6 +240,9 @@ class ScoreHamiltonian:
                 f"form={self.form!r}, backend={self.backend!r})")
 
     def _set_diagonal(self, divergence: DivergenceMethod) -> None:
+        h2inv = [1.0 / h**2 for h in self.grid.h]
+        self._weights = [(a, o, self.coef[o] * h2inv[a]) for a in range(self.grid.dim) for o in range(1, len(self.coef))]
+        center = self.coef[0] * sum(h2inv)
         points = self.grid.points(dtype=torch.float64)
         if self.form == "potential":
             parts = [quantum_potential(self.score, chunk, self.t, divergence_method=divergence)
@@ -250,28 +253,28 @@ class ScoreHamiltonian:
             self.log_density, self.curl_residual = log_density_on_grid(self.score, self.t, self.grid, scores)
         else:
             self.log_density, self.curl_residual = log_density_on_grid(self.score, self.t, self.grid)
-            potential = self._ground_state_potential(self.log_density)
+            potential = -(center + self._neighbour_ratios(self.log_density))
             self.potential_error = torch.zeros_like(potential)
         self.potential = potential
         half = 0.5 * (self.log_density - self.log_density.max())
         self.ground_state = (torch.exp(half) / torch.exp(half).norm()).to(self.dtype).to(self.device)
-        h2inv = [1.0 / h**2 for h in self.grid.h]
-        self._weights = [(a, o, self.coef[o] * h2inv[a]) for a in range(self.grid.dim) for o in range(1, len(self.coef))]
-        self._diag = (potential + self.coef[0] * sum(h2inv)).to(self.dtype).to(self.device)
+        self._diag = (potential + center).to(self.dtype).to(self.device)
         self._diag_numpy = self._diag.numpy() if self.backend == "numba" else None
 
-    def _ground_state_potential(self, log_density: torch.Tensor) -> torch.Tensor:
-        """V_i = (Laplacian_h psi0)_i / psi0_i = -c_0 sum 1/h^2 - sum_nb w_nb exp((phi_nb - phi_i)/2)."""
+    def _neighbour_ratios(self, log_density: torch.Tensor) -> torch.Tensor:
+        """sum_nb H_i,nb psi0_nb / psi0_i = sum_nb w_nb exp((phi_nb - phi_i) / 2) at every node.
+
+        The ground-state potential is V_i = (Laplacian_h psi0)_i / psi0_i = -(c_0 sum 1/h^2 +
+        this), computed from log-density differences so that psi0 never underflows.
+        """
         half = (0.5 * log_density).reshape(self.grid.n)
         total = torch.zeros_like(half)
-        for a, h in enumerate(self.grid.h):
-            for o in range(1, len(self.coef)):
-                w = self.coef[o] / h**2
-                m = self.grid.n[a] - o
-                lo, hi = half.narrow(a, 0, m), half.narrow(a, o, m)
-                total.narrow(a, o, m).add_(torch.exp(lo - hi), alpha=w)
-                total.narrow(a, 0, m).add_(torch.exp(hi - lo), alpha=w)
-        return -(total.reshape(-1) + self.coef[0] * sum(1.0 / h**2 for h in self.grid.h))
+        for a, o, w in self._weights:
+            m = self.grid.n[a] - o
+            lo, hi = half.narrow(a, 0, m), half.narrow(a, o, m)
+            total.narrow(a, o, m).add_(torch.exp(lo - hi), alpha=w)
+            total.narrow(a, 0, m).add_(torch.exp(hi - lo), alpha=w)
+        return total.reshape(-1)
 
     def _check_box(self, mass_tol: float) -> None:
         p = torch.exp(self.log_density) * self.grid.cell_volume
@@ -343,7 +346,7 @@ class ScoreHamiltonian:
         """The same matrix as a scipy CSR matrix (float64)."""
         mats = []
         for a, (m, h) in enumerate(zip(self.grid.n, self.grid.h)):
-            offsets = [o for o in range(1, len(self.coef))]
+            offsets = list(range(1, len(self.coef)))
             band = sp.diags([self.coef[o] / h**2 * np.ones(m - o) for o in offsets]
                             + [self.coef[o] / h**2 * np.ones(m - o) for o in offsets],
                             offsets + [-o for o in offsets], shape=(m, m))
