@@ -16,6 +16,7 @@ __all__ = [
     "NonFiniteScoreError",
     "NotDifferentiableError",
     "NotPositiveDefiniteError",
+    "ResolutionError",
     "ScoreHamiltonianError",
     "TimeRangeError",
 ]
@@ -63,3 +64,7 @@ class ConvergenceError(ScoreHamiltonianError, RuntimeError):
 
 class SamplesRequiredError(ScoreHamiltonianError, ValueError):
     """A sample-based estimator needs samples of p_t that the score cannot provide exactly."""
+
+
+class ResolutionError(ScoreHamiltonianError, ValueError):
+    """A grid is too coarse to resolve p_t: its sharpest mode spans less than one spacing."""

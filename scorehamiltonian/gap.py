@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 
 from .eigensolvers import ConvergenceWarning, spectrum
-from .errors import ConvergenceError, InputShapeError
+from .errors import ConvergenceError, InputShapeError, ResolutionError
 from .grid import Grid, box_from_mixture, box_from_score
 from .operator import ResolutionWarning, ScoreHamiltonian
 from .scores import as_score
@@ -180,9 +180,7 @@ def spectral_gap(
             warnings.simplefilter("ignore", ResolutionWarning)
             try:
                 H = ScoreHamiltonian(score, t, grid, order=order, form=form, mass_tol=mass_tol * 1e3)
-            except ValueError as err:
-                if "does not resolve" not in str(err):
-                    raise
+            except ResolutionError:
                 H = None
         if H is not None and H.points_per_width >= MIN_POINTS_PER_WIDTH:
             levels.append(_level(H, k, max(rtol * 1e-2, SOLVER_TOL_FLOOR), method))

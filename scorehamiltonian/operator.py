@@ -35,6 +35,7 @@ import scipy.sparse as sp
 import torch
 
 from .derivatives import DivergenceMethod
+from .errors import ResolutionError
 from .grid import Grid
 from .potential import quantum_potential
 from .scores import Score, as_score
@@ -294,7 +295,7 @@ class ScoreHamiltonian:
         width = 1.0 / math.sqrt(curvature) if curvature > 0 else math.inf
         self.points_per_width = width / max(self.grid.h)
         if self.points_per_width < _MIN_POINTS_PER_WIDTH:
-            raise ValueError(
+            raise ResolutionError(
                 f"the grid (h = {max(self.grid.h):.3g}) does not resolve p_t: its sharpest mode has "
                 f"width about {width:.3g}, {self.points_per_width:.2f} grid spacings; refine the grid"
             )

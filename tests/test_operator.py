@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse.linalg as sla
 import torch
 
-from scorehamiltonian import ExactScore, GaussianMixture, NonFiniteScoreError, as_score
+from scorehamiltonian import ExactScore, GaussianMixture, NonFiniteScoreError, ResolutionError, as_score
 from scorehamiltonian.examples import four_mode_2d
 from scorehamiltonian.grid import Grid, box_from_mixture, box_from_samples
 from scorehamiltonian.operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
@@ -135,7 +135,7 @@ def test_a_grid_too_coarse_for_the_modes_warns_or_refuses():
     sharp = ExactScore(GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [[0.01], [0.01]]))
     with pytest.warns(ResolutionWarning, match="spans only"):
         ScoreHamiltonian(sharp, 0.0, Grid(-2.0, 2.0, 99))  # h = 0.04, width 0.1
-    with pytest.raises(ValueError, match="does not resolve"):
+    with pytest.raises(ResolutionError, match="does not resolve"):
         ScoreHamiltonian(sharp, 0.0, Grid(-2.0, 2.0, 19))  # h = 0.2
 
 
