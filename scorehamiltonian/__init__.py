@@ -16,6 +16,7 @@ from .errors import (
     NonFiniteScoreError,
     NotDifferentiableError,
     NotPositiveDefiniteError,
+    OutputError,
     ResolutionError,
     SamplesRequiredError,
     ScoreHamiltonianError,
@@ -26,6 +27,7 @@ from .gap import GapLevel, GapResult, spectral_gap
 from .grid import Grid, box_from_mixture, box_from_samples, box_from_score
 from .mixture import GaussianMixture, MixtureEvaluation
 from .operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
+from .parallel import TaskFailure, executor_from, map_tasks
 from .potential import PotentialResult, quantum_potential
 from .processes import EDM, OU, VE, ForwardProcess, VPLinear, process_from_config
 from .profiles import AdiabaticSpeed, GapProfile, adiabatic_speed, gap_profile
@@ -63,6 +65,7 @@ __all__ = [
     "NonFiniteScoreError",
     "NotDifferentiableError",
     "NotPositiveDefiniteError",
+    "OutputError",
     "PotentialResult",
     "ResolutionError",
     "ResolutionWarning",
@@ -74,6 +77,7 @@ __all__ = [
     "ScoreHamiltonian",
     "ScoreHamiltonianError",
     "SpectrumResult",
+    "TaskFailure",
     "TimeRangeError",
     "VPLinear",
     "adiabatic_speed",
@@ -83,9 +87,11 @@ __all__ = [
     "box_from_score",
     "divergence",
     "example",
+    "executor_from",
     "gap_profile",
     "jacobian",
     "load_score",
+    "map_tasks",
     "process_from_config",
     "quantum_potential",
     "ritz_gap",

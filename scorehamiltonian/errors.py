@@ -16,7 +16,9 @@ __all__ = [
     "NonFiniteScoreError",
     "NotDifferentiableError",
     "NotPositiveDefiniteError",
+    "OutputError",
     "ResolutionError",
+    "ScheduleError",
     "ScoreHamiltonianError",
     "TimeRangeError",
 ]
@@ -58,6 +60,11 @@ class CheckpointError(ScoreHamiltonianError, ValueError):
     """A checkpoint file is missing, unreadable or not a scorehamiltonian checkpoint."""
 
 
+class OutputError(ScoreHamiltonianError, OSError):
+    """A result or checkpoint file cannot be written (folder missing, unwritable or full);
+    the message names the path and the reason, and nothing already written is damaged."""
+
+
 class ConvergenceError(ScoreHamiltonianError, RuntimeError):
     """An iterative solver did not reach the requested accuracy (raised where asked to)."""
 
@@ -68,3 +75,8 @@ class SamplesRequiredError(ScoreHamiltonianError, ValueError):
 
 class ResolutionError(ScoreHamiltonianError, ValueError):
     """A grid is too coarse to resolve p_t: its sharpest mode spans less than one spacing."""
+
+
+class ScheduleError(ScoreHamiltonianError, ValueError):
+    """A sampling schedule is malformed: times not strictly monotone, non-finite, too few,
+    or Langevin times of the wrong length, negative or non-finite."""

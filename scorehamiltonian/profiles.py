@@ -17,6 +17,7 @@ The result is a :class:`GapProfile` (save / load as JSON, plot).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -33,12 +34,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import derivatives
-from ._io import atomic_write
+from ._io import read_json, write_json
 from ._validation import as_float_tensor
 from .derivatives import DivergenceMethod
 from .eigensolvers import ConvergenceWarning
-from .errors import CheckpointError, InputShapeError, SamplesRequiredError, TimeRangeError
+from .errors import CheckpointError, InputShapeError, OutputError, SamplesRequiredError, TimeRangeError
 from .gap import spectral_gap
+from .parallel import TaskFailure, executor_from, map_tasks
 from .scores import ExactScore, Score, as_score
 
 __all__ = ["AdiabaticSpeed", "GapProfile", "adiabatic_speed", "gap_profile", "seeded_rng", "time_seed"]
@@ -324,12 +326,12 @@ class GapProfile:
         """Write the profile as JSON (floats exact, NaN and Infinity as JSON extensions), atomically."""
         data = {name: getattr(self, name).tolist() for name in _ARRAY_FIELDS}
         data.update(format=PROFILE_FORMAT, failures=[list(f) for f in self.failures], settings=self.settings)
-        _write_json_atomic(path, data)
+        write_json(path, data)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> GapProfile:
         """Read a profile written by :meth:`save`; :class:`CheckpointError` if it is not one."""
-        data = _read_json(path)
+        data = read_json(path)
         if data.get("format") != PROFILE_FORMAT:
             raise CheckpointError(f"{os.fspath(path)!r} is not a {PROFILE_FORMAT!r} file "
                                   f"(format {data.get('format')!r})")
@@ -379,24 +381,6 @@ class GapProfile:
 
 def _dtype(name: str) -> Any:
     return {"converged": bool, "solve_order": np.int64}.get(name, np.float64)
-
-
-def _write_json_atomic(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
-    """json.dump through :func:`atomic_write` (temporary file, fsync, os.replace)."""
-    atomic_write(path, lambda f: f.write(json.dumps(data).encode()))
-
-
-def _read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    try:
-        with open(path) as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise CheckpointError(f"no file at {os.fspath(path)!r}") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"cannot read {os.fspath(path)!r}: {err}") from err
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{os.fspath(path)!r} does not hold a JSON object")
-    return data
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -452,15 +436,20 @@ def _checked_range(score: Score, t_range: tuple[float, float] | None) -> tuple[f
     return lo, hi
 
 
-def _solve(score: Score, t: float, settings: dict[str, Any], samples: SampleSource | None,
-           gap_options: dict[str, Any]) -> dict[str, Any]:
-    """Gap and speed at t with the seed time_seed(seed, t); failures recorded, not raised."""
-    k, seed = settings["k"], settings["seed"]
-    record: dict[str, Any] = {
+def _empty_record(t: float, k: int) -> dict[str, Any]:
+    """The record of time t before (or without) any result: NaN figures, no failures."""
+    return {
         "t": t, "lambda0": math.nan, "lambda1": math.nan, "eigenvalues": [math.nan] * k,
         "gap": math.nan, "gap_error": math.nan, "converged": False, "speed": math.nan,
         "speed_stderr": math.nan, "speed_mean": math.nan, "speed_mean_stderr": math.nan, "failures": [],
     }
+
+
+def _solve(score: Score, settings: dict[str, Any], samples: SampleSource | None,
+           gap_options: dict[str, Any], t: float) -> dict[str, Any]:
+    """Gap and speed at t with the seed time_seed(seed, t); failures recorded, not raised."""
+    k, seed = settings["k"], settings["seed"]
+    record = _empty_record(t, k)
     with seeded_rng(time_seed(seed, t)):
         try:
             with warnings.catch_warnings():
@@ -561,7 +550,7 @@ def _resume(checkpoint: str | os.PathLike[str], settings: dict[str, Any], finger
     """The records of an existing checkpoint written with the same settings, else []."""
     if not os.path.exists(checkpoint):
         return []
-    data = _read_json(checkpoint)
+    data = read_json(checkpoint)
     if data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{os.fspath(checkpoint)!r} is not a {CHECKPOINT_FORMAT!r} checkpoint "
                               f"(format {data.get('format')!r})")
@@ -596,6 +585,8 @@ def gap_profile(
     samples: SampleSource | None = None,
     seed: int = 0,
     gap_options: Mapping[str, Any] | None = None,
+    executor: Any = None,
+    n_workers: int = 2,
 ) -> GapProfile:
     """The gap lambda_1 - lambda_0 of H_t and the adiabatic speed A(t) over many times t.
 
@@ -624,14 +615,26 @@ def gap_profile(
     settings (score description: type, repr, process config, mixture or a hash of the
     module's weights; times or t_range; rtol, k, seed, and every other option above except
     ``progress``); an existing checkpoint with the same hash is resumed, one with another
-    raises :class:`CheckpointError`. A resumed sweep reproduces the uninterrupted one
+    raises :class:`CheckpointError`. The checkpoint is written once before any work, so an
+    unwritable folder raises :class:`OutputError` at once; a write that fails later (a full
+    disk) raises OutputError too, with the times solved so far as its ``.profile`` and the
+    file left at its last good state. A resumed sweep reproduces the uninterrupted one
     exactly (same machine, library versions and torch thread count) because every step is a
     deterministic function of the records. Not covered: ARPACK's own random start
     (gap_options method "eigsh"/"eigsh-sa"), and the state of a ``samples`` callable beyond
     the generator it is given.
 
+    Parallel sweeps. ``executor`` runs the planned times (``times``, or the ``n_initial``
+    first ones of an adaptive sweep) in parallel: None (serial), "dask" (a LocalCluster of
+    ``n_workers`` single-threaded processes), a dask ``Client`` (e.g. of a real cluster) or
+    any ``concurrent.futures.Executor`` (see :mod:`scorehamiltonian.parallel`). Records are
+    kept and checkpointed in the planned order, so the result is the serial one (bit for bit
+    when the serial run also uses one torch thread); the adaptive times that follow depend on
+    all earlier ones and run here, one after another.
+
     Failures. An exception in spectral_gap or adiabatic_speed at t is recorded in
-    ``failures`` as (t, "stage: Type: message") and that part is NaN; the sweep goes on.
+    ``failures`` as (t, "stage: Type: message") and that part is NaN; the sweep goes on
+    (a task lost with its worker is recorded as "task: Type: message").
     Non-converged gaps are flagged in ``converged``; one warning summarises both at the end.
 
     score : a :class:`Score` or callable. samples : for scores other than
@@ -686,23 +689,39 @@ def gap_profile(
         planned = [float(band_times[i]) for i in np.unique(nodes)]
     total = int(max_solves) if settings["adaptive"] else len(planned)
     records = _resume(checkpoint, settings, fingerprint) if checkpoint is not None else []
+    solve = functools.partial(_solve, score, settings, samples, gap_options)
+
+    def save() -> None:
+        if checkpoint is None:
+            return
+        try:
+            write_json(checkpoint, {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint,
+                                    "settings": settings, "records": records})
+        except OutputError as err:
+            failure = OutputError(f"{err}; the checkpoint keeps its last good state and the {len(records)} "
+                                  "times solved so far are in this error's .profile")
+            failure.profile = _profile(records, band_times, settings) if records else None
+            raise failure from err
+
+    def keep(t: float, outcome: dict[str, Any] | TaskFailure, proposal: tuple[float, float]) -> None:
+        if isinstance(outcome, TaskFailure):
+            outcome = {**_empty_record(t, settings["k"]), "failures": [f"task: {outcome.error}: {outcome.message}"]}
+        outcome["proposal_gap_std"], outcome["proposal_speed_std"] = proposal
+        records.append(outcome)
+        save()
+        bar.update(1)
+        bar.set_postfix(t=f"{t:.3g}", gap=f"{outcome['gap']:.3g}", A=f"{outcome['speed']:.3g}")
+
+    save()  # an unwritable checkpoint folder fails here, before any work
     with tqdm(total=total, initial=len(records), disable=not progress, desc="gap profile") as bar:
-        while len(records) < total:
-            if len(records) < len(planned):
-                t, proposal = planned[len(records)], (math.nan, math.nan)
-            else:
-                choice = _propose(records, band_times, settings)
-                if choice is None:
-                    break
-                t, proposal = choice[0], choice[1:]
-            record = _solve(score, t, settings, samples, gap_options)
-            record["proposal_gap_std"], record["proposal_speed_std"] = proposal
-            records.append(record)
-            if checkpoint is not None:
-                _write_json_atomic(checkpoint, {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint,
-                                                "settings": settings, "records": records})
-            bar.update(1)
-            bar.set_postfix(t=f"{t:.3g}", gap=f"{record['gap']:.3g}", A=f"{record['speed']:.3g}")
+        with executor_from(executor, n_workers) as pool:
+            for t, outcome in map_tasks(solve, planned[len(records):], pool):
+                keep(t, outcome, (math.nan, math.nan))
+        while settings["adaptive"] and len(records) < total:
+            choice = _propose(records, band_times, settings)
+            if choice is None:
+                break
+            keep(choice[0], next(map_tasks(solve, [choice[0]]))[1], choice[1:])
     profile = _profile(records, band_times, settings)
     n_bad, n_fail = int((~profile.converged).sum()), len(profile.failures)
     if n_bad or n_fail:
