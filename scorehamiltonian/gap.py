@@ -29,8 +29,8 @@ import torch
 
 from .eigensolvers import ConvergenceWarning, spectrum
 from .errors import ConvergenceError, InputShapeError, ResolutionError
-from .grid import Grid, box_from_mixture, box_from_score
-from .operator import ResolutionWarning, ScoreHamiltonian
+from .grid import Grid, box_from_mixture, box_from_score, mixture_mass_outside
+from .operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
 from .scores import as_score
 
 __all__ = ["GapLevel", "GapResult", "spectral_gap"]
@@ -70,7 +70,8 @@ class GapResult:
     converged : error <= rtol |value| with an asymptotic refinement sequence.
     grid : the finest grid; box : (lo, hi); form, order : the discretisation used;
     observed_order : the order seen on the last three grids (None with fewer);
-    boundary_mass : the mass of p_t on the finest grid's outermost nodes;
+    boundary_mass : the mass of p_t on the finest grid's outermost nodes; mass_outside : an
+    upper bound on the mass of p_t outside the box (exact mixtures only, else NaN);
     levels : every grid's :class:`GapLevel`; method : the eigen-solver.
     """
 
@@ -86,6 +87,7 @@ class GapResult:
     boundary_mass: float
     levels: tuple[GapLevel, ...]
     method: str
+    mass_outside: float = math.nan
 
 
 def _level(H: ScoreHamiltonian, k: int, tol: float, method: str) -> GapLevel:
@@ -153,7 +155,10 @@ def spectral_gap(
     :class:`ExactScore`, else from Langevin samples); the grids are refined from a coarse
     one until the extrapolated error (module docstring) is below rtol |value| or the grid
     would exceed ``max_unknowns`` (then ``converged`` is False with a warning, or
-    :class:`ConvergenceError` when ``raise_on_failure``). ``form="auto"`` takes the
+    :class:`ConvergenceError` when ``raise_on_failure``). A ``box`` given for an exact
+    mixture that leaves more than ``mass_tol`` of p_t outside gets a
+    :class:`BoundaryMassWarning` with the figure (the operator warns about the mass on the
+    box's outermost nodes for any score). ``form="auto"`` takes the
     ground-state form for scores with an exact log-density and the potential form otherwise.
     """
     score = as_score(score)
@@ -162,13 +167,20 @@ def spectral_gap(
             f"spectral_gap discretises H on grids in d <= 3; this score has d = {score.dim}: "
             "use ritz_gap (sample-based Rayleigh-Ritz) in high dimension"
         )
-    if box is None:
+    chosen = box is None
+    if chosen:
         if hasattr(score, "marginal"):
             box = box_from_mixture(score.marginal(t), mass_tol)
         else:
             box = box_from_score(score, t, mass_tol, generator=torch.Generator().manual_seed(0))
     lo, hi = (list(b) if hasattr(b, "__len__") else [float(b)] for b in box)
     dim = len(lo)
+    outside = mixture_mass_outside(score.marginal(t), lo, hi) if hasattr(score, "marginal") else math.nan
+    if not chosen and outside > mass_tol:
+        warnings.warn(
+            f"the box [{lo}, {hi}] leaves up to {outside:.3g} of p_t outside (mass_tol = {mass_tol:g}): "
+            "the gap computed is that of p_t cut to the box, which can differ from the true gap by more "
+            "than the error reported; widen the box or pass box=None", BoundaryMassWarning, stacklevel=2)
     if form == "auto":
         form = "ground_state" if hasattr(score, "log_prob") else "potential"
     limit = max_unknowns or MAX_UNKNOWNS.get(dim, 0)
@@ -202,5 +214,5 @@ def spectral_gap(
         converged=converged, grid=H.grid if H is not None else grid, box=(lo, hi), form=form,
         order=order, observed_order=observed,
         boundary_mass=H.boundary_mass if H is not None else math.nan,
-        levels=tuple(levels), method=method,
+        levels=tuple(levels), method=method, mass_outside=outside,
     )

@@ -20,7 +20,7 @@ from scipy.special import ndtri
 from .errors import InputShapeError
 from .mixture import GaussianMixture
 
-__all__ = ["Grid", "box_from_mixture", "box_from_samples"]
+__all__ = ["Grid", "box_from_mixture", "box_from_samples", "box_from_score", "mixture_mass_outside"]
 
 
 def _per_axis(value: Any, dim: int, name: str, cast=float) -> tuple:
@@ -125,6 +125,21 @@ def box_from_mixture(mixture: GaussianMixture, tol: float = 1e-12) -> tuple[list
     lo = (mixture.means - z * std).amin(0)
     hi = (mixture.means + z * std).amax(0)
     return lo.tolist(), hi.tolist()
+
+
+def mixture_mass_outside(mixture: GaussianMixture, lo: Sequence[float], hi: Sequence[float]) -> float:
+    """An upper bound on the mixture's mass outside the box [lo, hi] (per-axis union bound).
+
+    sum_k w_k sum_a [Phi((lo_a - mu_ka) / s_ka) + Phi((mu_ka - hi_a) / s_ka)], s_ka^2 = S_k,aa:
+    exact in 1D, at most d times too large otherwise.
+    """
+    lo_t = torch.as_tensor(lo, dtype=torch.float64)
+    hi_t = torch.as_tensor(hi, dtype=torch.float64)
+    std = torch.sqrt(torch.diagonal(mixture.covs, dim1=-2, dim2=-1)).to(torch.float64)
+    mu = mixture.means.to(torch.float64)
+    below = torch.special.ndtr((lo_t - mu) / std)
+    above = torch.special.ndtr((mu - hi_t) / std)
+    return float((mixture.weights.to(torch.float64) * (below + above).sum(-1)).sum())
 
 
 def box_from_samples(samples: torch.Tensor, tol: float = 1e-12) -> tuple[list[float], list[float]]:

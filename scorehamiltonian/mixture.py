@@ -19,6 +19,7 @@ with responsibilities r_k = softmax_k(log w_k + log N_k).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,6 +231,6 @@ def _checked_cholesky(cov: torch.Tensor) -> torch.Tensor:
     for k in torch.nonzero(cond_sqrt > limit).flatten().tolist():
         raise NotPositiveDefiniteError(
             f"covariance {k} is numerically singular (condition number about "
-            f"{float(cond_sqrt[k]) ** 2:.3g} exceeds 1 / (d eps))"
+            f"1e{2 * math.log10(float(cond_sqrt[k])):.1f} exceeds 1 / (d eps))"
         )
     return chol

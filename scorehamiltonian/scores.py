@@ -46,9 +46,8 @@ class Score(ABC):
     def prepare(self, x: Any, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Check x (shape (..., d), floating) and t (inside the time range); broadcast t."""
         x = check_points(x, self.dim)
-        t = broadcast_time(t, x)
-        self.process.time(t)
-        return x, t
+        self.process.time(t)  # before broadcasting: an empty batch does not excuse a bad t
+        return x, broadcast_time(t, x)
 
     def raw(self, x: Any, t: Any) -> torch.Tensor:
         """The score with input and shape checks but without the finiteness check."""

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from scorehamiltonian import EDM, OU, VE, GaussianMixture, VPLinear
+
+# Hypothesis: a fixed, derandomised profile so that CI is fast and deterministic; set
+# HYPOTHESIS_PROFILE=thorough for a longer local search.
+settings.register_profile("ci", max_examples=40, derandomize=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=1000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 PROCESSES = [OU(), VPLinear(), VE(sigma_min=0.01, sigma_max=20.0), EDM(sigma_max=40.0)]
 
