@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from threadpoolctl import threadpool_limits
 
 from scorehamiltonian import EDM, OU, VE, GaussianMixture, VPLinear
 
@@ -16,6 +17,16 @@ settings.register_profile("ci", max_examples=40, derandomize=True, deadline=None
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_blas_thread():
+    """One BLAS thread: dense LAPACK on a busy 2-core machine is up to 50 times slower with
+    OpenBLAS's thread pool than without it (torch's own thread count is set per module)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
 
 PROCESSES = [OU(), VPLinear(), VE(sigma_min=0.01, sigma_max=20.0), EDM(sigma_max=40.0)]
 

@@ -78,7 +78,7 @@ def test_dask_local_cluster_sweep_matches_the_serial_one_bit_for_bit(bimodal, tm
 
 
 def test_an_unwritable_checkpoint_folder_fails_before_any_work(bimodal, tmp_path, monkeypatch):
-    import scorehamiltonian.profiles as profiles
+    from scorehamiltonian import profiles
 
     calls = []
     monkeypatch.setattr(profiles, "_solve", lambda *args: calls.append(args) or {})
