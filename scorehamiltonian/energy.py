@@ -1,0 +1,460 @@
+"""Energies read out of a score: the probability-flow ODE and line integrals (THEORY section 5).
+
+Energies are in units of k_B T: E(x) = -log p_0(x) (nats).
+
+Probability-flow readout (:func:`energy`). The probability-flow ODE of the forward process
+dX = f X dt + g dW is dx/dt = F(x, t) = f(t) x - (g(t)^2 / 2) s_t(x); it transports p_t, so the
+continuity equation d/dt p_t = -div(p_t F) gives, along a trajectory x_t,
+
+    d/dt log p_t(x_t) = -div F(x_t, t),   div F = d f(t) - (g(t)^2 / 2) div s_t(x_t),
+
+and, integrating from x_0 = x at t_min to x_T at T = t_max,
+
+    log p_0(x) = log p_T(x_T) + int_{t_min}^{T} div F(x_t, t) dt.
+
+The state (x, l) with dl/dt = div F is integrated on the times of a schedule (Euler, Heun, RK4)
+or adaptively (torchdiffeq's dopri5), and log p_T is read from the reference law
+N(0, sigma_T^2 I) of the process (the law of X_T for data at the origin).
+
+Error of the result (``EnergyResult.error``, absolute, nats), the sum of three parts:
+- ``integrator_error``: step doubling. The same ODE is integrated on every other time of the
+  schedule (twice the steps of the same spacing function) and on every fourth. With
+  d1 = |E_h - E_2h| and d2 = |E_2h - E_4h|, the error is max(d1, d2 / 2^p) (the d2 term covers
+  points where the leading error term changes sign and d1 alone vanishes). Asymptotically d1 is
+  (2^p - 1) times the error of E_h (p the order: 1 Euler, 2 Heun, 4 RK4), so the estimate
+  over-estimates by that factor (Euler's is doubled: a factor 2). Before that regime it can
+  under-estimate: the point is flagged ``converged = False`` (with a warning) unless the
+  observed ratio d2 / d1 (2^p asymptotically) is at least 2^(p-1).
+  For dopri5 the ODE is solved again with ten times looser tolerances; |E - E_loose|
+  over-estimates the error of E by about 10^{5/6} - 1 (global error proportional to
+  tol^{p/(p+1)}, p = 5), assuming the solver's tolerance proportionality (not checked).
+- ``reference_error``: p_T differs from N(0, sigma_T^2 I) by r = log p_T - log q; with
+  grad r = s_T + x / sigma_T^2 and Laplacian r = div s_T + d / sigma_T^2 at x_T, the first order
+  of r for data of mean m and covariance C (E = alpha_T^2 C / sigma_T^2 small) is
+  alpha_T m . x / sigma_T^2 + x^T E x / (2 sigma_T^2) - tr E / 2 - alpha_T^2 |m|^2 / (2 sigma_T^2),
+  bounded term by term by |x . grad r| + (sigma_T^2 / 2)(|Laplacian r| + |grad r|^2); twice
+  that is reported (the first-order bound is tight, measured within 0.1 %, and the next order
+  can exceed it).
+- ``divergence_error``: with divergence="hutchinson", div s is v^T J v for m Rademacher probes
+  v drawn once per call and kept along the trajectory (the ODE stays deterministic, as dopri5
+  needs); each probe gives its own integral l_j and the standard error is std_j(l_j) / sqrt(m).
+  It is one standard error, not a bound.
+
+Line-integral readout (:func:`line_energy`): log p_t(b) - log p_t(a) = int_gamma s_t . dl along
+several paths gamma from a to b (Gauss-Legendre in the path parameter). For a true score every
+path gives the same number; the spread (the cycle closure: the integral around the loop made
+of two paths) is the audit figure of a learned score, and :func:`energy` reports it beside the
+energies of any score that is not an :class:`ExactScore`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from . import derivatives
+from ._validation import check_points
+from .eigensolvers import ConvergenceWarning
+from .errors import ScheduleError
+from .processes import ForwardProcess
+from .schedules import Schedule, as_schedule, standard_schedule
+from .scores import ExactScore, Score, as_score
+
+__all__ = ["DEFAULT_STEPS", "EnergyResult", "LineEnergyResult", "energy", "line_energy"]
+
+EnergyMethod = Literal["rk4", "heun", "euler", "dopri5"]
+DivergenceChoice = Literal["exact", "hutchinson"]
+
+#: Steps of the default schedule (EDM rho = 7 between the process's t_max and t_min).
+DEFAULT_STEPS = 128
+#: Relative tolerance, in units of the process's time range, for a schedule's end points.
+_SPAN_RTOL = 1e-9
+#: Differences below this fraction of 1 + |E| count as round-off in the asymptotic check.
+_ROUNDOFF_RTOL = 1e-10
+#: Factor between the tolerances of the dopri5 solve and of its error-estimating companion.
+_LOOSE_FACTOR = 10.0
+
+#: Butcher tableaus (a, b, c) of the explicit fixed-step integrators, and their orders.
+_TABLEAUS: dict[str, tuple[list[list[float]], list[float], list[float]]] = {
+    "euler": ([], [1.0], [0.0]),
+    "heun": ([[1.0]], [0.5, 0.5], [0.0, 1.0]),
+    "rk4": ([[0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6], [0.0, 0.5, 0.5, 1.0]),
+}
+ORDERS = {"euler": 1, "heun": 2, "rk4": 4, "dopri5": 5}
+
+
+@dataclass(frozen=True)
+class LineEnergyResult:
+    """log p_t(b) - log p_t(a) from line integrals of the score along several paths.
+
+    value : (n,) the mean over paths of int s_t . dl (nats).
+    error : (n,) quadrature_error + closure: bounds the distance of every path's integral
+        from ``value``.
+    closure : (n,) max - min over paths: the largest cycle-closure residual |oint s . dl| of a
+        loop made of two of the paths (zero to quadrature error for a true score).
+    quadrature_error : (n,) max over paths of |I_n - I_{n/2}| (Gauss-Legendre with n and n/2
+        nodes): an over-estimate of the error of I_n for a smooth integrand.
+    per_path : (n, P) each path's integral; nfe : score evaluations per point.
+    """
+
+    value: torch.Tensor
+    error: torch.Tensor
+    closure: torch.Tensor
+    quadrature_error: torch.Tensor
+    per_path: torch.Tensor
+    nfe: int
+
+
+@dataclass(frozen=True)
+class EnergyResult:
+    """E(x) = -log p_0(x) (nats, k_B T units) from the probability-flow ODE, with its error.
+
+    value : (...,) the energies, one per point (row) of x.
+    error : (...,) integrator_error + reference_error + divergence_error (see module docstring).
+    integrator_error, reference_error, divergence_error : (...,) the three parts.
+    converged : (...,) bool: the step-doubling sequence E_h, E_2h, E_4h is asymptotic at the
+        point (observed_ratio >= 2^(p-1); always True for dopri5). A
+        :class:`ConvergenceWarning` is issued when any point is not.
+    observed_ratio : (...,) |E_2h - E_4h| / |E_h - E_2h|, 2^p in the asymptotic regime (NaN for dopri5).
+    nfe : score evaluations per point, the error estimate included (each with its divergence).
+    n_vjp : vector-Jacobian products per point (autograd or Hutchinson divergences).
+    method, divergence : the integrator and the divergence estimator used.
+    times : the increasing time grid of the fixed-step integrators ([t_min, T] for dopri5).
+    x_T : (..., d) the end points of the trajectories at T.
+    closure : (...,) the cycle closure of :func:`line_energy` between each point and the batch
+        mean (the origin for a single point) at t_min, for scores that are not an
+        :class:`ExactScore`; None for exact scores.
+    """
+
+    value: torch.Tensor
+    error: torch.Tensor
+    integrator_error: torch.Tensor
+    reference_error: torch.Tensor
+    divergence_error: torch.Tensor
+    converged: torch.Tensor
+    observed_ratio: torch.Tensor
+    nfe: int
+    n_vjp: int
+    method: str
+    divergence: str
+    times: np.ndarray
+    x_T: torch.Tensor
+    closure: torch.Tensor | None
+
+
+class _Field:
+    """The augmented probability-flow field (x, l) -> (F(x, t), div F per probe), counting calls."""
+
+    def __init__(self, score: Score, process: ForwardProcess, probes: torch.Tensor | None) -> None:
+        self.score, self.process, self.probes = score, process, probes
+        self.exact = "exact" if isinstance(score, ExactScore) else "autograd"
+        self.nfe = 0
+        self.n_vjp = 0
+
+    def score_and_divergence(self, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """s_t(x) (n, d) and div s_t(x) per probe (n, m); m = 1 for the exact divergence."""
+        self.nfe += 1
+        if self.probes is None:
+            res = derivatives.divergence(self.score, x, t, method=self.exact)
+            self.n_vjp += res.n_vjp
+            return res.score, res.value[:, None]
+        x_leaf, s = derivatives._score_with_graph(self.score, x, t)
+        div = torch.stack([(derivatives._vjp(s, x_leaf, v) * v).sum(-1) for v in self.probes], -1)
+        self.n_vjp += len(self.probes)
+        return s.detach(), div.detach()
+
+    def __call__(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = state[0]
+        t = t.to(dtype=x.dtype, device=x.device).clamp(self.process.t_min, self.process.t_max)
+        s, div = self.score_and_divergence(t, x)
+        f, half_g2 = self.process.f(t), 0.5 * self.process.g2(t)
+        return f * x - half_g2 * s, x.shape[-1] * f - half_g2 * div
+
+
+def _fixed_step(field: _Field, x: torch.Tensor, m: int, times: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integrate (x, l) over the increasing ``times`` with an explicit Runge-Kutta tableau."""
+    a, b, c = _TABLEAUS[method]
+    state = (x, torch.zeros(x.shape[0], m, dtype=x.dtype, device=x.device))
+    for t0, t1 in itertools.pairwise(times):
+        h = t1 - t0
+        stages: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for i, ci in enumerate(c):
+            stages.append(field(t0 + ci * h, _combine(state, h, a[i - 1], stages) if i else state))
+        state = _combine(state, h, b, stages)
+    return state
+
+
+def _combine(state: tuple[torch.Tensor, ...], h: torch.Tensor, coeffs: list[float],
+             stages: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """state + h sum_i coeffs_i stages_i, component by component."""
+    return tuple(s0 + h * sum(c * k[j] for c, k in zip(coeffs, stages)) for j, s0 in enumerate(state))
+
+
+def _dopri5(field: _Field, x: torch.Tensor, m: int, span: torch.Tensor, rtol: float, atol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from torchdiffeq import odeint
+
+    y0 = (x, torch.zeros(x.shape[0], m, dtype=x.dtype, device=x.device))
+    xs, ls = odeint(field, y0, span, rtol=rtol, atol=atol, method="dopri5")
+    return xs[-1], ls[-1]
+
+
+def _coarse(times: torch.Tensor) -> torch.Tensor:
+    """Every other time of the grid, keeping both ends (the last coarse step is single when N is odd)."""
+    coarse = times[::2]
+    return coarse if coarse[-1] == times[-1] else torch.cat([coarse, times[-1:]])
+
+
+def _integrator_error(values: list[torch.Tensor], method: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Step-doubling error of values[0], the observed ratio and whether the refinement is asymptotic.
+
+    With d1 = |E_h - E_2h| and d2 = |E_2h - E_4h|: error = max(d1, d2 / 2^p) (times 2 for Euler);
+    the second term covers points where the leading error term changes sign and d1 alone
+    vanishes. Ratio d2 / d1 (2^p asymptotically). Asymptotic: ratio >= 2^(p-1), or d1 at
+    round-off level. dopri5: |E - E_loose|, ratio NaN, no such check (all True).
+    """
+    d1 = (values[0] - values[1]).abs()
+    if method == "dopri5":
+        return d1, torch.full_like(d1, math.nan), torch.ones_like(d1, dtype=torch.bool)
+    order = ORDERS[method]
+    d2 = (values[1] - values[2]).abs()
+    ratio = d2 / d1
+    roundoff = d1 <= _ROUNDOFF_RTOL * (1.0 + values[0].abs())
+    error = torch.maximum(d1, d2 / 2.0**order) * (2.0 if order == 1 else 1.0)
+    return error, ratio, (ratio >= 2.0 ** (order - 1)) | roundoff
+
+
+def _reference_error(field: _Field, x_T: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """The estimate of |log p_T(x_T) - log q(x_T)| of the module docstring (one more evaluation)."""
+    var = field.process.sigma(T) ** 2
+    s, div = field.score_and_divergence(T, x_T)
+    grad_r = s + x_T / var
+    lap_r = div.mean(-1) + x_T.shape[-1] / var
+    first_order = (x_T * grad_r).sum(-1).abs() + 0.5 * var * (lap_r.abs() + (grad_r**2).sum(-1))
+    return 2.0 * first_order
+
+
+def default_schedule(process: ForwardProcess, n_steps: int = DEFAULT_STEPS) -> Schedule:
+    """The default time grid of :func:`energy`: EDM (rho = 7) between the process's t_max and t_min."""
+    return standard_schedule("edm", n_steps, process.t_max, process.t_min, process)
+
+
+def _span_check(schedule: Schedule, process: ForwardProcess) -> Schedule:
+    """The schedule, range-checked, if it runs from the process's t_max down to its t_min."""
+    schedule.check_range(process)
+    tol = _SPAN_RTOL * (process.t_max - process.t_min)
+    for name, have, want in (("t_min", schedule.t_min, process.t_min), ("t_max", schedule.t_max, process.t_max)):
+        if abs(have - want) > tol:
+            raise ScheduleError(
+                f"the probability-flow energy integrates over the whole time range [{process.t_min}, "
+                f"{process.t_max}] of {process!r}; the schedule's {name} is {have!r}, not {want!r}"
+            )
+    return schedule
+
+
+def _resolve_schedule(schedule: Any, process: ForwardProcess, method: str) -> Schedule:
+    schedule = default_schedule(process) if schedule is None else as_schedule(schedule)
+    schedule = _span_check(schedule, process)
+    if method != "dopri5" and schedule.n_levels < 2:
+        raise ScheduleError(
+            f"a fixed-step energy needs at least 2 steps (step doubling estimates its error); "
+            f"the schedule has {schedule.n_levels}"
+        )
+    return schedule
+
+
+def _probes(divergence: str, n_probes: int, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
+    if divergence == "exact":
+        return None
+    if divergence != "hutchinson":
+        raise ValueError(f"divergence must be 'exact' or 'hutchinson'; got {divergence!r}")
+    if int(n_probes) < 2:
+        raise ValueError(f"n_probes must be at least 2 for a standard error; got {n_probes}")
+    return derivatives._rademacher((int(n_probes), *x.shape), x, generator)
+
+
+def _solve(field: _Field, x: torch.Tensor, m: int, times: torch.Tensor, method: str, rtol: float, atol: float
+           ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(x_T, l per probe) on the grid and its error-estimating companions.
+
+    Fixed steps: the grid, every other time of it and every fourth (step doubling twice).
+    dopri5: tolerances (rtol, atol) and ten times looser.
+    """
+    if method == "dopri5":
+        span = times[[0, -1]]
+        return [_dopri5(field, x, m, span, f * rtol, f * atol) for f in (1.0, _LOOSE_FACTOR)]
+    if method not in _TABLEAUS:
+        raise ValueError(f"method must be one of 'rk4', 'heun', 'euler', 'dopri5'; got {method!r}")
+    grids = [times, _coarse(times), _coarse(_coarse(times))]
+    return [_fixed_step(field, x, m, grid, method) for grid in grids]
+
+
+def _log_reference(process: ForwardProcess, x_T: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+    """log q(x_T) for the reference law q = N(0, sigma_T^2 I)."""
+    var = process.sigma(T) ** 2
+    return -0.5 * ((x_T**2).sum(-1) / var + x_T.shape[-1] * torch.log(2 * math.pi * var))
+
+
+def energy(
+    score: Any,
+    process: ForwardProcess | None,
+    x: Any,
+    schedule: Any = None,
+    *,
+    method: EnergyMethod = "rk4",
+    divergence: DivergenceChoice = "exact",
+    n_probes: int = 16,
+    rtol: float = 1e-7,
+    atol: float = 1e-9,
+    generator: torch.Generator | None = None,
+    closure: bool | None = None,
+) -> EnergyResult:
+    """E(x) = -log p_0(x) in k_B T by the probability-flow ODE (formula in the module docstring).
+
+    score : a :class:`Score` or a callable score (wrapped by :func:`as_score`).
+    process : the forward process (None: the score's own); it must equal the score's.
+    x : (..., d) points; the result has shape (...,), in x's dtype and on x's device.
+    schedule : a :class:`Schedule` or an array of times, monotone either way, running from the
+        process's t_max down to its t_min (a grid that misses either end raises
+        :class:`ScheduleError`). Default: :func:`default_schedule` (EDM, rho = 7, 128 steps).
+        dopri5 uses only its end points.
+    method : "rk4" (default), "heun", "euler" on the schedule's times, or "dopri5" (adaptive,
+        torchdiffeq) with tolerances ``rtol``, ``atol``.
+    divergence : "exact" (closed form for an ExactScore, else autograd: d vector-Jacobian
+        products per evaluation) or "hutchinson" (``n_probes`` Rademacher probes drawn once with
+        ``generator``, a seeded torch.Generator on x's device).
+    closure : report the line-integral cycle closure (default: for scores that are not exact).
+    """
+    score = as_score(score)
+    process = score.process if process is None else process
+    if process != score.process:
+        raise ValueError(f"process {process!r} differs from the score's process {score.process!r}")
+    x = check_points(x, score.dim)
+    batch_shape, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
+    schedule = _resolve_schedule(schedule, process, method)
+    times = schedule.to_torchdiffeq(dtype=x.dtype, device=x.device)
+    probes = _probes(divergence, n_probes, flat, generator)
+    m = 1 if probes is None else probes.shape[0]
+    field = _Field(score, process, probes)
+    solutions = _solve(field, flat, m, times, method, rtol, atol)
+    x_T, ell = solutions[0]
+    T = times[-1]
+    values = [-(_log_reference(process, xs, T) + ls.mean(-1)) for xs, ls in solutions]
+    value = values[0]
+    integrator_error, ratio, converged = _integrator_error(values, method)
+    reference_error = _reference_error(field, x_T, T)
+    divergence_error = ell.std(-1, correction=1) / math.sqrt(m) if m > 1 else torch.zeros_like(value)
+    total = integrator_error + reference_error + divergence_error
+    want_closure = not isinstance(score, ExactScore) if closure is None else closure
+    audit = _closure(score, flat, float(times[0])) if want_closure else None
+    _warn_unconverged(converged, schedule)
+    return EnergyResult(
+        value.reshape(batch_shape), total.reshape(batch_shape), integrator_error.reshape(batch_shape),
+        reference_error.reshape(batch_shape), divergence_error.reshape(batch_shape),
+        converged.reshape(batch_shape), ratio.reshape(batch_shape), field.nfe, field.n_vjp, method, divergence, times.cpu().numpy(),
+        x_T.reshape(x.shape), None if audit is None else audit.reshape(batch_shape),
+    )
+
+
+def _warn_unconverged(converged: torch.Tensor, schedule: Schedule) -> None:
+    n_bad = int((~converged).sum())
+    if n_bad:
+        warnings.warn(
+            f"energy: the step-doubling sequence is not asymptotic at {n_bad} of {converged.numel()} points "
+            f"on {schedule!r}; their error estimates are unreliable: refine the schedule (more steps)",
+            ConvergenceWarning, stacklevel=3,
+        )
+
+
+def _closure(score: Score, x: torch.Tensor, t: float) -> torch.Tensor:
+    anchor = x.mean(0, keepdim=True) if x.shape[0] > 1 else torch.zeros_like(x)
+    return line_energy(score, anchor.expand_as(x), x, t=t).closure
+
+
+# --------------------------------------------------------------------------- line integrals
+
+
+def _perpendicular_basis(u: torch.Tensor) -> torch.Tensor:
+    """(n, d, d - 1) orthonormal directions perpendicular to the unit vectors u (n, d).
+
+    Columns 2..d of the Householder reflection that maps e_1 to +-u.
+    """
+    e1 = torch.zeros_like(u)
+    e1[:, 0] = 1.0
+    flip = (u[:, :1] < 0).to(u.dtype) * 2 - 1
+    v = u - flip * e1
+    reflection = torch.eye(u.shape[1], dtype=u.dtype, device=u.device) - 2 * v[:, :, None] * v[:, None, :] / (
+        (v**2).sum(-1)[:, None, None]
+    )
+    return reflection[:, :, 1:]
+
+
+def _default_bulges(a: torch.Tensor, b: torch.Tensor, n_paths: int) -> torch.Tensor:
+    """(P, n, d) bulge vectors: 0 (straight), then +-|b - a| / 2 along perpendicular directions
+    in turn (along the segment itself in 1D, where every path gives the same integral)."""
+    delta = b - a
+    length = delta.norm(dim=-1, keepdim=True)
+    u = delta / length.clamp_min(torch.finfo(a.dtype).tiny)
+    basis = u[:, :, None] if a.shape[1] == 1 else _perpendicular_basis(u)
+    bulges = [torch.zeros_like(a)]
+    for k in range(1, n_paths):
+        direction = basis[:, :, ((k - 1) // 2) % basis.shape[2]]
+        bulges.append((-1) ** (k - 1) * 0.5 * length * direction)
+    return torch.stack(bulges)
+
+
+def _path_integral(score: Score, a: torch.Tensor, b: torch.Tensor, bulges: torch.Tensor, t: float,
+                   n_nodes: int) -> torch.Tensor:
+    """(n, P) int_0^1 s_t(gamma(u)) . gamma'(u) du, gamma(u) = a + u (b - a) + sin(pi u) bulge."""
+    nodes, weights = (torch.as_tensor(v, dtype=a.dtype, device=a.device) for v in np.polynomial.legendre.leggauss(n_nodes))
+    u, w = 0.5 * (nodes + 1.0), 0.5 * weights
+    delta = (b - a)[None, None]
+    points = a[None, None] + u[:, None, None, None] * delta + torch.sin(math.pi * u)[:, None, None, None] * bulges[None]
+    tangent = delta + math.pi * torch.cos(math.pi * u)[:, None, None, None] * bulges[None]
+    s = score(points.reshape(-1, a.shape[1]), t).reshape(points.shape)
+    return torch.einsum("q,qpnd->np", w, (s * tangent)).detach()
+
+
+def line_energy(
+    score: Any,
+    a: Any,
+    b: Any,
+    t: float | None = None,
+    paths: int | Any = 3,
+    n_nodes: int = 32,
+) -> LineEnergyResult:
+    """log p_t(b) - log p_t(a) = int_gamma s_t . dl along several paths, with the cycle closure.
+
+    Paths gamma_k(u) = a + u (b - a) + sin(pi u) delta_k, u in [0, 1], integrated by
+    Gauss-Legendre with ``n_nodes`` nodes in u (and n_nodes / 2 for the error estimate).
+    ``paths`` is the number P of paths (the straight one and P - 1 arcs bulging by
+    |b - a| / 2 to alternate sides along the directions perpendicular to b - a), or a tensor of
+    bulge vectors delta_k, shape (P, d) or (P, n, d). a, b : (n, d) or (d,) end points;
+    t : the time of the score (default the process's t_min). Units: nats.
+    """
+    score = as_score(score)
+    a, b = (check_points(v, score.dim, name) for v, name in ((a, "a"), (b, "b")))
+    a, b = torch.broadcast_tensors(a, b)
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    t = score.process.t_min if t is None else float(t)
+    if int(n_nodes) < 4:
+        raise ValueError(f"n_nodes must be at least 4 (the error estimate uses n_nodes / 2); got {n_nodes}")
+    if isinstance(paths, int):
+        if paths < 2:
+            raise ValueError(f"paths must be at least 2 for a cycle closure; got {paths}")
+        bulges = _default_bulges(a, b, paths)
+    else:
+        bulges = torch.as_tensor(paths, dtype=a.dtype, device=a.device)
+        bulges = bulges[:, None].expand(-1, *a.shape) if bulges.ndim == 2 else bulges.expand(-1, *a.shape)
+    fine = _path_integral(score, a, b, bulges, t, int(n_nodes))
+    coarse = _path_integral(score, a, b, bulges, t, int(n_nodes) // 2)
+    quadrature = (fine - coarse).abs().amax(-1)
+    closure = fine.amax(-1) - fine.amin(-1)
+    nfe = bulges.shape[0] * (int(n_nodes) + int(n_nodes) // 2)
+    return LineEnergyResult(fine.mean(-1), quadrature + closure, closure, quadrature, fine, nfe)
+
