@@ -9,10 +9,16 @@ Solvers, each in its own process (so that one can be abandoned after --time-limi
 and peak memory is its own): ``spectrum(H, k=2)`` (our default), scipy eigsh shift-invert
 (SuperLU of H - sigma I, sigma just below lambda_0: the ground state's Rayleigh quotient
 minus max(residual, 1% of its distance to the Gershgorin bound)), and eigsh(which="SA").
-Reported: wall time of the solve (operator build excluded), matvec count (solves for
-shift-invert), peak RSS increase during the solve (sampled every 20 ms), the gap
+Reported: wall time and CPU time of the solve (operator build excluded), matvec count
+(solves for shift-invert), work in fine-matvec equivalents (ours: the multigrid
+preconditioner's level matvecs and coarse solves and nested iteration's coarse grids
+included, each weighted by its unknowns, ``SpectrumResult.work``; the others: their
+matvec count), peak RSS increase during the solve (sampled every 20 ms), the gap
 lambda_1 - lambda_0 and its relative error bound (ours) or relative difference from ours,
-and time / (matvecs x one bare single-column matvec).
+time / (work x one bare single-column matvec), and the load average of the machine around
+each run (other processes: the timings of a shared machine are only comparable within one
+run). ``--threads`` sets torch's and numba's threads (0: their defaults); SuperLU and
+ARPACK run on one thread.
 
 Usage: python analysis/bench_gap.py --sizes 256 512 1024 [--dim3 128] [--out DIR]
 Writes results.json and results.md into --out (default analysis/out/bench_gap/).
@@ -108,14 +114,16 @@ def solve(solver: str, H, tol: float) -> dict:
 
     if solver == "ours":
         with PeakRSS() as mem:
+            cpu = time.process_time()
             r = spectrum(H, k=2, tol=tol)
-        return {"seconds": r.wall_time, "matvecs": r.n_matvec, "gap": r.gap, "gap_error": r.gap_error,
-                "converged": bool(r.converged.all()), "method": r.method, "memory_mib": mem.increase_mib,
-                "eigenvalues": r.eigenvalues.tolist()}
+            cpu = time.process_time() - cpu
+        return {"seconds": r.wall_time, "cpu_seconds": cpu, "matvecs": r.n_matvec, "work": r.work, "gap": r.gap,
+                "gap_error": r.gap_error, "converged": bool(r.converged.all()), "method": r.method,
+                "memory_mib": mem.increase_mib, "eigenvalues": r.eigenvalues.tolist()}
     A = H.to_scipy()
     count = [0]
     with PeakRSS() as mem:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         if solver == "eigsh-shift-invert":
             sigma = shift_below(H)
             lu = spla.splu((A - sigma * sp.identity(A.shape[0], format="csc")).tocsc())
@@ -133,26 +141,30 @@ def solve(solver: str, H, tol: float) -> dict:
 
             w = spla.eigsh(spla.LinearOperator(A.shape, matvec=product, dtype=np.float64), k=2, which="SA",
                            return_eigenvectors=False)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     w = np.sort(w)
-    return {"seconds": seconds, "matvecs": count[0], "gap": float(w[1] - w[0]), "converged": True,
-            "method": solver, "memory_mib": mem.increase_mib, "eigenvalues": w.tolist()}
+    return {"seconds": seconds, "cpu_seconds": cpu, "matvecs": count[0], "work": count[0], "gap": float(w[1] - w[0]),
+            "converged": True, "method": solver, "memory_mib": mem.increase_mib, "eigenvalues": w.tolist()}
 
 
 def worker(args: argparse.Namespace) -> None:
     """Child process: build H, time one bare matvec, run one solver, write JSON."""
+    import numba
     import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT))
     start = time.perf_counter()
     H = build_operator(args.n, args.dim)
     build = time.perf_counter() - start
     row = {"solver": args.worker, "n": args.n, "dim": args.dim, "N": H.shape[0], "build_seconds": build,
-           "bare_matvec_seconds": bare_matvec_seconds(H), "threads": torch.get_num_threads()}
+           "bare_matvec_seconds": bare_matvec_seconds(H), "threads": torch.get_num_threads(),
+           "numba_threads": numba.get_num_threads(), "load_before": os.getloadavg()[0]}
     row.update(solve(args.worker, H, args.tol))
-    row["time_per_matvec_ratio"] = row["seconds"] / (row["matvecs"] * row["bare_matvec_seconds"])
+    row["load_after"] = os.getloadavg()[0]
+    row["time_per_matvec_ratio"] = row["seconds"] / (row["work"] * row["bare_matvec_seconds"])
     Path(args.result).write_text(json.dumps(row))
 
 
@@ -177,14 +189,15 @@ def run_one(solver: str, n: int, dim: int, args: argparse.Namespace) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| grid | solver | time (s) | matvecs | peak RSS + (MiB) | gap | rel. gap error | "
-            "time / (matvecs x bare matvec) | note |\n|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| grid | solver | time (s) | CPU (s) | matvecs | work | bare matvec (ms) | peak RSS + (MiB) | gap | "
+            "rel. gap error | time / (work x bare matvec) | load | note |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     ours = {(r["n"], r["dim"]): r for r in rows if r["solver"] == "ours" and r.get("finished")}
     lines = []
     for r in rows:
         grid = "x".join([str(r["n"])] * r["dim"])
         if not r.get("finished"):
-            lines.append(f"| {grid} | {r['solver']} | - | - | - | - | - | - | {r['note']} |")
+            lines.append(f"| {grid} | {r['solver']} | - | - | - | - | - | - | - | - | - | - | {r['note']} |")
             continue
         ref = ours.get((r["n"], r["dim"]))
         if r["solver"] == "ours":
@@ -192,8 +205,10 @@ def markdown(rows: list[dict]) -> str:
         else:
             err, note = (abs(r["gap"] - ref["gap"]) / ref["gap"] if ref else float("nan")), "difference from ours"
         lines.append(
-            f"| {grid} | {r['solver']} | {r['seconds']:.2f} | {r['matvecs']} | {r['memory_mib']:.0f} | "
-            f"{r['gap']:.10e} | {err:.1e} | {r['time_per_matvec_ratio']:.1f} | {note} |"
+            f"| {grid} | {r['solver']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['matvecs']} | "
+            f"{r['work']:.0f} | {1e3 * r['bare_matvec_seconds']:.2f} | {r['memory_mib']:.0f} | "
+            f"{r['gap']:.10e} | {err:.1e} | {r['time_per_matvec_ratio']:.1f} | "
+            f"{r['load_before']:.1f}-{r['load_after']:.1f} | {note} |"
         )
     return head + "\n".join(lines) + "\n"
 
@@ -206,7 +221,7 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=600.0, help="seconds before a solver is abandoned")
     parser.add_argument("--build-allowance", type=float, default=90.0, help="extra seconds per 2^20 nodes for the build")
     parser.add_argument("--tol", type=float, default=5e-7, help="our tol: the gap comes with relative error <= 2 tol")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0, help="torch and numba threads (0: their defaults)")
     parser.add_argument("--out", default=str(ROOT / "analysis" / "out" / "bench_gap"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)

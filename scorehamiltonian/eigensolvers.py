@@ -34,11 +34,14 @@ Conventions
   the final check.
 - Vectors are kept in float64 on the operator's device; ``H.matvec`` receives and returns
   the operator's dtype. ``n_matvec`` counts columns: an (N, m) matvec counts m; shift-invert
-  solves of the eigsh method count as one each.
+  solves of the eigsh method count as one each. ``work`` adds the multigrid preconditioner's
+  level matvecs and coarse solves and the coarse-grid solves of nested iteration, in
+  fine-matvec equivalents (each weighted by its unknowns over N).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import warnings
@@ -53,6 +56,8 @@ import scipy.sparse.linalg as spla
 import torch
 
 from .errors import ConvergenceError, InputDtypeError, InputShapeError
+from .multigrid import COARSEST_SIZE, Multigrid
+from .transfer import interpolate_columns
 
 try:
     import pyamg
@@ -76,6 +81,17 @@ Preconditioner = Callable[[torch.Tensor], torch.Tensor]
 #: Extra eigenpairs computed above the k asked for (neighbours for the error bounds).
 _GUARD = 2
 _WORK_DTYPE = torch.float64
+#: Columns dropped from an orthonormalisation when they keep less than this of their norm.
+_DROP = 1e-10
+#: LOBPCG drops a preconditioned residual that keeps less than this of its norm once
+#: projected off the current basis (no new direction; sqrt of float64 eps).
+_NEW_DIRECTION = 1.5e-8
+#: Nested iteration solves the multigrid levels that resolve p_t this well (points per
+#: width of its sharpest mode), each to relative accuracy NESTED_TOL (or the asked tol if
+#: looser) within NESTED_MAXITER LOBPCG iterations.
+NESTED_POINTS_PER_WIDTH = 2.0
+NESTED_TOL = 1e-3
+NESTED_MAXITER = 50
 
 
 class ConvergenceWarning(UserWarning):
@@ -117,8 +133,12 @@ class SpectrumResult:
     residual_norms : (k,) ||H v_i - lambda_i v_i|| (2-norm, v_i of unit norm).
     eigenvalue_errors : (k,) bound on |lambda_i - exact_i| (module docstring).
     converged : (k,) bool, eigenvalue_errors <= tol * scale (module docstring).
-    n_matvec : matvec columns used, the final check included.
+    n_matvec : matvec columns of H used, the final check included.
     wall_time : seconds. method : the solver and its options. tol : as requested.
+    work : the whole solve in H-matvec equivalents: ``n_matvec`` plus the multigrid
+        preconditioner's level matvecs and coarse solves and the coarse grids of nested
+        iteration, each weighted by its unknowns (its flops for the sparse coarsest solve)
+        over H's; equal to ``n_matvec`` for the other methods.
     """
 
     eigenvalues: torch.Tensor
@@ -130,6 +150,7 @@ class SpectrumResult:
     wall_time: float
     method: str
     tol: float
+    work: float
 
     @property
     def gap(self) -> float:
@@ -149,11 +170,13 @@ class SpectrumResult:
 
 
 class _Counted:
-    """H with a matvec counter, taking and returning float64 columns (N, m)."""
+    """H with a matvec counter, taking and returning float64 columns (N, m); ``extra``
+    collects work done outside H.matvec, in H-matvec equivalents."""
 
     def __init__(self, H: SymmetricOperator) -> None:
-        self.H, self.count = H, 0
+        self.H, self.count, self.extra = H, 0, 0.0
         self.n = int(H.shape[0])
+        self._matvec_into = H.dtype == _WORK_DTYPE and "out" in inspect.signature(H.matvec).parameters
         self.device = torch.device(H.device)
         self.eps = torch.finfo(H.dtype).eps
 
@@ -161,6 +184,15 @@ class _Counted:
         self.count += X.shape[1]
         out = self.H.matvec(X.to(dtype=self.H.dtype, device=self.device))
         return out.to(_WORK_DTYPE).reshape(X.shape)
+
+    def rows(self, U: torch.Tensor, out: torch.Tensor) -> None:
+        """out = (H U^T)^T for row blocks (m, N), written in place when H's matvec takes
+        ``out`` (as :class:`ScoreHamiltonian`'s does) and works in float64."""
+        if self._matvec_into:
+            self.count += U.shape[0]
+            self.H.matvec(U.T, out=out.T)
+        else:
+            out.copy_(self(U.T).T)
 
 
 # ---------------------------------------------------------------------------------------
@@ -213,26 +245,18 @@ def _symmetric(G: torch.Tensor) -> torch.Tensor:
     return 0.5 * (G + G.T)
 
 
-def _rayleigh_ritz(X: torch.Tensor, HX: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ritz values (ascending) and the rotated X, HX of an orthonormal X."""
-    theta, Y = torch.linalg.eigh(_symmetric(X.T @ HX))
-    return theta, X @ Y, HX @ Y
-
-
-def _roundoff(theta: np.ndarray, X: torch.Tensor, diag: torch.Tensor, eps: float) -> np.ndarray:
+def _roundoff(theta: np.ndarray, X: torch.Tensor, diag: torch.Tensor, eps: float,
+              scratch: torch.Tensor | None = None) -> np.ndarray:
     """Round-off in a Ritz value: 2 eps ||diag(H) x_i|| from the matvec in the operator's
     dtype, plus (2 + log2 N) eps_64 max |theta| from the inner products (blocked sums) and
-    the small eigenproblem."""
-    matvec = (2 * eps * (diag.abs()[:, None] * X).norm(dim=0)).cpu().numpy()
+    the small eigenproblem. ``scratch``: an (N, m) tensor to compute in (else allocated)."""
+    scaled = torch.mul(diag.abs()[:, None], X, out=scratch)
+    matvec = (2 * eps * scaled.norm(dim=0)).cpu().numpy()
     return matvec + _projection_roundoff(theta, X.shape[0])
 
 
 def _projection_roundoff(theta: np.ndarray, n: int) -> float:
     return (2 + math.log2(n)) * torch.finfo(_WORK_DTYPE).eps * float(np.abs(theta).max())
-
-
-def _residuals(X: torch.Tensor, HX: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    return (HX - X * theta).norm(dim=0)
 
 
 @dataclass
@@ -247,11 +271,13 @@ class _Check:
 
 def _final_check(op: _Counted, X: torch.Tensor, diag: torch.Tensor) -> _Check:
     """Orthonormalise X, apply H explicitly, and bound the Ritz values' errors."""
-    X = _orthonormal(X)
-    theta, X, HX = _rayleigh_ritz(X, op(X))
-    rnorm = _residuals(X, HX, theta).cpu().numpy()
+    blocks = _Blocks(op, X.shape[1])
+    blocks.append(X.T)
+    theta, _ = blocks.rayleigh_ritz(-1)
+    X, HX = blocks.S[: blocks.m], blocks.HS[: blocks.m]
+    rnorm = torch.addcmul(HX, X, theta[:, None], value=-1.0, out=blocks.R[: blocks.m]).norm(dim=1).cpu().numpy()
     th = theta.cpu().numpy()
-    return _Check(th, X, rnorm, _error_bounds(th, rnorm) + _roundoff(th, X, diag, op.eps))
+    return _Check(th, X.T, rnorm, _error_bounds(th, rnorm) + _roundoff(th, X.T, diag, op.eps, blocks.scratch[: blocks.m].T))
 
 
 def _result(check: _Check, k: int, op: _Counted, start: float, method: str, tol: float,
@@ -274,7 +300,7 @@ def _result(check: _Check, k: int, op: _Counted, start: float, method: str, tol:
     theta, rnorm, errors = (torch.as_tensor(a[:k], dtype=_WORK_DTYPE) for a in (check.theta, check.rnorm, check.errors))
     return SpectrumResult(
         theta, vectors, rnorm, errors,
-        torch.as_tensor(converged), op.count, time.perf_counter() - start, method, tol,
+        torch.as_tensor(converged), op.count, time.perf_counter() - start, method, tol, op.count + op.extra,
     )
 
 
@@ -349,39 +375,157 @@ def amg_preconditioner(H: SymmetricOperator, shift: float) -> Preconditioner:
 # ---------------------------------------------------------------------------------------
 
 
-def _bounds(theta: torch.Tensor, X: torch.Tensor, R: torch.Tensor, diag: torch.Tensor,
-            eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """Ritz values and error bounds (with the round-off term) as numpy arrays."""
+def _passed(theta: torch.Tensor, X: torch.Tensor, rnorm: torch.Tensor, diag: torch.Tensor, eps: float,
+            tol: float, scratch: torch.Tensor) -> np.ndarray:
+    """Whether each Ritz pair meets ``tol`` (error bound plus the round-off term; the latter,
+    one pass over X in ``scratch``, is computed only when the bound alone passes)."""
     th = theta.cpu().numpy()
-    return th, _error_bounds(th, R.norm(dim=0).cpu().numpy()) + _roundoff(th, X, diag, eps)
+    errors = _error_bounds(th, rnorm.cpu().numpy())
+    passed = _converged(th, errors, tol)
+    if passed.any():
+        passed = _converged(th, errors + _roundoff(th, X, diag, eps, scratch), tol)
+    return passed
+
+
+class _Blocks:
+    """Row blocks S = [X; P; W] (each row one vector) and HS = H S, preallocated twice: a
+    Rayleigh-Ritz update writes the new [X; P] and [HX; HP] into the other pair by one GEMM
+    each, so no (N, m) block is ever concatenated or copied.
+
+    [X; P] is orthonormal; W is only projected off it (once, in place). Its normalisation
+    and the choice of independent directions happen in coefficient space, from the exact
+    Gram matrix of S (``rayleigh_ritz``), so no pass over the vectors is spent on them."""
+
+    def __init__(self, op: _Counted, m: int) -> None:
+        def block() -> torch.Tensor:
+            return torch.empty(3 * m, op.n, dtype=_WORK_DTYPE, device=op.device)
+
+        self.S, self.HS, self._S, self._HS = block(), block(), block(), block()
+        self.R, self.scratch = self._S[:m], self._HS[:m]  # free between Rayleigh-Ritz steps
+        self.op, self.m, self.q, self.a = op, m, 0, 0
+        self._before = torch.zeros(0, dtype=_WORK_DTYPE, device=op.device)
+
+    def free(self, a: int) -> torch.Tensor:
+        """The next a rows of S, to be filled and then passed to ``append``."""
+        return self.S[self.q : self.q + a]
+
+    def append(self, W: torch.Tensor) -> None:
+        """Append the rows W (a, N) (or the rows of ``free`` already holding them) projected
+        once off the orthonormal S[:q], and H times them."""
+        q, a = self.q, W.shape[0]
+        new = self.S[q : q + a]
+        if W.data_ptr() != new.data_ptr():
+            new.copy_(W)
+        products = self.S[: q + a] @ new.T
+        self._before = products[q:].diagonal()
+        if q:
+            new.addmm_(products[:q].T, self.S[:q], alpha=-1.0)
+        self.op.rows(new, self.HS[q : q + a])
+        self.q, self.a = q + a, a
+
+    def descend(self, W: torch.Tensor, rows: torch.Tensor) -> None:
+        """X[rows] <- X[rows] - W, then X (all of it, as new rows) and H X replace S."""
+        X = self.S[: self.m]
+        X.index_add_(0, rows, W, alpha=-1.0)
+        self.q = 0
+        self.append(X)
+
+    def _reduced(self, M: torch.Tensor) -> torch.Tensor:
+        """E (q x r): coefficients of an orthonormal basis of the appended rows' span, [X; P]
+        kept as they are. Appended rows that kept less than ``_NEW_DIRECTION`` of their norm
+        after the projection are left out (no new direction); the rest are orthonormalised
+        by the eigendecomposition of their Gram matrix, directions below ``_DROP`` dropped."""
+        q, a = self.q, self.a
+        old = q - a
+        gram = M[old:, old:]
+        fresh = (gram.diagonal() > _NEW_DIRECTION**2 * self._before).nonzero().flatten()
+        E = torch.zeros(q, old, dtype=M.dtype, device=M.device)
+        E[:old] = torch.eye(old, dtype=M.dtype, device=M.device)
+        if fresh.numel() == 0:
+            return E
+        w, U = torch.linalg.eigh(gram[fresh][:, fresh])
+        keep = w > _DROP**2 * w.max()
+        T = torch.zeros(q, int(keep.sum()), dtype=M.dtype, device=M.device)
+        T[old + fresh] = U[:, keep] / w[keep].sqrt()
+        return torch.cat([E, T], 1)
+
+    def rayleigh_ritz(self, p_old: int) -> tuple[torch.Tensor, int]:
+        """Rayleigh-Ritz on span(S): the m lowest Ritz pairs become X (rows 0..m-1) and, when
+        ``p_old`` >= 0, the part of the previous X orthogonal to the new X becomes P (built in
+        coefficient space, Hetmaniuk and Lehoucq 2006). Returns the Ritz values and P's rows
+        (-1 when no new direction came in: the caller stops)."""
+        S, HS = self.S[: self.q], self.HS[: self.q]
+        M = _symmetric(S @ S.T)
+        E = self._reduced(M)
+        if E.shape[1] == self.q - self.a and p_old >= 0:
+            return torch.empty(0), -1
+        self.m = min(self.m, E.shape[1])
+        L = torch.linalg.cholesky(_symmetric(E.T @ M @ E))
+        Linv = torch.linalg.solve_triangular(L, torch.eye(L.shape[0], dtype=L.dtype, device=L.device), upper=False)
+        theta, V = torch.linalg.eigh(_symmetric(Linv @ E.T @ (HS @ S.T) @ E @ Linv.T))
+        coefficients = V[:, : self.m]
+        if p_old >= 0:
+            old = L.T[:, : self.m]
+            coefficients = torch.cat([coefficients, _orthonormal(old, against=coefficients)], 1)
+        C = E @ Linv.T @ coefficients
+        r = C.shape[1]
+        torch.matmul(C.T, S, out=self._S[:r])
+        torch.matmul(C.T, HS, out=self._HS[:r])
+        self.S, self._S, self.HS, self._HS = self._S, self.S, self._HS, self.HS
+        self.R, self.scratch = self._S[: self.m], self._HS[: self.m]
+        self.q, self.a = r, 0
+        return theta[: self.m], r - self.m
+
+
+def _precondition(precond: Preconditioner, R: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """The preconditioner applied to the rows R (a, N), written into the rows ``out``."""
+    if isinstance(precond, Multigrid):
+        precond(R.T, out=out.T)
+    else:
+        out.copy_(precond(R.T).T)
+    return out
 
 
 def _lobpcg(op: _Counted, X0: torch.Tensor, precond: Preconditioner, k: int, tol: float,
-            maxiter: int, diag: torch.Tensor) -> torch.Tensor:
+            maxiter: int, diag: torch.Tensor, descent_first: bool = False) -> torch.Tensor:
     """Block LOBPCG (Knyazev 2001) with soft locking, in the orthonormal-basis form of
     Hetmaniuk and Lehoucq (2006): the search basis [X, P, W] is kept orthonormal, with
     P = the part of the previous X orthogonal to the new X, built in coefficient space so
     that no tiny vector is ever rescaled. Only unconverged columns get a preconditioned
-    residual W (and matvecs); it stops when the first k columns meet ``tol``.
+    residual W (and matvecs); it stops when the first k columns meet ``tol``, or when no
+    preconditioned residual adds a new direction.
+
+    ``descent_first`` (for an accurate preconditioner, the multigrid cycle): start with
+    block preconditioned inverse iteration, X <- X - W and Rayleigh-Ritz on X alone
+    (Knyazev and Neymeyr 2003; a third of LOBPCG's operations on vectors per step), as
+    long as each step at least halves the largest residual norm among the first k
+    unconverged columns, and go on as LOBPCG from the first step that does not.
     """
-    m = X0.shape[1]
-    X = _orthonormal(X0)
-    theta, X, HX = _rayleigh_ritz(X, op(X))
-    P = HP = X[:, :0]
+    blocks = _Blocks(op, X0.shape[1])
+    blocks.append(X0.T)
+    theta, p = blocks.rayleigh_ritz(-1)
+    descent, previous = descent_first, math.inf
     for _ in range(maxiter):
-        R = HX - X * theta
-        th, errors = _bounds(theta, X, R, diag, op.eps)
-        active = torch.as_tensor(~_converged(th, errors, tol), device=X.device)
+        X, HX = blocks.S[: blocks.m], blocks.HS[: blocks.m]
+        R = torch.addcmul(HX, X, theta[:, None], value=-1.0, out=blocks.R[: blocks.m])
+        rnorm = R.norm(dim=1)
+        passed = _passed(theta, X.T, rnorm, diag, op.eps, tol, blocks.scratch[: blocks.m].T)
+        active = torch.as_tensor(~passed, device=X.device)
         if not bool(active[:k].any()):
             break
-        W = _orthonormal(precond(R[:, active]), torch.cat([X, P], 1))
-        S, HS = torch.cat([X, P, W], 1), torch.cat([HX, HP, op(W)], 1)
-        theta_all, Y = torch.linalg.eigh(_symmetric(S.T @ HS))
-        Ym = Y[:, :m]
-        old = torch.eye(S.shape[1], m, dtype=Y.dtype, device=Y.device)
-        Z = _orthonormal(old, against=Ym)
-        theta, X, HX, P, HP = theta_all[:m], S @ Ym, HS @ Ym, S @ Z, HS @ Z
-    return X
+        worst = float(rnorm[:k][active[:k]].max())
+        descent, previous = descent and worst <= 0.5 * previous, worst
+        W = _precondition(precond, R if bool(active.all()) else R[active], blocks.free(int(active.sum())))
+        if descent:
+            blocks.descend(W, active.nonzero().flatten())
+            theta, p = blocks.rayleigh_ritz(-1)
+            continue
+        blocks.append(W)
+        theta_new, p = blocks.rayleigh_ritz(p)
+        if p < 0:
+            break
+        theta = theta_new
+    return blocks.S[: blocks.m].T
 
 
 def _lanczos(op: _Counted, X0: torch.Tensor, k: int, tol: float, maxiter: int,
@@ -491,20 +635,47 @@ def _random(op: _Counted, m: int, generator: torch.Generator | None) -> torch.Te
 
 def _start_block(op: _Counted, m: int, v0: torch.Tensor | None, ground_state: torch.Tensor | None,
                  grid: object | None, generator: torch.Generator | None) -> torch.Tensor:
-    """m independent starting columns: [ground_state, v0, fill]. Without a ground state the
-    fill is random; with one g, it is (x_a - <x_a>) g for each grid axis a (the first
-    excited states of the harmonic approximation around each mode) and then random
-    columns weighted by |g| + 1% of its maximum (localised where p lives, yet nonzero
-    everywhere, so no eigenvector is excluded from the start)."""
-    given = [v.reshape(op.n, -1).to(_WORK_DTYPE).to(op.device) for v in (ground_state, v0) if v is not None]
-    X = _orthonormal(torch.cat(given, 1)[:, :m]) if given else _random(op, 0, generator)
+    """m independent starting columns: [v0, ground_state, fill]. The ground state g is left
+    out when v0 already holds it (less than half of its norm outside span(v0)). Without a
+    ground state the fill is random; with one, it is (x_a - <x_a>) g for each grid axis a
+    (the first excited states of the harmonic approximation around each mode) and then
+    random columns weighted by |g| + 1% of its maximum (localised where p lives, yet
+    nonzero everywhere, so no eigenvector is excluded from the start)."""
+    X = _random(op, 0, generator) if v0 is None else v0.reshape(op.n, -1).to(_WORK_DTYPE).to(op.device)
+    g = None
     if ground_state is not None:
-        g = X[:, :1]
+        g = ground_state.reshape(op.n, 1).to(_WORK_DTYPE).to(op.device)
+        g = g / g.norm()
+        if _outside_span(g, X) > 0.5:
+            X = torch.cat([X, g], 1)
+    X = X[:, :m]
+    if X.shape[1] == m and _independent(X):
+        return X
+    X = _orthonormal(X) if X.shape[1] else X
+    if g is not None and X.shape[1] < m:
         X = torch.cat([X, _orthonormal(_coordinate_modes(g, grid), X)], 1)[:, :m]
-    weight = 1.0 if ground_state is None else X[:, :1].abs() + 0.01 * X[:, :1].abs().max()
+    weight = 1.0 if g is None else g.abs() + 0.01 * g.abs().max()
     while X.shape[1] < m:
         X = torch.cat([X, _orthonormal(_random(op, m - X.shape[1], generator) * weight, X)], 1)
     return X
+
+
+def _outside_span(g: torch.Tensor, X: torch.Tensor) -> float:
+    """||g - P g|| for a unit column g, P the orthogonal projector onto span(X) (from the
+    Gram matrix of X, its tiny directions dropped)."""
+    if X.shape[1] == 0:
+        return 1.0
+    w, U = torch.linalg.eigh(X.T @ X)
+    keep = w > _DROP**2 * w.max()
+    coefficients = (U[:, keep].T @ (X.T @ g)) / w[keep, None].sqrt()
+    return math.sqrt(max(0.0, 1.0 - float((coefficients**2).sum())))
+
+
+def _independent(X: torch.Tensor) -> bool:
+    """Whether the columns of X are clearly independent (condition number of their Gram
+    matrix below 1 / ``_DROP``): LOBPCG orthonormalises such a block in coefficient space."""
+    w = torch.linalg.eigvalsh(X.T @ X)
+    return bool(w[0] > _DROP * w[-1])
 
 
 def _coordinate_modes(g: torch.Tensor, grid: object | None) -> torch.Tensor:
@@ -521,15 +692,26 @@ def _coordinate_modes(g: torch.Tensor, grid: object | None) -> torch.Tensor:
     return torch.cat(columns, 1)
 
 
+def _energy_scale(H: SymmetricOperator, rho: float, lower: float) -> float:
+    """The energy scale of the low spectrum: 1 / width^2 for an operator that knows the width
+    of its sharpest mode (``points_per_width`` x the largest spacing: the first excitation
+    of a Gaussian mode of that width), else rho - lower (lower the Gershgorin bound)."""
+    ppw, grid = getattr(H, "points_per_width", None), getattr(H, "grid", None)
+    if ppw is not None and grid is not None and math.isfinite(ppw) and ppw > 0:
+        return 1.0 / (ppw * max(grid.h)) ** 2
+    return rho - lower
+
+
 def _shift_below(op: _Counted, H: SymmetricOperator, ground_state: torch.Tensor | None) -> float:
     """A shift sigma below lambda_0 for the preconditioner.
 
-    With a ground state g: rho - max(||r||, 0.01 (rho - lower), margin), rho = g^T H g and
-    r = H g - rho g (one matvec); otherwise lower - margin, lower the Gershgorin bound. The
-    margin, 1% of the mean eigenvalue spacing (upper - lower) / N, keeps sigma off an
-    eigenvalue when the bound is tight (a preconditioner that amplifies one direction by
-    1e8 stalls LOBPCG). Never below lower - margin; a shift that misses (lands above
-    lambda_0) only slows the iteration: the final check stays honest."""
+    With a ground state g: rho - max(||r||, 0.01 E, margin), rho = g^T H g, r = H g - rho g
+    (one matvec) and E the energy scale of ``_energy_scale``; otherwise lower - margin,
+    lower the Gershgorin bound. The margin, 1% of the mean eigenvalue spacing
+    (upper - lower) / N, keeps sigma off an eigenvalue when the bound is tight (a
+    preconditioner that amplifies one direction by 1e8 stalls LOBPCG). Never below
+    lower - margin; a shift that misses (lands above lambda_0) only slows the iteration:
+    the final check stays honest."""
     lo, hi = H.spectral_bounds()
     margin = 0.01 * (hi - lo) / op.n
     if ground_state is None:
@@ -539,16 +721,30 @@ def _shift_below(op: _Counted, H: SymmetricOperator, ground_state: torch.Tensor 
     Hg = op(g)
     rho = float(g.T @ Hg)
     residual = float((Hg - rho * g).norm())
-    return max(lo - margin, rho - max(residual, 0.01 * (rho - lo), margin))
+    return max(lo - margin, rho - max(residual, 0.01 * _energy_scale(H, rho, lo), margin))
+
+
+def _has_levels(H: SymmetricOperator) -> bool:
+    return all(hasattr(H, name) for name in ("coarsen", "residual", "smooth", "grid", "coef"))
 
 
 def _preconditioner(H: SymmetricOperator, diag: torch.Tensor, shift: float, choice: str) -> tuple[Preconditioner, str]:
-    """The LOBPCG preconditioner for ``choice`` and its name. "auto": AMG on the CPU when
-    pyamg is installed, else Fourier when H has a grid whose size matches, else Jacobi."""
+    """The LOBPCG preconditioner for ``choice`` and its name. "auto": multigrid when H can
+    coarsen itself (a :class:`ScoreHamiltonian` of more than ``COARSEST_SIZE`` unknowns),
+    else AMG on the CPU when pyamg is installed, else Fourier when H has a grid whose size
+    matches, else Jacobi."""
     grid = getattr(H, "grid", None)
     has_grid = grid is not None and math.prod(grid.n) == H.shape[0]
     if choice == "auto":
-        choice = "amg" if _HAVE_PYAMG and torch.device(H.device).type == "cpu" else ("fourier" if has_grid else "jacobi")
+        if _has_levels(H) and H.shape[0] > COARSEST_SIZE:
+            choice = "multigrid"
+        else:
+            choice = "amg" if _HAVE_PYAMG and torch.device(H.device).type == "cpu" else ("fourier" if has_grid else "jacobi")
+    if choice == "multigrid":
+        if not _has_levels(H):
+            raise ValueError("the multigrid preconditioner needs an operator that coarsens itself (ScoreHamiltonian)")
+        mg = Multigrid(H, shift)
+        return mg, f"multigrid, {len(mg.levels)} levels"
     if choice == "fourier":
         if not has_grid:
             raise ValueError("the Fourier preconditioner needs H.grid (with n and h) matching H.shape")
@@ -560,7 +756,38 @@ def _preconditioner(H: SymmetricOperator, diag: torch.Tensor, shift: float, choi
     if choice == "jacobi":
         inv = 1.0 / (diag - shift).clamp_min(1e-300)
         return (lambda R: R * inv[:, None]), "jacobi"
-    raise ValueError(f"preconditioner must be 'auto', 'fourier', 'amg' or 'jacobi'; got {choice!r}")
+    raise ValueError(f"preconditioner must be 'auto', 'multigrid', 'fourier', 'amg' or 'jacobi'; got {choice!r}")
+
+
+def _nested_start(mg: Multigrid, m: int, k: int, tol: float, deflate: bool,
+                  generator: torch.Generator | None) -> tuple[torch.Tensor | None, float, int]:
+    """Nested iteration over the multigrid levels that resolve p_t (at least
+    ``NESTED_POINTS_PER_WIDTH`` points per width): LOBPCG on the coarsest of them from the
+    usual start, each level's m Ritz vectors interpolated as the next finer level's start
+    (the lowest one replaced by that level's own ground state when deflating),
+    each level solved to ``max(tol, NESTED_TOL)`` (its discretisation differs from the
+    next one's by more) within ``NESTED_MAXITER`` iterations. Returns the Ritz vectors
+    interpolated to the finest level (or None with no such coarse level), the work in
+    finest-level matvec equivalents, and the number of levels solved."""
+    operators = mg.operators
+    usable = [i for i, H in enumerate(operators) if i > 0 and H.points_per_width >= NESTED_POINTS_PER_WIDTH]
+    if not usable:
+        return None, 0.0, 0
+    chain, work, X = [mg], 0.0, None
+    for _ in range(usable[-1]):
+        chain.append(chain[-1].coarser())
+    for i in range(usable[-1], 0, -1):
+        H, level_mg = operators[i], chain[i]
+        op = _Counted(H)
+        if X is not None:
+            X = interpolate_columns(X[:, 1:] if deflate else X, operators[i + 1].grid.n, H.grid.n)
+        g = H.ground_state if deflate else None
+        X0 = _start_block(op, m, X, g, H.grid, generator)
+        diag = H.diagonal().to(_WORK_DTYPE).to(op.device)
+        X = _lobpcg(op, X0, level_mg, k, max(tol, NESTED_TOL), NESTED_MAXITER, diag, descent_first=True)
+        work += (op.count + level_mg.work) * mg.levels[i].weight
+    start = interpolate_columns(X[:, 1:] if deflate else X, operators[1].grid.n, operators[0].grid.n)
+    return start, work, usable[-1]
 
 
 _DEFAULT_MAXITER = {"lobpcg": 500, "lanczos": 20000}
@@ -593,21 +820,28 @@ def spectrum(
     raise_on_failure: bool = False,
     v0: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    preconditioner: Literal["auto", "fourier", "amg", "jacobi"] = "auto",
+    preconditioner: Literal["auto", "multigrid", "fourier", "amg", "jacobi"] = "auto",
+    nested: bool = True,
 ) -> SpectrumResult:
     """The k lowest eigenvalues of the real symmetric operator H, with error bounds.
 
     Methods (all end with the explicit check of the module docstring):
 
     - "auto" / "lobpcg": block LOBPCG with a preconditioner approximating
-      (H - sigma I)^{-1}, sigma just below lambda_0 (from the ground state's Rayleigh
-      quotient and residual when deflating, else the Gershgorin bound; see
-      ``_shift_below``). ``preconditioner``: "amg" (a pyamg smoothed-aggregation V-cycle
-      on ``H.to_scipy()``), "fourier" ((-Laplacian_h + c)^{-1} by DST on ``H.grid``, c a
-      quarter of the median of V - sigma: O(N log N), any device, iteration counts
-      independent of h but growing with the range of V), "jacobi", or "auto" (AMG on the
-      CPU, Fourier on other devices when H has a grid). ``maxiter`` counts iterations
-      (default 500).
+      (H - sigma I)^{-1}, sigma below lambda_0 (from the ground state's Rayleigh quotient,
+      its residual and the operator's energy scale when deflating, else the Gershgorin
+      bound; see ``_shift_below``). ``preconditioner``: "multigrid" (a geometric V-cycle on
+      the operator re-discretised on coarser grids, :class:`~.multigrid.Multigrid`: for
+      operators that coarsen themselves, :class:`ScoreHamiltonian`), "amg" (a pyamg
+      smoothed-aggregation V-cycle on ``H.to_scipy()``), "fourier" ((-Laplacian_h + c)^{-1}
+      by DST on ``H.grid``, c a quarter of the median of V - sigma: O(N log N), any device,
+      iteration counts independent of h but growing with the range of V), "jacobi", or
+      "auto" (multigrid for an operator that coarsens itself and has more than
+      ``COARSEST_SIZE`` unknowns, else AMG on the CPU, Fourier on other devices when H has a
+      grid). With the multigrid preconditioner and no ``v0``, ``nested`` iteration first
+      solves the coarser levels that resolve p_t (coarse to fine, each level's Ritz vectors
+      interpolated as the next one's start), so the fine level starts close to converged.
+      ``maxiter`` counts fine-level iterations (default 500).
     - "lanczos": block Lanczos (block size k + 2) with full reorthogonalisation and thick
       restart, matvecs only (slow on fine grids: its rate depends on the spectral width
       ~ 1/h^2). ``maxiter`` counts matvecs (default 20000).
@@ -617,10 +851,13 @@ def spectrum(
 
     ``tol``: relative accuracy from the ground level (module docstring); at least 100 eps of
     the operator's dtype, else :class:`InputDtypeError`. ``v0``: starting vector(s) (N,) or
-    (N, j). ``generator``: for the random starting columns. ``deflate``: start from
-    ``H.ground_state`` g (never assumed exact), with (x_a - <x_a>) g per grid axis and
-    random columns weighted by g as the other starting columns, and place the
-    preconditioner's shift from g's Rayleigh quotient. Eigenvalues that miss ``tol`` are flagged
+    (N, j), the first columns of the start (a warm start, e.g. a coarser grid's eigenvectors
+    through :func:`~.transfer.interpolate_columns`; it replaces nested iteration).
+    ``generator``: for the random starting columns. ``deflate``: start from
+    ``H.ground_state`` g too (never assumed exact; left out when v0 already spans it), with
+    (x_a - <x_a>) g per grid axis and random columns weighted by g as the other starting
+    columns, and place the preconditioner's shift from g's Rayleigh quotient.
+    ``nested``: allow nested iteration (above). Eigenvalues that miss ``tol`` are flagged
     ``converged=False`` with a :class:`ConvergenceWarning`, or raise
     :class:`ConvergenceError` when ``raise_on_failure``.
     """
@@ -634,14 +871,22 @@ def spectrum(
         X = torch.cat([X, _orthonormal(_random(op, m - X.shape[1], generator), X)], 1) if X.shape[1] < m else X
     else:
         ground_state = getattr(H, "ground_state", None) if deflate else None
-        X0 = _start_block(op, m, v0, ground_state, getattr(H, "grid", None), generator)
         budget = maxiter if maxiter is not None else _DEFAULT_MAXITER["lanczos" if method == "lanczos" else "lobpcg"]
         start_note = ", ground-state start" if ground_state is not None else ""
         if method == "lanczos":
+            X0 = _start_block(op, m, v0, ground_state, getattr(H, "grid", None), generator)
             X, name = _lanczos(op, X0, k, tol, budget, generator), f"lanczos (block {m}{start_note})"
         else:
             shift = _shift_below(op, H, ground_state)
             precond, pname = _preconditioner(H, diag, shift, preconditioner)
-            X, name = _lobpcg(op, X0, precond, k, tol, budget, diag), f"lobpcg ({pname}{start_note})"
+            coarse_start, levels = None, 0
+            if nested and isinstance(precond, Multigrid) and v0 is None:
+                coarse_start, op.extra, levels = _nested_start(precond, m, k, tol, deflate, generator)
+            X0 = _start_block(op, m, v0 if coarse_start is None else coarse_start, ground_state,
+                              getattr(H, "grid", None), generator)
+            X = _lobpcg(op, X0, precond, k, tol, budget, diag, descent_first=isinstance(precond, Multigrid))
+            op.extra += getattr(precond, "work", 0.0)
+            nested_note = f", nested iteration from {levels} coarser grids" if levels else ""
+            name = f"lobpcg ({pname}{start_note}{nested_note})"
     check = _final_check(op, X, diag)
     return _result(check, k, op, start, name, tol, return_eigenvectors, raise_on_failure)

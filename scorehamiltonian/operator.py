@@ -19,11 +19,15 @@ of the generator: its off-diagonals are -1/h^2 and its Dirichlet form is
 psi^T H psi = -1/2 sum_{i != j} H_ij psi0_i psi0_j (f_i - f_j)^2 with f = psi / psi0.
 
 Matvecs run in torch on any device (v of shape (N,) or (N, m)), or with a numba kernel on
-the CPU. ``to_scipy`` exports the same matrix for reference solvers.
+the CPU. ``to_scipy`` exports the same matrix for reference solvers. For multigrid
+(:mod:`.multigrid`): ``coarsen`` gives the same H_t on a coarser grid of the box (no score
+evaluations), and ``residual`` / ``smooth`` apply b - (H - shift) u and one polynomial
+smoothing step to row blocks in one pass each.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import Any, Literal
@@ -39,6 +43,7 @@ from .errors import ResolutionError
 from .grid import Grid
 from .potential import quantum_potential
 from .scores import Score, as_score
+from .transfer import interpolate
 
 __all__ = ["BoundaryMassWarning", "ResolutionWarning", "ScoreHamiltonian", "log_density_on_grid", "stencil"]
 
@@ -52,6 +57,8 @@ _MIN_POINTS_PER_WIDTH, _WARN_POINTS_PER_WIDTH = 1.0, 4.0
 _CHUNK = 1 << 16
 #: Below this many unknowns the torch matvec is as fast as the numba kernel (thread start-up).
 _NUMBA_MIN_SIZE = 1 << 16
+#: Numba passes over fewer values than this run on one thread (a parallel start costs more).
+_PARALLEL_MIN_SIZE = 1 << 16
 
 
 class ResolutionWarning(UserWarning):
@@ -81,39 +88,74 @@ def _shifted_sum(u: torch.Tensor, weights: list[tuple[int, int, float]]) -> torc
     return out
 
 
-@numba.njit(parallel=True, cache=False)
-def _numba_stencil(u, diag, coef, h2inv, out):  # pragma: no cover - compiled
-    """out = diag * u + sum_axes sum_o coef[o] h2inv[axis] (u shifted by +-o), zero outside.
+@numba.njit(inline="always")
+def _stencil_line(u, c, i, j, diag, coef, h2inv, out):  # pragma: no cover - compiled
+    """out[c, i, j, :] = (H u)[c, i, j, :] for u, out of shape (m, n0, n1, n2): diag * u plus
+    sum_axes sum_o coef[o] h2inv[axis] (u shifted by +-o), zero outside. The loops over the
+    contiguous last axis are branch-free (vectorisable)."""
+    _, n0, n1, n2 = u.shape
+    for k in range(n2):
+        out[c, i, j, k] = diag[i, j, k] * u[c, i, j, k]
+    for o in range(1, coef.shape[0]):
+        w0, w1, w2 = coef[o] * h2inv[0], coef[o] * h2inv[1], coef[o] * h2inv[2]
+        if i - o >= 0:
+            for k in range(n2):
+                out[c, i, j, k] += w0 * u[c, i - o, j, k]
+        if i + o < n0:
+            for k in range(n2):
+                out[c, i, j, k] += w0 * u[c, i + o, j, k]
+        if j - o >= 0:
+            for k in range(n2):
+                out[c, i, j, k] += w1 * u[c, i, j - o, k]
+        if j + o < n1:
+            for k in range(n2):
+                out[c, i, j, k] += w1 * u[c, i, j + o, k]
+        for k in range(o, n2):
+            out[c, i, j, k] += w2 * u[c, i, j, k - o]
+        for k in range(n2 - o):
+            out[c, i, j, k] += w2 * u[c, i, j, k + o]
 
-    u, out: (m, n0, n1, n2) C-contiguous; one parallel task per line (c, i, j), whose inner
-    loops over k are contiguous and branch-free (vectorisable).
-    """
-    m, n0, n1, n2 = u.shape
-    r = coef.shape[0] - 1
-    for line in numba.prange(m * n0 * n1):
-        c = line // (n0 * n1)
-        i = (line // n1) % n0
-        j = line % n1
-        for k in range(n2):
-            out[c, i, j, k] = diag[i, j, k] * u[c, i, j, k]
-        for o in range(1, r + 1):
-            w0, w1, w2 = coef[o] * h2inv[0], coef[o] * h2inv[1], coef[o] * h2inv[2]
-            if i - o >= 0:
-                for k in range(n2):
-                    out[c, i, j, k] += w0 * u[c, i - o, j, k]
-            if i + o < n0:
-                for k in range(n2):
-                    out[c, i, j, k] += w0 * u[c, i + o, j, k]
-            if j - o >= 0:
-                for k in range(n2):
-                    out[c, i, j, k] += w1 * u[c, i, j - o, k]
-            if j + o < n1:
-                for k in range(n2):
-                    out[c, i, j, k] += w1 * u[c, i, j + o, k]
-            for k in range(o, n2):
-                out[c, i, j, k] += w2 * u[c, i, j, k - o]
-            for k in range(n2 - o):
-                out[c, i, j, k] += w2 * u[c, i, j, k + o]
+
+#: What a pass over the lines computes (``_lines``).
+_MATVEC, _RESIDUAL, _SMOOTH, _SMOOTH_FROM_ZERO = 0, 1, 2, 3
+
+
+@numba.njit(cache=True)
+def _lines(start, stop, mode, u, b, d, diag, shift, dinv, coef, h2inv, alpha, beta, out):  # pragma: no cover
+    """Lines start..stop-1 (line = (c, i, j) of the (m, n0, n1, n2) arrays) of one pass:
+    _MATVEC: out = H u; _RESIDUAL: out = b - (H - shift) u; _SMOOTH: one step of a
+    polynomial smoother, d <- alpha d + beta dinv (b - (H - shift) u) and out = u + d
+    (out must not alias u); _SMOOTH_FROM_ZERO: its first step from u = 0, d = out =
+    beta dinv b (no matvec)."""
+    _, n0, n1, n2 = u.shape
+    for line in range(start, stop):
+        c, i, j = line // (n0 * n1), (line // n1) % n0, line % n1
+        if mode == _SMOOTH_FROM_ZERO:
+            for k in range(n2):
+                step = beta * dinv[i, j, k] * b[c, i, j, k]
+                d[c, i, j, k] = step
+                out[c, i, j, k] = step
+            continue
+        _stencil_line(u, c, i, j, diag, coef, h2inv, out)
+        if mode == _RESIDUAL:
+            for k in range(n2):
+                out[c, i, j, k] = b[c, i, j, k] - out[c, i, j, k] + shift * u[c, i, j, k]
+        elif mode == _SMOOTH:
+            for k in range(n2):
+                r = b[c, i, j, k] - out[c, i, j, k] + shift * u[c, i, j, k]
+                step = alpha * d[c, i, j, k] + beta * dinv[i, j, k] * r
+                d[c, i, j, k] = step
+                out[c, i, j, k] = u[c, i, j, k] + step
+
+
+@numba.njit(parallel=True, cache=True)
+def _lines_parallel(chunks, mode, u, b, d, diag, shift, dinv, coef, h2inv, alpha, beta, out):  # pragma: no cover
+    """``_lines`` over all lines, split into ``chunks`` parallel tasks."""
+    m, n0, n1, _ = u.shape
+    total = m * n0 * n1
+    for chunk in numba.prange(chunks):
+        _lines(chunk * total // chunks, (chunk + 1) * total // chunks, mode, u, b, d, diag, shift, dinv, coef,
+               h2inv, alpha, beta, out)
 
 
 def log_density_on_grid(
@@ -185,7 +227,7 @@ class ScoreHamiltonian:
     order : 2 or 4, the order of the Laplacian stencil.
     form : "potential" (V = |s|^2/4 + div s/2) or "ground_state" (H psi_0 = 0 exactly).
     divergence : divergence method of the potential form (see ``quantum_potential``).
-    backend : "torch", "numba" (CPU, float64) or "auto" (numba on the CPU, else torch).
+    backend : "torch", "numba" (CPU) or "auto" (numba on the CPU from 2^16 unknowns, else torch).
     mass_tol : warn (:class:`BoundaryMassWarning`) when the mass of p_t on the outermost
         layer of nodes exceeds this.
     dtype, device : of the matvec (float64 by default).
@@ -223,44 +265,55 @@ class ScoreHamiltonian:
             raise ValueError(f"form must be 'potential' or 'ground_state'; got {form!r}")
         if backend not in ("auto", "torch", "numba"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'numba'; got {backend!r}")
-        self.t, self.grid, self.order, self.form = float(t), grid, order, form
-        self.coef = stencil(order)
-        self.dtype = dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.shape = (grid.size, grid.size)
-        if backend == "auto":
-            backend = "numba" if self.device.type == "cpu" and grid.size >= _NUMBA_MIN_SIZE else "torch"
-        self.backend = backend
-        if self.backend == "numba" and self.device.type != "cpu":
+        if backend == "numba" and self.device.type != "cpu":
             raise ValueError("the numba backend runs on the CPU; use backend='torch' on other devices")
-        self._set_diagonal(divergence)
+        self.t, self.order, self.form, self.dtype = float(t), order, form, dtype
+        self.coef = stencil(order)
+        self._backend_request = backend
+        potential, self.potential_error, log_density, self.curl_residual = self._evaluate(grid, divergence)
+        self._set_arrays(grid, potential, log_density)
         self._check_box(mass_tol)
 
     def __repr__(self) -> str:
         return (f"ScoreHamiltonian(t={self.t}, grid={self.grid}, order={self.order}, "
                 f"form={self.form!r}, backend={self.backend!r})")
 
-    def _set_diagonal(self, divergence: DivergenceMethod) -> None:
-        h2inv = [1.0 / h**2 for h in self.grid.h]
-        self._weights = [(a, o, self.coef[o] * h2inv[a]) for a in range(self.grid.dim) for o in range(1, len(self.coef))]
+    def _evaluate(self, grid: Grid, divergence: DivergenceMethod) -> tuple[torch.Tensor | None, torch.Tensor,
+                                                                           torch.Tensor, float]:
+        """(V or None for the ground-state form, its error, log p, curl residual) from the score."""
+        points = grid.points(dtype=torch.float64)
+        if self.form == "ground_state":
+            log_density, curl = log_density_on_grid(self.score, self.t, grid)
+            return None, torch.zeros(grid.size, dtype=torch.float64), log_density, curl
+        parts = [quantum_potential(self.score, chunk, self.t, divergence_method=divergence)
+                 for chunk in points.split(_CHUNK)]
+        scores = torch.cat([p.score for p in parts])
+        log_density, curl = log_density_on_grid(self.score, self.t, grid, scores)
+        return torch.cat([p.value for p in parts]), torch.cat([p.error for p in parts]), log_density, curl
+
+    def _set_arrays(self, grid: Grid, potential: torch.Tensor | None, log_density: torch.Tensor) -> None:
+        """Install the grid, log p and V (derived from log p in the ground-state form)."""
+        self.grid, self.shape = grid, (grid.size, grid.size)
+        backend = self._backend_request
+        if backend == "auto":
+            backend = "numba" if self.device.type == "cpu" and grid.size >= _NUMBA_MIN_SIZE else "torch"
+        self.backend = backend
+        h2inv = [1.0 / h**2 for h in grid.h]
+        self._weights = [(a, o, self.coef[o] * h2inv[a]) for a in range(grid.dim) for o in range(1, len(self.coef))]
         center = self.coef[0] * sum(h2inv)
-        points = self.grid.points(dtype=torch.float64)
-        if self.form == "potential":
-            parts = [quantum_potential(self.score, chunk, self.t, divergence_method=divergence)
-                     for chunk in points.split(_CHUNK)]
-            potential = torch.cat([p.value for p in parts])
-            self.potential_error = torch.cat([p.error for p in parts])
-            scores = torch.cat([p.score for p in parts])
-            self.log_density, self.curl_residual = log_density_on_grid(self.score, self.t, self.grid, scores)
-        else:
-            self.log_density, self.curl_residual = log_density_on_grid(self.score, self.t, self.grid)
-            potential = -(center + self._neighbour_ratios(self.log_density))
-            self.potential_error = torch.zeros_like(potential)
-        self.potential = potential
-        half = 0.5 * (self.log_density - self.log_density.max())
+        if potential is None:
+            potential = -(center + self._neighbour_ratios(log_density))
+        self.log_density, self.potential = log_density, potential
+        half = 0.5 * (log_density - log_density.max())
         self.ground_state = (torch.exp(half) / torch.exp(half).norm()).to(self.dtype).to(self.device)
         self._diag = (potential + center).to(self.dtype).to(self.device)
-        self._diag_numpy = self._diag.numpy() if self.backend == "numba" else None
+        pad = 3 - grid.dim
+        self._n3 = (1,) * pad + tuple(grid.n)
+        h2 = np.zeros(3)
+        h2[pad:] = h2inv
+        self._h2inv = h2.astype(np.float64 if self.dtype == torch.float64 else np.float32)
+        self._coef = np.asarray(self.coef, dtype=self._h2inv.dtype)
 
     def _neighbour_ratios(self, log_density: torch.Tensor) -> torch.Tensor:
         """sum_nb H_i,nb psi0_nb / psi0_i = sum_nb w_nb exp((phi_nb - phi_i) / 2) at every node.
@@ -277,16 +330,11 @@ class ScoreHamiltonian:
             total.narrow(a, 0, m).add_(torch.exp(hi - lo), alpha=w)
         return total.reshape(-1)
 
-    def _check_box(self, mass_tol: float) -> None:
+    def _measure(self, minimum: float = _MIN_POINTS_PER_WIDTH) -> float:
+        """Set ``boundary_mass`` and ``points_per_width`` (ResolutionError below ``minimum``);
+        return the sharpest width."""
         p = torch.exp(self.log_density) * self.grid.cell_volume
         self.boundary_mass = float(p[self.grid.boundary_shell(1)].sum())
-        if self.boundary_mass > mass_tol:
-            warnings.warn(
-                f"the box {list(zip(self.grid.lo, self.grid.hi))} cuts off probability mass: "
-                f"p_t has mass {self.boundary_mass:.3g} on the outermost layer of nodes "
-                f"(tolerance {mass_tol:g}); enlarge the box",
-                BoundaryMassWarning, stacklevel=3,
-            )
         phi = self.log_density.reshape(self.grid.n)
         lap = _shifted_sum(phi, [(a, 1, 1.0 / h**2) for a, h in enumerate(self.grid.h)]).reshape(-1)
         lap = lap - 2.0 * sum(1.0 / h**2 for h in self.grid.h) * self.log_density
@@ -294,10 +342,21 @@ class ScoreHamiltonian:
         curvature = float((-lap[interior]).clamp_min(0).max()) / self.grid.dim if bool(interior.any()) else 0.0
         width = 1.0 / math.sqrt(curvature) if curvature > 0 else math.inf
         self.points_per_width = width / max(self.grid.h)
-        if self.points_per_width < _MIN_POINTS_PER_WIDTH:
+        if self.points_per_width < minimum:
             raise ResolutionError(
                 f"the grid (h = {max(self.grid.h):.3g}) does not resolve p_t: its sharpest mode has "
                 f"width about {width:.3g}, {self.points_per_width:.2f} grid spacings; refine the grid"
+            )
+        return width
+
+    def _check_box(self, mass_tol: float) -> None:
+        width = self._measure()
+        if self.boundary_mass > mass_tol:
+            warnings.warn(
+                f"the box {list(zip(self.grid.lo, self.grid.hi))} cuts off probability mass: "
+                f"p_t has mass {self.boundary_mass:.3g} on the outermost layer of nodes "
+                f"(tolerance {mass_tol:g}); enlarge the box",
+                BoundaryMassWarning, stacklevel=3,
             )
         if self.points_per_width < _WARN_POINTS_PER_WIDTH:
             warnings.warn(
@@ -306,33 +365,94 @@ class ScoreHamiltonian:
                 "errors will be large", ResolutionWarning, stacklevel=3,
             )
 
-    def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """H v for v of shape (N,) or (N, m), in the operator's dtype and device."""
+    def coarsen(self, grid: Grid | None = None, min_points_per_width: float = _MIN_POINTS_PER_WIDTH) -> ScoreHamiltonian:
+        """The same H_t on a coarser grid of the same box, without evaluating the score again.
+
+        ``grid`` defaults to (n - 1) // 2 nodes per axis: for odd n the grid whose
+        :meth:`Grid.refine` is this one, whose nodes are a subset of these. log p and (in the
+        potential form) V are interpolated linearly to the new nodes (:mod:`.transfer`), so on
+        nested grids the result equals a fresh ``ScoreHamiltonian`` on ``grid`` (log p
+        exactly, V exactly); the ground-state form derives V from log p on the new grid.
+        No warnings (it serves solvers: multigrid levels, nested iteration); raises
+        :class:`ResolutionError` when the sharpest mode of p_t spans fewer than
+        ``min_points_per_width`` new spacings (by default the constructor's limit, 1),
+        ValueError when an axis would have fewer than 3 nodes or the box differs.
+        """
+        grid = grid if grid is not None else Grid(self.grid.lo, self.grid.hi, [(n - 1) // 2 for n in self.grid.n])
+        if grid.lo != self.grid.lo or grid.hi != self.grid.hi:
+            raise ValueError(f"coarsen keeps the box {self.grid.lo}, {self.grid.hi}; got {grid}")
+
+        def to_grid(values: torch.Tensor) -> torch.Tensor:
+            return interpolate(values.reshape(1, *self.grid.n), grid.n).reshape(-1)
+
+        coarse = copy.copy(self)
+        coarse._backend_request = self.backend
+        log_density = to_grid(self.log_density)
+        log_density = log_density - torch.logsumexp(log_density, 0) - math.log(grid.cell_volume)
+        coarse.potential_error = to_grid(self.potential_error)
+        coarse._set_arrays(grid, to_grid(self.potential) if self.form == "potential" else None, log_density)
+        coarse._measure(min_points_per_width)
+        return coarse
+
+    def matvec(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """H v for v of shape (N,) or (N, m), in the operator's dtype and device. A column-major
+        (N, m) block (``v.T`` contiguous) is used in place; the result is column-major, written
+        into ``out`` when given (same shape, column-major, the operator's dtype and device)."""
         if v.shape[0] != self.shape[0] or v.ndim not in (1, 2):
             raise ValueError(f"matvec needs shape ({self.shape[0]},) or ({self.shape[0]}, m); got {tuple(v.shape)}")
-        cols = v.reshape(self.shape[0], -1).to(dtype=self.dtype, device=self.device)
+        rows = v.reshape(self.shape[0], -1).to(dtype=self.dtype, device=self.device).T.contiguous()
+        target = torch.empty_like(rows) if out is None else out.reshape(rows.shape[::-1]).T
+        if out is not None and not (target.is_contiguous() and target.dtype == self.dtype
+                                    and target.device == self.device and target.data_ptr() == out.data_ptr()):
+            raise ValueError("matvec's out must be a column-major (N, m) tensor of the operator's dtype and device")
         if self.backend == "numba":
-            out = self._matvec_numba(cols)
+            self._pass(_MATVEC, rows, rows, rows, 0.0, self._diag, 0.0, 0.0, target)
         else:
-            u = cols.reshape(*self.grid.n, -1)
-            out = (self._diag.reshape(*self.grid.n, 1) * u + _shifted_sum(u, self._weights)).reshape(cols.shape)
-        return out.reshape(v.shape)
+            u = rows.reshape(-1, *self.grid.n)
+            weights = [(a + 1, o, w) for a, o, w in self._weights]
+            torch.add(self._diag.reshape(1, *self.grid.n) * u, _shifted_sum(u, weights),
+                      out=target.reshape(u.shape))
+        return target.T.reshape(v.shape) if out is None else out
 
-    def _matvec_numba(self, cols: torch.Tensor) -> torch.Tensor:
-        pad = 3 - self.grid.dim
-        n3 = (1,) * pad + tuple(self.grid.n)
-        h2inv = np.zeros(3)
-        h2inv[pad:] = [1.0 / h**2 for h in self.grid.h]
-        array = cols.detach().cpu().numpy()
-        coef = np.asarray(self.coef, dtype=array.dtype)
-        diag = self._diag_numpy.reshape(n3)
-        out = np.empty_like(array, order="F")
-        for c in range(array.shape[1]):
-            column = np.ascontiguousarray(array[:, c]).reshape(1, *n3)
-            result = np.empty_like(column)
-            _numba_stencil(column, diag, coef, h2inv.astype(array.dtype), result)
-            out[:, c] = result.reshape(-1)
-        return torch.from_numpy(out)
+    def _pass(self, mode: int, u: torch.Tensor, b: torch.Tensor, d: torch.Tensor, shift: float,
+              dinv: torch.Tensor, alpha: float, beta: float, out: torch.Tensor) -> None:
+        """One numba pass (``_lines``) over contiguous (m, N) row blocks, on one thread when
+        small, else in parallel chunks (a few per thread, for balance)."""
+        arrays = [t.detach().numpy().reshape(t.shape[0], *self._n3) for t in (u, b, d, out)]
+        diag, dinv = (t.numpy().reshape(self._n3) for t in (self._diag, dinv))
+        args = (mode, arrays[0], arrays[1], arrays[2], diag, shift, dinv, self._coef, self._h2inv, alpha, beta,
+                arrays[3])
+        lines = u.shape[0] * self._n3[0] * self._n3[1]
+        if u.numel() < _PARALLEL_MIN_SIZE or lines < 2:
+            _lines(0, lines, *args)
+        else:
+            _lines_parallel(min(lines, 4 * numba.get_num_threads()), *args)
+
+    def residual(self, u: torch.Tensor, b: torch.Tensor, shift: float, out: torch.Tensor | None = None) -> torch.Tensor:
+        """b - (H - shift) u for row blocks u, b of shape (m, N) (one column per row, contiguous),
+        in one pass on the numba backend; written to ``out`` when given."""
+        out = torch.empty_like(u) if out is None else out
+        if self.backend == "numba":
+            self._pass(_RESIDUAL, u, b, u, shift, self._diag, 0.0, 0.0, out)
+            return out
+        return torch.sub(b, self.matvec(u.T).T, out=out).add_(u, alpha=shift)
+
+    def smooth(self, u: torch.Tensor | None, b: torch.Tensor, d: torch.Tensor, shift: float, dinv: torch.Tensor,
+               alpha: float, beta: float, out: torch.Tensor) -> torch.Tensor:
+        """One step of a polynomial (Chebyshev / Jacobi) smoother for (H - shift) x = b, on
+        row blocks (m, N): d <- alpha d + beta dinv (b - (H - shift) u) (in place) and
+        out = u + d, in one pass on the numba backend (``out`` must not alias u). One matvec;
+        none for u = None (u = 0: d = out = beta dinv b)."""
+        if self.backend == "numba":
+            self._pass(_SMOOTH if u is not None else _SMOOTH_FROM_ZERO, b if u is None else u, b, d, shift, dinv,
+                       alpha, beta, out)
+            return out
+        if u is None:
+            torch.mul(b, dinv, out=d).mul_(beta)
+            return out.copy_(d)
+        r = self.residual(u, b, shift)
+        d.mul_(alpha).addcmul_(r, dinv, value=beta)
+        return torch.add(u, d, out=out)
 
     def diagonal(self) -> torch.Tensor:
         """The diagonal of H, (N,)."""

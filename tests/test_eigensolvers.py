@@ -141,15 +141,6 @@ def assert_bounds_hold(result: SpectrumResult, exact: np.ndarray, slack: float =
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The test problems are tiny: one torch thread avoids OpenMP spin-waits on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_test_operators_satisfy_the_protocol():
     assert isinstance(oscillator(10, (0.5,)), SymmetricOperator)
     assert isinstance(DiagonalOperator(torch.arange(10.0, dtype=torch.float64)), SymmetricOperator)
@@ -322,3 +313,21 @@ def test_score_hamiltonian_operator_if_available():
     result = spectrum(H, k=3, generator=seeded())
     assert result.converged.all()
     assert_bounds_hold(result, exact)
+
+
+def test_multigrid_needs_an_operator_that_coarsens_itself():
+    with pytest.raises(ValueError, match="multigrid"):
+        spectrum(oscillator(40, (0.5,)), k=2, preconditioner="multigrid")
+
+
+def test_warm_start_with_eigenvectors_converges_at_once():
+    # v0 holding the ground state itself (as a previous solve returns it) must not cost a
+    # start column: that column is dropped in favour of H.ground_state.
+    H = oscillator(300, (0.5,))
+    w, V = np.linalg.eigh(H.to_scipy().toarray())
+    v0 = torch.from_numpy(V[:, :4])
+    result = spectrum(H, k=2, method="lobpcg", preconditioner="jacobi", v0=v0, tol=1e-9, generator=seeded())
+    assert result.converged.all()
+    assert_bounds_hold(result, w)
+    # 4 start columns, 1 for the shift, at most one iteration's 4, 4 for the final check
+    assert result.n_matvec <= 13

@@ -159,3 +159,82 @@ def test_boxes_from_mixture_and_samples_hold_the_mass():
     inside = ((x > torch.tensor(slo)) & (x < torch.tensor(shi))).all(-1)
     assert bool(inside.all()), "a box from 5000 samples must hold 200000 more (tail mass 1e-8)"
     assert Grid(lo, hi, 10).refine().n == (21, 21)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("dim, n", [(1, 37), (2, 13), (3, 7)])
+@pytest.mark.parametrize("order", [2, 4])
+def test_residual_and_smoothing_step_in_one_pass_match_their_formulas(dim, n, order):
+    score = ExactScore(GaussianMixture([0.4, 0.6], [[-1.0] * dim, [1.0] * dim], [1.0, 2.0]))
+    grid = Grid([-4.0] * dim, [4.0] * dim, n)
+    gen = torch.Generator().manual_seed(2)
+    u, b, d = (torch.randn(3, grid.size, dtype=torch.float64, generator=gen) for _ in range(3))
+    dinv = torch.rand(grid.size, dtype=torch.float64, generator=gen)
+    shift, alpha, beta = -0.7, 0.3, 1.9
+    for backend in ("torch", "numba"):
+        H = ScoreHamiltonian(score, 0.3, grid, order=order, backend=backend)
+        A = H.to_scipy().toarray() - shift * np.eye(grid.size)
+        want_r = b.numpy() - u.numpy() @ A.T
+        scale = np.abs(want_r).max()
+        np.testing.assert_allclose(H.residual(u, b, shift).numpy(), want_r, rtol=0, atol=1e-12 * scale)
+        d_new, out = d.clone(), torch.empty_like(u)
+        H.smooth(u, b, d_new, shift, dinv, alpha, beta, out)
+        want_d = alpha * d.numpy() + beta * dinv.numpy() * want_r
+        np.testing.assert_allclose(d_new.numpy(), want_d, rtol=0, atol=1e-12 * scale)
+        np.testing.assert_allclose(out.numpy(), u.numpy() + want_d, rtol=0, atol=1e-12 * scale)
+        H.smooth(None, b, d_new, shift, dinv, alpha, beta, out)  # from u = 0: no matvec
+        np.testing.assert_allclose(d_new.numpy(), beta * dinv.numpy() * b.numpy(), rtol=1e-15, atol=0)
+        np.testing.assert_allclose(out.numpy(), d_new.numpy(), rtol=0, atol=0)
+
+
+def test_matvec_takes_column_major_blocks_in_place():
+    score = ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [[1.0, 2.0]]))
+    H = ScoreHamiltonian(score, 0.0, Grid([-5.0, -6.0], [5.0, 6.0], 257))  # numba backend (> 2^16 nodes)
+    assert H.backend == "numba"
+    rows = torch.randn(3, H.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    column_major, row_major = rows.T, rows.T.contiguous()
+    out = H.matvec(column_major)
+    assert out.T.is_contiguous()
+    torch.testing.assert_close(out, H.matvec(row_major), rtol=0, atol=0)
+    ref = H.to_scipy() @ row_major.numpy()
+    np.testing.assert_allclose(out.numpy(), ref, rtol=0, atol=1e-12 * np.abs(ref).max())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("form", ["potential", "ground_state"])
+def test_coarsen_on_nested_grids_equals_a_fresh_operator(form):
+    score = ExactScore(random_mixture(2, k=2, seed=5))
+    lo, hi = box_from_mixture(score.marginal(0.1), 1e-8)
+    fine = ScoreHamiltonian(score, 0.1, Grid(lo, hi, 63), form=form)
+    coarse = fine.coarsen()
+    fresh = ScoreHamiltonian(score, 0.1, Grid(lo, hi, 31), form=form)
+    assert coarse.grid == fresh.grid
+    torch.testing.assert_close(coarse.log_density, fresh.log_density, rtol=0, atol=1e-12)
+    torch.testing.assert_close(coarse.diagonal(), fresh.diagonal(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(coarse.ground_state, fresh.ground_state, rtol=0, atol=1e-14)
+    assert coarse.points_per_width == pytest.approx(fresh.points_per_width, rel=1e-12)
+    v = torch.randn(coarse.shape[0], 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(coarse.matvec(v), fresh.matvec(v), rtol=1e-12, atol=1e-10)
+
+
+def test_coarsen_refuses_a_grid_that_does_not_resolve_the_modes():
+    sharp = ExactScore(GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [[0.01], [0.01]]))
+    H = ScoreHamiltonian(sharp, 0.0, Grid(-2.0, 2.0, 199))  # h = 0.02, width 0.1
+    assert H.coarsen().grid.n == (99,)
+    with pytest.raises(ResolutionError, match="does not resolve"):
+        H.coarsen(Grid(-2.0, 2.0, 19))
+    assert H.coarsen(Grid(-2.0, 2.0, 19), min_points_per_width=0.1).grid.n == (19,)
+    with pytest.raises(ValueError, match="box"):
+        H.coarsen(Grid(-3.0, 2.0, 99))
+
+
+def test_matvec_writes_into_a_column_major_out():
+    score = ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [[1.0, 2.0]]))
+    for backend in ("torch", "numba"):
+        H = ScoreHamiltonian(score, 0.0, Grid([-5.0, -6.0], [5.0, 6.0], 21), backend=backend)
+        v = torch.randn(H.shape[0], 2, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+        out = torch.empty(2, H.shape[0], dtype=torch.float64).T
+        assert H.matvec(v, out=out) is out
+        torch.testing.assert_close(out, H.matvec(v), rtol=0, atol=0)
+        with pytest.raises(ValueError, match="column-major"):
+            H.matvec(v, out=torch.empty(H.shape[0], 2, dtype=torch.float64))

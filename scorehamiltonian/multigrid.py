@@ -1,0 +1,232 @@
+"""Geometric multigrid for H - sigma I, built from the operator itself (THEORY section 2).
+
+The levels are the operator re-discretised on coarser grids of the same box
+(:meth:`ScoreHamiltonian.coarsen`: n -> (n - 1) // 2 nodes per axis, the inverse of
+:meth:`Grid.refine`), down to a level small enough for a sparse direct solve. One V-cycle
+for A_0 x = b, A_l = H_l - sigma_l I:
+
+- pre-smoothing: ``degree`` steps of the Chebyshev polynomial smoother in D_l^{-1} A_l
+  (D_l the diagonal of A_l) on the interval [upper / ratio, upper], upper the Gershgorin
+  bound of the spectrum of D_l^{-1} A_l and ratio = 2^d (the high frequencies of a
+  factor-2 coarsening); the first step from x = 0 needs no matvec;
+- coarse-grid correction: the residual b - A_l x restricted (transpose of linear
+  interpolation, averaging), the cycle on level l + 1, the correction interpolated back;
+- post-smoothing: the same polynomial (so the cycle is a symmetric operator);
+- on the coarsest level: a sparse LU solve (SuperLU) of A_L.
+
+Shifts: sigma_0 = sigma; the coarser operators' low eigenvalues differ from the fine ones by
+their discretisation error, so each level keeps the same distance from its own ground
+level: sigma_l = rho_l - (rho_0 - sigma), rho_l = g_l^T H_l g_l the Rayleigh quotient of the
+level's ground-state approximation sqrt(p) (exact up to O(h^4) where p is resolved).
+A coarser level whose A_l would have a diagonal entry <= 0 ends the hierarchy; on the
+coarsest level the inertia of the symmetric-mode LU factorisation shows whether A_L is
+positive definite, and its shift is lowered (by the offset, then twice that, ...) until it is.
+
+Work is counted in fine-matvec equivalents: each level matvec (smoothing step or residual)
+on m columns counts m N_l / N_0, the coarsest solve m (nnz(L) + nnz(U)) / nnz(A_0) (its
+flops against those of a fine matvec). Transfers are not counted (their time is what the
+benchmark's time / (work x bare matvec) ratio measures, together with the rest).
+
+Vectors are row blocks: (m, N) contiguous, one column of the (N, m) block per row; the
+smoothing steps run as one fused pass per step on the operator's numba backend
+(:meth:`ScoreHamiltonian.smooth`), in torch on other devices.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+
+from .errors import ResolutionError
+from .transfer import prolong, restrict
+
+__all__ = ["COARSEST_SIZE", "Multigrid", "hierarchy", "rayleigh_quotient"]
+
+#: Levels are added until one has at most this many unknowns (the sparse direct solve).
+COARSEST_SIZE = 4096
+#: Multigrid levels may resolve p_t this coarsely (points per width of its sharpest mode):
+#: they only need to approximate the smooth eigenvectors, and the shifts absorb the rest.
+MIN_POINTS_PER_WIDTH = 0.5
+
+
+def hierarchy(H: Any, coarsest_size: int = COARSEST_SIZE,
+              min_points_per_width: float = MIN_POINTS_PER_WIDTH) -> list[Any]:
+    """[H, H.coarsen(), H.coarsen().coarsen(), ...] until a level has at most
+    ``coarsest_size`` unknowns or the next one would not exist (fewer than 3 nodes on an
+    axis, or p_t spanning fewer than ``min_points_per_width`` spacings)."""
+    levels = [H]
+    while levels[-1].shape[0] > coarsest_size:
+        try:
+            levels.append(levels[-1].coarsen(min_points_per_width=min_points_per_width))
+        except (ResolutionError, ValueError):
+            break
+    return levels
+
+
+def rayleigh_quotient(H: Any) -> float:
+    """g^T H g / g^T g for the operator's ``ground_state`` g (one matvec)."""
+    g = H.ground_state.reshape(-1).to(torch.float64)
+    return float(g @ H.matvec(g.to(H.dtype)).to(torch.float64)) / float(g @ g)
+
+
+@dataclass
+class _Level:
+    """One level: operator, shift, 1 / diagonal of H - shift, Chebyshev coefficients, weight
+    (unknowns over the finest level's), and work rows (x, y, d, r) for up to m columns."""
+
+    H: Any
+    shift: float
+    dinv: torch.Tensor
+    steps: list[tuple[float, float]]
+    weight: float
+    rows: torch.Tensor | None = None
+
+    def workspace(self, m: int) -> tuple[torch.Tensor, ...]:
+        """Three (m, N) row blocks reused by every cycle: two for the iterate (the smoother
+        alternates between them; the free one holds the residual) and the smoother's d."""
+        if self.rows is None or self.rows.shape[1] < m:
+            self.rows = torch.empty(3, m, self.H.shape[0], dtype=self.H.dtype, device=self.H.device)
+        return tuple(block[:m] for block in self.rows)
+
+
+def _chebyshev_steps(upper: float, ratio: float, degree: int) -> list[tuple[float, float]]:
+    """(alpha_k, beta_k) of the Chebyshev iteration d <- alpha d + beta D^{-1} r, x += d for
+    D^{-1} A with spectrum in [upper / ratio, upper] (Saad, Iterative Methods, alg. 12.1)."""
+    lower = upper / ratio
+    theta, delta = 0.5 * (upper + lower), 0.5 * (upper - lower)
+    sigma = theta / delta
+    rho = 1.0 / sigma
+    steps = [(0.0, 1.0 / theta)]
+    for _ in range(degree - 1):
+        rho_new = 1.0 / (2.0 * sigma - rho)
+        steps.append((rho_new * rho, 2.0 * rho_new / delta))
+        rho = rho_new
+    return steps
+
+
+def _gershgorin_ratio(H: Any, D: torch.Tensor) -> float:
+    """An upper bound of the spectrum of D^{-1} (H - shift): max_i 1 + sum_j |H_ij| / D_i."""
+    off = sum(2.0 * abs(c) / h**2 for c in H.coef[1:] for h in H.grid.h)
+    return 1.0 + off / float(D.min())
+
+
+class Multigrid:
+    """A V-cycle approximating (H - shift I)^{-1}, applied to blocks (module docstring).
+
+    ``Multigrid(H, shift)(R)`` for R of shape (N, m) returns the cycle applied to every
+    column at once, (N, m) column-major (in R's dtype). ``work`` accumulates the
+    fine-matvec equivalents spent (module docstring), setup included.
+
+    Parameters
+    ----------
+    H : a :class:`ScoreHamiltonian` (or any operator with ``coarsen``, ``grid``, ``coef``,
+        ``residual``, ``smooth``, ``diagonal``, ``to_scipy``, ``ground_state``).
+    shift : sigma, below lambda_0 of H (A_0 = H - sigma I positive definite).
+    degree : smoothing steps before and after the coarse correction.
+    levels : the operators of the hierarchy, H first (default :func:`hierarchy`(H)).
+    """
+
+    def __init__(self, H: Any, shift: float, degree: int = 2, levels: list[Any] | None = None) -> None:
+        operators = levels if levels is not None else hierarchy(H)
+        size = operators[0].shape[0]
+        self.work = 0.0
+        offset = 0.0
+        if len(operators) > 1:
+            offset = rayleigh_quotient(operators[0]) - shift
+            self.work += 1.0
+        self.levels: list[_Level] = []
+        for i, op in enumerate(operators):
+            level_shift = shift
+            if i > 0:
+                level_shift = rayleigh_quotient(op) - offset
+                self.work += op.shape[0] / size
+            D = op.diagonal().to(torch.float64) - level_shift
+            if float(D.min()) <= 0:
+                if i == 0:
+                    raise ValueError(f"the shift {shift:g} must lie below every diagonal entry of H (and below lambda_0)")
+                break
+            steps = _chebyshev_steps(_gershgorin_ratio(op, D), 2.0**op.grid.dim, degree)
+            self.levels.append(_Level(op, level_shift, (1.0 / D).to(op.dtype), steps, op.shape[0] / size))
+        self._factor_coarsest(max(offset, 1e-12))
+
+    def _factor_coarsest(self, offset: float) -> None:
+        """Sparse LU of A_L in symmetric mode; while its inertia shows a negative eigenvalue
+        (the level's ground energy lies further below its Rayleigh quotient than ``offset``),
+        lower the level's shift by twice as much again."""
+        level = self.levels[-1]
+        A = level.H.to_scipy()
+        identity = sp.identity(A.shape[0], format="csc")
+        for _ in range(60):
+            lu = spla.splu((A - level.shift * identity).tocsc(), permc_spec="MMD_AT_PLUS_A",
+                           diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+            if not (lu.U.diagonal() <= 0).any():
+                break
+            level.shift -= offset
+            offset *= 2.0
+        self._lu = lu
+        self._solve_work = (lu.L.nnz + lu.U.nnz) / (A.nnz / level.weight)
+
+    def coarser(self) -> Multigrid:
+        """The same hierarchy without its finest level (shifts, factorisation shared): the
+        V-cycle for level 1, with work counted in level-1 matvecs."""
+        if len(self.levels) < 2:
+            raise ValueError("the coarsest level has no coarser hierarchy")
+        sub = copy.copy(self)
+        scale = self.levels[1].weight
+        sub.levels = [dataclasses.replace(lv, weight=lv.weight / scale) for lv in self.levels[1:]]
+        sub._solve_work = self._solve_work / scale
+        sub.work = 0.0
+        return sub
+
+    @property
+    def operators(self) -> list[Any]:
+        """The level operators, finest first."""
+        return [level.H for level in self.levels]
+
+    def __call__(self, R: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The cycle applied to the columns of R (N, m); written into ``out`` (N, m,
+        column-major, the operator's dtype) when given."""
+        H = self.levels[0].H
+        rows = R.T.to(dtype=H.dtype, device=H.device).contiguous()
+        target = torch.empty_like(rows) if out is None else out.T
+        self._cycle(0, rows, target)
+        return target.T.to(R.dtype) if out is None else out
+
+    def _cycle(self, i: int, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The V-cycle from level i for the row block b, written into ``out`` when given,
+        else into a row block of the level's workspace (valid until the next cycle)."""
+        level = self.levels[i]
+        m = b.shape[0]
+        if i == len(self.levels) - 1:
+            self.work += m * self._solve_work
+            x = self._lu.solve(b.cpu().numpy().astype(np.float64).T)
+            x = torch.from_numpy(np.ascontiguousarray(x.T)).to(dtype=b.dtype, device=b.device)
+            return x if out is None else out.copy_(x)
+        first, second, d = level.workspace(m)
+        n, coarse = level.H.grid.n, self.levels[i + 1].H.grid.n
+        level.H.smooth(None, b, d, level.shift, level.dinv, 0.0, level.steps[0][1], first)
+        x = self._smooth(level, b, level.steps[1:], first, second, d)
+        spare = second if x is first else first
+        level.H.residual(x, b, level.shift, out=spare)
+        self.work += m * level.weight
+        xc = self._cycle(i + 1, restrict(spare.reshape(m, *n), coarse).reshape(m, -1))
+        prolong(xc.reshape(m, *coarse), n, out=x.reshape(m, *n))
+        return self._smooth(level, b, level.steps, x, spare, d, out)
+
+    def _smooth(self, level: _Level, b: torch.Tensor, steps: list[tuple[float, float]], x: torch.Tensor,
+                spare: torch.Tensor, d: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``steps`` of the Chebyshev smoother from x, alternating between x and ``spare``,
+        the last step into ``out`` when given; returns the tensor holding the result."""
+        for number, (alpha, beta) in enumerate(steps, start=1):
+            target = out if out is not None and number == len(steps) else spare
+            level.H.smooth(x, b, d, level.shift, level.dinv, alpha, beta, target)
+            x, spare = target, x
+        self.work += len(steps) * b.shape[0] * level.weight
+        return x
