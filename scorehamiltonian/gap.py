@@ -109,10 +109,13 @@ def _level(H: ScoreHamiltonian, k: int, tol: float, method: str) -> GapLevel:
     rho = float(H.dirichlet_form(v1))
     residual = float((H.matvec(v1.to(H.dtype).to(H.device)).to(torch.float64).cpu() - rho * v1).norm())
     lower_next = float(res.eigenvalues[2] - res.residual_norms[2])
-    # Kato-Temple: for v1 orthogonal to the exact ground state psi0, lambda_1 <= rho and
-    # rho - lambda_1 <= ||H v1 - rho v1||^2 / (lambda_2 - rho); plus the Dirichlet sum's round-off.
-    error = residual**2 / (lower_next - rho) if lower_next > rho else math.inf
-    error += 64 * torch.finfo(torch.float64).eps * rho
+    # For v1 orthogonal to the exact ground state psi0, lambda_1 <= rho. Kato-Temple:
+    # rho - lambda_1 <= ||H v1 - rho v1||^2 / (lambda_2 - rho) when lambda_2 lies above rho;
+    # else (lambda_1 ~ lambda_2, a symmetric target) the solver's cluster bound on lambda_1:
+    # rho - lambda_1 <= rho - theta_1 + err_1. Plus the Dirichlet sum's round-off.
+    kato_temple = residual**2 / (lower_next - rho) if lower_next > rho else math.inf
+    cluster = rho - float(res.eigenvalues[1]) + float(res.eigenvalue_errors[1])
+    error = min(kato_temple, max(cluster, 0.0)) + 64 * torch.finfo(torch.float64).eps * rho
     return GapLevel(max(H.grid.h), H.grid.n, rho, error, res.eigenvalues, res.n_matvec + 1, res.wall_time)
 
 
