@@ -40,6 +40,13 @@ Error of the result (``EnergyResult.error``, absolute, nats), the sum of three p
   needs); each probe gives its own integral l_j and the standard error is std_j(l_j) / sqrt(m).
   It is one standard error, not a bound.
 
+- ``start_error`` (only when the integration starts at t_start > t_min, for networks that are
+  undefined at sigma = 0, e.g. epsilon-predictions under OU): the value is then
+  -log p_{t_start}(x), and |log p_0(x) - log p_{t_start}(x)| is estimated to first order by
+  (t_start - t_min) |d/dt log p_t(x)| at t_start, with d/dt log p_t = -div F - F . s
+  = -d f + (g^2 / 2)(div s + |s|^2) - f x . s (continuity equation along the fixed x); twice
+  that is reported, as for the reference error.
+
 Line-integral readout (:func:`line_energy`): log p_t(b) - log p_t(a) = int_gamma s_t . dl along
 several paths gamma from a to b (Gauss-Legendre in the path parameter). For a true score every
 path gives the same number; the spread (the cycle closure: the integral around the loop made
@@ -66,7 +73,7 @@ from .processes import ForwardProcess
 from .schedules import Schedule, as_schedule, standard_schedule
 from .scores import ExactScore, Score, as_score
 
-__all__ = ["DEFAULT_STEPS", "EnergyResult", "LineEnergyResult", "energy", "line_energy"]
+__all__ = ["DEFAULT_STEPS", "EnergyResult", "LineEnergyResult", "default_schedule", "energy", "line_energy", "start_time"]
 
 EnergyMethod = Literal["rk4", "heun", "euler", "dopri5"]
 DivergenceChoice = Literal["exact", "hutchinson"]
@@ -116,8 +123,10 @@ class EnergyResult:
     """E(x) = -log p_0(x) (nats, k_B T units) from the probability-flow ODE, with its error.
 
     value : (...,) the energies, one per point (row) of x.
-    error : (...,) integrator_error + reference_error + divergence_error (see module docstring).
-    integrator_error, reference_error, divergence_error : (...,) the three parts.
+    error : (...,) integrator_error + reference_error + divergence_error + start_error (see
+        module docstring).
+    integrator_error, reference_error, divergence_error, start_error : (...,) the parts
+        (start_error is zero when the integration starts at the process's t_min).
     converged : (...,) bool: the step-doubling sequence E_h, E_2h, E_4h is asymptotic at the
         point (observed_ratio >= 2^(p-1); always True for dopri5). A
         :class:`ConvergenceWarning` is issued when any point is not.
@@ -125,7 +134,7 @@ class EnergyResult:
     nfe : score evaluations per point, the error estimate included (each with its divergence).
     n_vjp : vector-Jacobian products per point (autograd or Hutchinson divergences).
     method, divergence : the integrator and the divergence estimator used.
-    times : the increasing time grid of the fixed-step integrators ([t_min, T] for dopri5).
+    times : the increasing time grid of the fixed-step integrators ([t_start, T] for dopri5).
     x_T : (..., d) the end points of the trajectories at T.
     closure : (...,) the cycle closure of :func:`line_energy` between each point and the batch
         mean (the origin for a single point) at t_min, for scores that are not an
@@ -137,6 +146,7 @@ class EnergyResult:
     integrator_error: torch.Tensor
     reference_error: torch.Tensor
     divergence_error: torch.Tensor
+    start_error: torch.Tensor
     converged: torch.Tensor
     observed_ratio: torch.Tensor
     nfe: int
@@ -239,27 +249,64 @@ def _reference_error(field: _Field, x_T: torch.Tensor, T: torch.Tensor) -> torch
     return 2.0 * first_order
 
 
-def default_schedule(process: ForwardProcess, n_steps: int = DEFAULT_STEPS) -> Schedule:
-    """The default time grid of :func:`energy`: EDM (rho = 7) between the process's t_max and t_min."""
-    return standard_schedule("edm", n_steps, process.t_max, process.t_min, process)
+def _start_error(field: _Field, x: torch.Tensor, t_start: torch.Tensor) -> torch.Tensor:
+    """Twice (t_start - t_min) |d/dt log p_t(x)| at t_start (module docstring; one more evaluation)."""
+    process = field.process
+    s, div = field.score_and_divergence(t_start, x)
+    f, half_g2 = process.f(t_start), 0.5 * process.g2(t_start)
+    rate = -x.shape[-1] * f + half_g2 * (div.mean(-1) + (s**2).sum(-1)) - f * (x * s).sum(-1)
+    return 2.0 * (t_start - process.t_min) * rate.abs()
 
 
-def _span_check(schedule: Schedule, process: ForwardProcess) -> Schedule:
-    """The schedule, range-checked, if it runs from the process's t_max down to its t_min."""
+def default_schedule(process: ForwardProcess, n_steps: int = DEFAULT_STEPS, t_start: float | None = None) -> Schedule:
+    """The default time grid of :func:`energy`: EDM (rho = 7) from the process's t_max down to
+    ``t_start`` (default the process's t_min)."""
+    return standard_schedule("edm", n_steps, process.t_max, process.t_min if t_start is None else t_start, process)
+
+
+def start_time(score: Any, process: ForwardProcess | None = None) -> float:
+    """Where :func:`energy` starts by default: the process's t_min, or, for an epsilon or x0
+    network (undefined where sigma_t = 0) when sigma_{t_min} = 0, the smallest training time
+    recorded by :func:`train_dsm` (``model.training_config["t_min"]``); ValueError for such a
+    network without that record (pass ``t_start`` to :func:`energy`)."""
+    score = as_score(score)
+    process = score.process if process is None else process
+    if getattr(score, "kind", "score") == "score" or float(process.sigma(torch.tensor(process.t_min))) > 0:
+        return float(process.t_min)
+    record = getattr(getattr(score, "model", None), "training_config", None) or {}
+    if "t_min" not in record:
+        raise ValueError(
+            f"this {score.kind}-network divides by sigma_t, which is 0 at t_min = {process.t_min} of "
+            f"{process!r}: pass t_start > 0 (e.g. the smallest training time); the energy is then "
+            "-log p_{t_start}(x), with its distance to -log p_0(x) in the error"
+        )
+    return float(record["t_min"])
+
+
+def _check_start(score: Score, process: ForwardProcess, t_start: float | None) -> float:
+    """t_start (default :func:`start_time`), checked to lie in [t_min, t_max)."""
+    t_start = start_time(score, process) if t_start is None else float(t_start)
+    if not process.t_min <= t_start < process.t_max:
+        raise ValueError(f"t_start must lie in [{process.t_min}, {process.t_max}) for {process!r}; got {t_start}")
+    return t_start
+
+
+def _span_check(schedule: Schedule, process: ForwardProcess, t_start: float) -> Schedule:
+    """The schedule, range-checked, if it runs from the process's t_max down to t_start."""
     schedule.check_range(process)
     tol = _SPAN_RTOL * (process.t_max - process.t_min)
-    for name, have, want in (("t_min", schedule.t_min, process.t_min), ("t_max", schedule.t_max, process.t_max)):
+    for name, have, want in (("t_min", schedule.t_min, t_start), ("t_max", schedule.t_max, process.t_max)):
         if abs(have - want) > tol:
             raise ScheduleError(
-                f"the probability-flow energy integrates over the whole time range [{process.t_min}, "
+                f"the probability-flow energy integrates over the whole time range [{t_start}, "
                 f"{process.t_max}] of {process!r}; the schedule's {name} is {have!r}, not {want!r}"
             )
     return schedule
 
 
-def _resolve_schedule(schedule: Any, process: ForwardProcess, method: str) -> Schedule:
-    schedule = default_schedule(process) if schedule is None else as_schedule(schedule)
-    schedule = _span_check(schedule, process)
+def _resolve_schedule(schedule: Any, process: ForwardProcess, method: str, t_start: float) -> Schedule:
+    schedule = default_schedule(process, t_start=t_start) if schedule is None else as_schedule(schedule)
+    schedule = _span_check(schedule, process, t_start)
     if method != "dopri5" and schedule.n_levels < 2:
         raise ScheduleError(
             f"a fixed-step energy needs at least 2 steps (step doubling estimates its error); "
@@ -313,6 +360,7 @@ def energy(
     atol: float = 1e-9,
     generator: torch.Generator | None = None,
     closure: bool | None = None,
+    t_start: float | None = None,
 ) -> EnergyResult:
     """E(x) = -log p_0(x) in k_B T by the probability-flow ODE (formula in the module docstring).
 
@@ -320,7 +368,7 @@ def energy(
     process : the forward process (None: the score's own); it must equal the score's.
     x : (..., d) points; the result has shape (...,), in x's dtype and on x's device.
     schedule : a :class:`Schedule` or an array of times, monotone either way, running from the
-        process's t_max down to its t_min (a grid that misses either end raises
+        process's t_max down to t_start (a grid that misses either end raises
         :class:`ScheduleError`). Default: :func:`default_schedule` (EDM, rho = 7, 128 steps).
         dopri5 uses only its end points.
     method : "rk4" (default), "heun", "euler" on the schedule's times, or "dopri5" (adaptive,
@@ -329,6 +377,10 @@ def energy(
         products per evaluation) or "hutchinson" (``n_probes`` Rademacher probes drawn once with
         ``generator``, a seeded torch.Generator on x's device).
     closure : report the line-integral cycle closure (default: for scores that are not exact).
+    t_start : where the integration starts (default :func:`start_time`: the process's t_min,
+        or a network's smallest training time where it is undefined at t_min); above t_min
+        the value is -log p_{t_start}(x) and ``start_error`` bounds, to first order, its
+        distance to -log p_0(x) (module docstring).
     """
     score = as_score(score)
     process = score.process if process is None else process
@@ -336,7 +388,8 @@ def energy(
         raise ValueError(f"process {process!r} differs from the score's process {score.process!r}")
     x = check_points(x, score.dim)
     batch_shape, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
-    schedule = _resolve_schedule(schedule, process, method)
+    t_start = _check_start(score, process, t_start)
+    schedule = _resolve_schedule(schedule, process, method, t_start)
     times = schedule.to_torchdiffeq(dtype=x.dtype, device=x.device)
     probes = _probes(divergence, n_probes, flat, generator)
     m = 1 if probes is None else probes.shape[0]
@@ -349,13 +402,14 @@ def energy(
     integrator_error, ratio, converged = _integrator_error(values, method)
     reference_error = _reference_error(field, x_T, T)
     divergence_error = ell.std(-1, correction=1) / math.sqrt(m) if m > 1 else torch.zeros_like(value)
-    total = integrator_error + reference_error + divergence_error
+    start_error = _start_error(field, flat, times[0]) if t_start > process.t_min else torch.zeros_like(value)
+    total = integrator_error + reference_error + divergence_error + start_error
     want_closure = not isinstance(score, ExactScore) if closure is None else closure
     audit = _closure(score, flat, float(times[0])) if want_closure else None
     _warn_unconverged(converged, schedule)
     return EnergyResult(
         value.reshape(batch_shape), total.reshape(batch_shape), integrator_error.reshape(batch_shape),
-        reference_error.reshape(batch_shape), divergence_error.reshape(batch_shape),
+        reference_error.reshape(batch_shape), divergence_error.reshape(batch_shape), start_error.reshape(batch_shape),
         converged.reshape(batch_shape), ratio.reshape(batch_shape), field.nfe, field.n_vjp, method, divergence, times.cpu().numpy(),
         x_T.reshape(x.shape), None if audit is None else audit.reshape(batch_shape),
     )

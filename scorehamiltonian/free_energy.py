@@ -50,7 +50,7 @@ import torch
 
 from ._validation import as_float_tensor
 from .eigensolvers import ConvergenceWarning
-from .energy import energy
+from .energy import energy, start_time
 from .errors import (
     InputShapeError,
     NonFiniteScoreError,
@@ -100,15 +100,19 @@ _STEP_FRACTION = 0.5
 class ScoreEnergy:
     """An end state from a (learned) score: U(x) = -log p_0(x) by the probability-flow ODE.
 
-    U is normalised (Z = 1 up to the ODE's error), its gradient is -s_{t_min}(x), and each call
-    records the largest reported energy error in ``max_error`` (added to the systematic error
-    of a free energy). ``schedule`` and ``energy_kwargs`` go to :func:`energy` (closure audit
-    off by default: call :func:`energy` once for it).
+    U is normalised (Z = 1 up to the ODE's error), its gradient is -s_{t_start}(x) (t_start as
+    in :func:`energy`: the process's t_min, or a network's smallest training time where it is
+    undefined at t_min), and each call records the largest reported energy error in
+    ``max_error`` (added to the systematic error of a free energy). ``schedule`` and
+    ``energy_kwargs`` go to :func:`energy` (closure audit off by default: call :func:`energy`
+    once for it).
     """
 
     def __init__(self, score: Score, schedule: Any = None, **energy_kwargs: Any) -> None:
         self.score, self.schedule = score, schedule
-        self.energy_kwargs = {"closure": False, **energy_kwargs}
+        given = energy_kwargs.get("t_start")
+        self.t_start = start_time(score) if given is None else float(given)
+        self.energy_kwargs = {"closure": False, **energy_kwargs, "t_start": self.t_start}
         self.dim = score.dim
         self.max_error = 0.0
 
@@ -121,8 +125,8 @@ class ScoreEnergy:
         return result.value
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
-        """grad U = -s_{t_min}(x)."""
-        return -self.score(x, self.score.process.t_min)
+        """grad U = -s_{t_start}(x)."""
+        return -self.score(x, self.t_start)
 
 
 @dataclass

@@ -14,8 +14,6 @@ from scorehamiltonian.energy import ORDERS, energy, line_energy
 from scorehamiltonian.errors import ScheduleError, TimeRangeError
 from scorehamiltonian.schedules import standard_schedule
 
-torch.set_num_threads(1)
-
 #: Processes of the tests: OU (t_min = 0, sigma_0 = 0) and VE with a large sigma_max, so that
 #: the reference law N(0, sigma_T^2) is within 1e-3 of p_T.
 OU_PROCESS = OU()
@@ -184,3 +182,31 @@ def test_other_bad_input_raises():
         energy(score, VE_PROCESS, x)
     with pytest.raises(ValueError, match="paths"):
         line_energy(score, x, x + 1, paths=1)
+
+
+def test_epsilon_network_starts_at_its_training_time():
+    """An epsilon-network under OU is undefined at t = 0 (sigma_0 = 0): energy refuses to start
+    there and, from t_start, returns -log p_{t_start} within integrator and reference errors,
+    and -log p_0 within the full error, whose start part (twice the first-order change of
+    log p_t over [0, t_start]) covers the true change and is within 4 times it at the median."""
+    mixture = example("asymmetric")
+    exact = ExactScore(mixture, OU_PROCESS)
+    network = as_score(lambda x, t: -OU_PROCESS.sigma(t)[..., None] * exact(x, t), kind="eps",
+                       process=OU_PROCESS, dim=1)
+    x = _points(mixture, 10)
+    with pytest.raises(ValueError, match="pass t_start"):
+        energy(network, None, x)
+    t_start = 1e-2
+    schedule = standard_schedule("edm", 256, OU_PROCESS.t_max, t_start, OU_PROCESS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = energy(network, None, x, schedule, t_start=t_start, closure=False)
+    at_start = -exact.log_prob(x, t_start)
+    assert bool(((result.value - at_start).abs() <= result.integrator_error + result.reference_error).all())
+    change = (result.value + exact.log_prob(x, 0.0)).abs()
+    assert bool((change <= result.error).all())
+    assert 1.0 <= float((result.start_error / change).median()) <= 4.0
+    with pytest.raises(ScheduleError, match="t_min"):
+        energy(network, None, x, _schedule(OU_PROCESS), t_start=t_start)
+    with pytest.raises(ValueError, match="t_start must lie"):
+        energy(network, None, x, t_start=OU_PROCESS.t_max)

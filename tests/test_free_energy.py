@@ -18,8 +18,6 @@ from scorehamiltonian import VE, ExactScore, GaussianMixture
 from scorehamiltonian.errors import InputShapeError, NonFiniteScoreError, SamplesRequiredError, ScheduleError
 from scorehamiltonian.free_energy import ScoreEnergy, free_energy_difference, lambda_schedule
 
-torch.set_num_threads(1)
-
 Z_SCORE = 4.0
 MAX_ERROR = 0.1
 SETTINGS = {"n_samples": 400, "n_mcmc": 100}
