@@ -19,13 +19,17 @@ settings.register_profile("thorough", max_examples=1000, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-
 @pytest.fixture(scope="session", autouse=True)
-def one_blas_thread():
-    """One BLAS thread: dense LAPACK on a busy 2-core machine is up to 50 times slower with
-    OpenBLAS's thread pool than without it (torch's own thread count is set per module)."""
+def one_thread():
+    """One BLAS and one torch thread: the test problems are small, and on a busy 2-core machine
+    dense LAPACK calls and OpenMP spin-waits are up to 50 times slower with thread pools than
+    without (the dask test's workers and the resume test's child process run with one too,
+    so their bits agree with the serial run)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     with threadpool_limits(limits=1, user_api="blas"):
         yield
+    torch.set_num_threads(threads)
 
 
 PROCESSES = [OU(), VPLinear(), VE(sigma_min=0.01, sigma_max=20.0), EDM(sigma_max=40.0)]

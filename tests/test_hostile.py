@@ -41,14 +41,6 @@ VARIANCE = st.one_of(st.floats(1e-3, 1e3), st.floats(1e-3, 1e3), st.floats(1e-30
                      st.sampled_from([0.0, -1.0, math.nan, math.inf, 1e-12, 1e12]))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _edge_times(process) -> list[float]:
     lo, hi = float(process.t_min), float(process.t_max)
     return [lo, np.nextafter(lo, -math.inf), np.nextafter(lo, math.inf), hi, np.nextafter(hi, math.inf),

@@ -8,7 +8,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
 
 import scorehamiltonian._io as io_module
 from scorehamiltonian import OU, ExactScore, GaussianMixture
@@ -17,15 +16,6 @@ from scorehamiltonian.parallel import TaskFailure, executor_from, map_tasks
 from scorehamiltonian.profiles import GapProfile, gap_profile
 
 SWEEP = {"times": [0.05, 0.4, 2.0], "rtol": 1e-4, "n_samples": 2000, "progress": False}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # dask workers run with one BLAS/OpenMP thread; the serial reference must too.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

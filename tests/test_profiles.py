@@ -42,16 +42,6 @@ ADAPTIVE = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny 1D problems: one thread is fastest (and far faster on a busy machine); the
-    # subprocess of the resume test uses one thread too, so the bits agree.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def bimodal() -> ExactScore:
     return ExactScore(GaussianMixture(*BIMODAL), OU())

@@ -41,16 +41,6 @@ from scorehamiltonian.ritz import RitzResult, ritz_gap
 from .conftest import random_mixture
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP threads of dense LAPACK calls stall
-    (up to 10x) when another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sqra_spectrum(weights, means, variances, k=4, n=20001, width=10.0):
     """The lowest k nonzero eigenvalues of the 1D mixture's generator (module docstring)."""
     w, mu, var = (np.asarray(a, dtype=float) for a in (weights, means, variances))

@@ -13,16 +13,6 @@ from scorehamiltonian import EDM, OU, VE, ExactScore, GaussianMixture, VPLinear
 from scorehamiltonian.errors import CheckpointError, ScheduleError, TimeRangeError
 from scorehamiltonian.schedules import PathProfile, Schedule, as_schedule, path_profile, standard_schedule
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the eigen-solvers are slower, not faster, with threads on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TIMES = np.array([5.0, 2.0, 0.7, 0.1, 1e-3])
 LANGEVIN = np.array([0.0, 1.5, 0.25, 3.0])
 
