@@ -7,8 +7,9 @@ interior nodes are zero). Two choices of the diagonal V:
 
 - ``form="potential"``: V = |s|^2 / 4 + div s / 2 at the nodes, the quantum potential. This
   is what the theory prescribes for any score, learned ones included; its discrete ground
-  state energy is not 0 but about -h^2 / (16 sigma^4) for a mode of width sigma (order 2),
-  so its eigenvalues carry an O(h^order) error that must be estimated.
+  state energy is not 0 but about -h^2 / (64 sigma^4) (order 2) or -h^4 / (384 sigma^6)
+  (order 4) for a Gaussian mode of width sigma (measured in notebooks/01), so its
+  eigenvalues carry an O(h^order) error that must be estimated.
 - ``form="ground_state"``: V = (Laplacian_h psi_0) / psi_0 with psi_0 = sqrt(p) on the grid,
   so that H_h psi_0 = 0 exactly on every grid: lambda_0 = 0 to round-off and small gaps keep
   their relative accuracy. log p comes from the score's exact ``log_prob`` when it has one,
