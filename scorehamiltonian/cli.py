@@ -1,8 +1,11 @@
 """The ``scorehamiltonian`` command line: the only module that prints.
 
 Subcommands:
+  report    the main job: gap profile, schedules and bounds, energies, audit -> figures, JSON, Markdown
   audit     quantum potential and score audit of a built-in example or a trained model
   gap       spectral gap of the Score Hamiltonian with its error estimate, along t
+  schedule  standard and designed schedules judged by exact propagation, with their bounds
+  energy    -log p_0(x) by the probability-flow ODE, with its error (and the exact value)
   train     train an MLP score by denoising score matching on samples of an example
   examples  list the built-in example targets
 """
@@ -10,17 +13,25 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 import torch
 
 from .audit import score_audit, score_error
+from .bounds import tracking_bound
+from .config import BUILTIN, builtin_config, load_config
+from .designer import design_schedule
+from .energy import default_schedule, energy, start_time
 from .errors import ScoreHamiltonianError
 from .examples import EXAMPLES, example
 from .gap import spectral_gap
 from .potential import quantum_potential
 from .processes import EDM, OU, VE, ForwardProcess, VPLinear
+from .propagation import propagate_exact
+from .report import build_report, check_output_folder, write_report
+from .schedules import standard_schedule
 from .scores import ExactScore, Score
 from .training import load_score, save_score, train_dsm
 
@@ -63,6 +74,36 @@ def _parser() -> argparse.ArgumentParser:
                      help="forward process of an example (a model brings its own); default ou")
     gap.add_argument("--t", type=float, nargs="+", help="diffusion times (default: 0.5%%, 3%%, 10%%, 30%% of t_max)")
     gap.add_argument("--rtol", type=float, default=1e-6, help="relative accuracy of the gap (default 1e-6)")
+
+    report = sub.add_parser("report", help="the main job: a full report with figures (see README)")
+    report_source = report.add_mutually_exclusive_group(required=True)
+    report_source.add_argument("config", nargs="?", help="TOML configuration file")
+    report_source.add_argument("--example", choices=sorted(BUILTIN), help="a built-in configuration")
+    report.add_argument("--out", help="output folder (default report-<name>)")
+    report.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    report.add_argument("--small", action="store_true", help="reduced sizes (built-in configurations only)")
+    report.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    schedule = sub.add_parser("schedule", help="schedules judged by exact propagation, with tracking bounds")
+    schedule.add_argument("--example", choices=sorted(EXAMPLES), default="asymmetric")
+    schedule.add_argument("--process", choices=sorted(PROCESSES), default="ou")
+    schedule.add_argument("--levels", type=int, default=10, help="number of levels N (default 10)")
+    schedule.add_argument("--budget", type=float, default=10.0, help="total Langevin time U (default 10)")
+    schedule.add_argument("--t-max", type=float, default=5.0)
+    schedule.add_argument("--t-min", type=float, default=1e-3)
+    schedule.add_argument("--names", nargs="+", default=["log-uniform", "cosine", "edm", "thermodynamic"],
+                          help="standard schedules to compare")
+    schedule.add_argument("--no-design", action="store_true", help="skip the schedule designer")
+
+    energy_cmd = sub.add_parser("energy", help="-log p_0(x) by the probability-flow ODE")
+    energy_source = energy_cmd.add_mutually_exclusive_group()
+    energy_source.add_argument("--example", choices=sorted(EXAMPLES), help="built-in exact target (default bimodal)")
+    energy_source.add_argument("--model", help="checkpoint written by 'scorehamiltonian train'")
+    energy_cmd.add_argument("--process", choices=sorted(PROCESSES), default="ou")
+    energy_cmd.add_argument("--x", type=float, nargs="+", required=True,
+                            help="points, flattened row by row (d values per point)")
+    energy_cmd.add_argument("--steps", type=int, default=128, help="integrator steps (default 128)")
+    energy_cmd.add_argument("--method", choices=["euler", "heun", "rk4", "dopri5"], default="rk4")
 
     sub.add_parser("examples", help="list the built-in example targets")
     return parser
@@ -149,6 +190,62 @@ def _gap(args: argparse.Namespace) -> None:
     print("gap = lambda_1 - lambda_0 of H_t (units 1/x^2), Richardson-extrapolated; error = its estimate.")
 
 
+def _report(args: argparse.Namespace) -> None:
+    if args.config:
+        if args.small:
+            raise ValueError("--small applies to the built-in configurations (--example) only")
+        config, name = load_config(args.config), os.path.splitext(os.path.basename(args.config))[0]
+    else:
+        config, name = builtin_config(args.example, small=args.small), args.example
+    out = args.out or f"report-{name}"
+    check_output_folder(out, args.overwrite)
+    print(f"scorehamiltonian report: {config['title'] or name} -> {out}/", flush=True)
+    report = build_report(config, progress=not args.quiet, log=lambda line: print("  " + line, flush=True))
+    files = write_report(report, out, overwrite=args.overwrite)
+    print(f"{'schedule':>22} {'final TV':>10} {'TV bound':>10} {'weight err':>10}")
+    for s in report.numbers["schedules"]:
+        print(f"{s['name']:>22} {_num(s['tv']):>10} {_num(s['tv_bound']):>10} {_num(s['weight_error']):>10}")
+    print(f"wrote {len(files)} files into {os.path.abspath(out)}/: " + ", ".join(os.path.basename(f) for f in files))
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
+def _schedule(args: argparse.Namespace) -> None:
+    reference = ExactScore(example(args.example), PROCESSES[args.process]())
+    process = reference.process
+    schedules = [standard_schedule(n, args.levels, args.t_max, args.t_min, process, args.budget, score=reference)
+                 for n in args.names]
+    if not args.no_design:
+        schedules.append(design_schedule(reference, None, args.levels, args.budget, args.t_max, args.t_min))
+    print(f"scorehamiltonian schedule: example {args.example!r}, {process!r}, N = {args.levels}, U = {args.budget:g}")
+    print(f"{'schedule':>22} {'final TV':>10} {'TV bound':>10} {'weight err':>10}   levels t_k")
+    for sch in schedules:
+        result = propagate_exact(reference.mixture, process, sch)
+        bound = tracking_bound(reference.mixture, process, sch)
+        levels = " ".join(f"{t:.3g}" for t in sch.times[1:])
+        print(f"{sch.name:>22} {result.tv:10.3g} {bound.tv:10.3g} {result.weight_error:10.3g}   {levels}")
+    print("final TV of annealed Langevin by exact propagation on a grid; bound: the tracking bound (TV).")
+
+
+def _energy(args: argparse.Namespace) -> None:
+    score, label = _source(args)
+    dim = score.dim or 1
+    if len(args.x) % dim:
+        raise ValueError(f"--x needs a multiple of d = {dim} values; got {len(args.x)}")
+    x = torch.tensor(args.x, dtype=torch.float64).reshape(-1, dim)
+    schedule = default_schedule(score.process, args.steps, start_time(score))
+    res = energy(score, score.process, x, schedule, method=args.method)
+    exact = -score.mixture.log_prob(x) if isinstance(score, ExactScore) else None
+    print(f"scorehamiltonian energy: {label}, {args.method}, {args.steps} steps, {res.nfe} score evaluations")
+    print(f"{'x':>24} {'-log p_0(x)':>14} {'error':>10}" + (f" {'exact':>14}" if exact is not None else ""))
+    for i in range(x.shape[0]):
+        row = f"{[round(v, 4) for v in x[i].tolist()]!s:>24} {float(res.value[i]):14.8g} {float(res.error[i]):10.2e}"
+        print(row + (f" {float(exact[i]):14.8g}" if exact is not None else ""))
+    print("energies in k_B T; error: the integrator's estimated absolute error.")
+
+
 def _examples(_: argparse.Namespace) -> None:
     for name, build in EXAMPLES.items():
         print(f"{name:14s} {build.__doc__}")
@@ -157,7 +254,8 @@ def _examples(_: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for bad input)."""
     args = _parser().parse_args(argv)
-    commands = {"audit": _audit, "train": _train, "gap": _gap, "examples": _examples}
+    commands = {"audit": _audit, "train": _train, "gap": _gap, "examples": _examples, "report": _report,
+                "schedule": _schedule, "energy": _energy}
     try:
         commands[args.command](args)
     except (ScoreHamiltonianError, ValueError, OSError) as err:

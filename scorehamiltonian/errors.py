@@ -80,3 +80,7 @@ class ResolutionError(ScoreHamiltonianError, ValueError):
 class ScheduleError(ScoreHamiltonianError, ValueError):
     """A sampling schedule is malformed: times not strictly monotone, non-finite, too few,
     or Langevin times of the wrong length, negative or non-finite."""
+
+
+class ConfigError(ScoreHamiltonianError, ValueError):
+    """A report configuration is malformed; the message names the field and what was expected."""

@@ -16,7 +16,7 @@ def _readme_commands() -> list[str]:
 
 def test_readme_gives_two_setup_commands():
     main_job, tests = _readme_commands()
-    assert "scorehamiltonian audit" in main_job and "torch==2.13.0" in main_job
+    assert "scorehamiltonian report --example" in main_job and "torch==2.13.0" in main_job
     assert "pytest" in tests and "torch==2.13.0" in tests
 
 

@@ -1,0 +1,115 @@
+"""The report's figures (matplotlib, Agg backend): drawing only, from a report's arrays."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = ["report_figures"]
+
+
+def _save(fig: Any, folder: str, name: str) -> None:
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
+    fig.savefig(os.path.join(folder, name), dpi=110)
+    plt.close(fig)
+
+
+def eigenfunctions(pairs: list[dict[str, Any]], dim: int) -> Any:
+    """V_t and the lowest eigenfunctions offset by their eigenvalues (1D), or images of the
+    first two excited states (2D), one column per time."""
+    fig, axes = plt.subplots(1 if dim == 1 else 2, len(pairs), figsize=(4.2 * len(pairs), 3.6 if dim == 1 else 6.4),
+                             squeeze=False)
+    for col, pair in enumerate(pairs):
+        if dim == 1:
+            ax, x = axes[0, col], pair["axes"][0]
+            values = pair["eigenvalues"]
+            spread = max(float(values[-1] - values[0]), 1e-3)
+            ax.plot(x, np.clip(pair["potential"], None, values[-1] + 2 * spread), color="0.4", lw=1, label="V_t")
+            for j, psi in enumerate(pair["eigenvectors"]):
+                psi = psi * np.sign(psi[np.abs(psi).argmax()])
+                ax.plot(x, values[j] + 0.4 * spread * psi / np.abs(psi).max(), label=f"psi_{j} ({values[j]:.3g})")
+            ax.set_xlabel("x")
+            ax.legend(fontsize=7)
+        else:
+            (gx, gy) = pair["axes"]
+            for row in range(2):
+                ax = axes[row, col]
+                psi = pair["eigenvectors"][row + 1]
+                ax.pcolormesh(gx, gy, psi.T, cmap="RdBu_r", shading="auto")
+                ax.set_title(f"psi_{row + 1}, lambda = {pair['eigenvalues'][row + 1]:.3g}", fontsize=8)
+                ax.set_aspect("equal")
+        axes[0, col].set_title(f"t = {pair['t']:g}" + (f"\n{axes[0, col].get_title()}" if dim > 1 else ""))
+    return fig
+
+
+def gap_profile(profile: Any) -> Any:
+    """The gap and A(t) with their error bars and GP bands (GapProfile.plot)."""
+    return profile.plot()
+
+
+def schedules(judged: list[dict[str, Any]]) -> Any:
+    """Each schedule's levels on a log-t axis; marker area proportional to its Langevin time."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(judged) + 1.5))
+    for row, s in enumerate(judged):
+        times, u = np.asarray(s["times"]), np.asarray(s["langevin_time"], dtype=float)
+        size = 10 + 200 * u / max(u.max(), 1e-12)
+        ax.scatter(times[1:], np.full(len(u), row), s=size, alpha=0.7)
+        ax.plot([times[-1], times[0]], [row, row], color="0.8", lw=0.8, zorder=0)
+    ax.set_yticks(range(len(judged)), [s["name"] for s in judged])
+    ax.set_xscale("log")
+    ax.set_xlabel("diffusion time t of each level (marker area: Langevin time)")
+    return fig
+
+
+def bounds(judged: list[dict[str, Any]]) -> Any:
+    """Exactly propagated final TV beside the tracking bound, per schedule (log scale)."""
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    idx = np.arange(len(judged))
+    tv = np.array([s["tv"] for s in judged], dtype=float)
+    bound = np.array([s["tv_bound"] for s in judged], dtype=float)
+    ax.bar(idx - 0.2, tv, 0.4, label="measured TV (exact propagation)")
+    ax.bar(idx + 0.2, bound, 0.4, label="tracking bound")
+    ax.set_xticks(idx, [s["name"] for s in judged], rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("total variation")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def energy(result: dict[str, Any], learned: bool) -> Any:
+    """PF-ODE energy against the exact -log p_0 (with the reported error bars)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    exact = np.asarray(result["exact"], dtype=float)
+    value = np.asarray(result["value"], dtype=float)
+    error = np.asarray(result["error"], dtype=float)
+    points = np.asarray(result["points"], dtype=float)
+    label = "learned score, PF-ODE" if learned else "exact score, PF-ODE"
+    if points.shape[1] == 1:
+        ax.plot(points[:, 0], exact, color="0.3", label="exact -log p_0")
+        ax.errorbar(points[:, 0], value, yerr=error, fmt="o", ms=3, label=label)
+        ax.set_xlabel("x")
+        ax.set_ylabel("energy (k_B T)")
+    else:
+        ax.errorbar(exact, value, yerr=error, fmt="o", ms=3, label=label)
+        lim = [exact.min(), exact.max()]
+        ax.plot(lim, lim, color="0.3", lw=1, label="y = x")
+        ax.set_xlabel("exact -log p_0 (k_B T)")
+        ax.set_ylabel("PF-ODE energy (k_B T)")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def report_figures(arrays: dict[str, Any], folder: str) -> None:
+    """Draw the five report figures into ``folder`` (names in report.FIGURES)."""
+    _save(eigenfunctions(arrays["eigenpairs"], arrays["dim"]), folder, "eigenfunctions.png")
+    _save(gap_profile(arrays["profile"]), folder, "gap_profile.png")
+    _save(schedules(arrays["schedules"]), folder, "schedules.png")
+    _save(bounds(arrays["schedules"]), folder, "bounds.png")
+    _save(energy(arrays["energy"], arrays["learned"]), folder, "energy.png")
