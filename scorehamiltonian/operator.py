@@ -39,6 +39,7 @@ import scipy.fft
 import scipy.sparse as sp
 import torch
 
+from ._threads import run_lines
 from .derivatives import DivergenceMethod
 from .errors import ResolutionError
 from .grid import Grid
@@ -58,8 +59,6 @@ _MIN_POINTS_PER_WIDTH, _WARN_POINTS_PER_WIDTH = 1.0, 4.0
 _CHUNK = 1 << 16
 #: Below this many unknowns the torch matvec is as fast as the numba kernel (thread start-up).
 _NUMBA_MIN_SIZE = 1 << 16
-#: Numba passes over fewer values than this run on one thread (a parallel start costs more).
-_PARALLEL_MIN_SIZE = 1 << 16
 
 
 class ResolutionWarning(UserWarning):
@@ -423,11 +422,7 @@ class ScoreHamiltonian:
         diag, dinv = (t.numpy().reshape(self._n3) for t in (self._diag, dinv))
         args = (mode, arrays[0], arrays[1], arrays[2], diag, shift, dinv, self._coef, self._h2inv, alpha, beta,
                 arrays[3])
-        lines = u.shape[0] * self._n3[0] * self._n3[1]
-        if u.numel() < _PARALLEL_MIN_SIZE or lines < 2:
-            _lines(0, lines, *args)
-        else:
-            _lines_parallel(min(lines, 4 * numba.get_num_threads()), *args)
+        run_lines(_lines, _lines_parallel, u.numel(), u.shape[0] * self._n3[0] * self._n3[1], *args)
 
     def residual(self, u: torch.Tensor, b: torch.Tensor, shift: float, out: torch.Tensor | None = None) -> torch.Tensor:
         """b - (H - shift) u for row blocks u, b of shape (m, N) (one column per row, contiguous),

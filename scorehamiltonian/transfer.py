@@ -25,10 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["axis_weights", "interpolate", "interpolate_columns", "prolong", "restrict"]
+from ._threads import run_lines
 
-#: Passes over fewer values than this run on one thread (a parallel start costs more).
-PARALLEL_MIN_SIZE = 1 << 16
+__all__ = ["axis_weights", "interpolate", "interpolate_columns", "prolong", "restrict"]
 
 
 def axis_weights(n_from: int, n_to: int) -> tuple[np.ndarray, np.ndarray]:
@@ -130,14 +129,6 @@ def _restrict_parallel(chunks, r, f0, k0, t0, f1, k1, t1, f2, k2, t2, scale, out
                         scale, out)
 
 
-def _run(serial, parallel, size: int, lines: int, *args) -> None:
-    """A pass over ``lines`` lines: on one thread when small, else in parallel chunks."""
-    if size < PARALLEL_MIN_SIZE or lines < 2:
-        serial(0, lines, *args)
-    else:
-        parallel(min(lines, 4 * numba.get_num_threads()), *args)
-
-
 def _numba_ok(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
 
@@ -187,7 +178,7 @@ def interpolate(u: torch.Tensor, n_to: tuple[int, ...], out: torch.Tensor | None
         nodes, weights = _gather_table(a, b)
         tables += [nodes, weights.astype(target.numpy().dtype)]
     lines = target.shape[0] * int(np.prod(_padded(n_to)[:2]))
-    _run(_prolong_lines, _prolong_parallel, target.numel(), lines, _as4(u.contiguous()), *tables, out is not None,
+    run_lines(_prolong_lines, _prolong_parallel, target.numel(), lines, _as4(u.contiguous()), *tables, out is not None,
          _as4(target))
     return target
 
@@ -213,7 +204,7 @@ def restrict(r: torch.Tensor, n_coarse: tuple[int, ...]) -> torch.Tensor:
         tables += [first, count, weights.astype(target.numpy().dtype)]
         scale *= (a + 1) / (b + 1)
     lines = target.shape[0] * int(np.prod(_padded(n_coarse)[:2]))
-    _run(_restrict_lines, _restrict_parallel, r.numel(), lines, _as4(r.contiguous()), *tables, scale, _as4(target))
+    run_lines(_restrict_lines, _restrict_parallel, r.numel(), lines, _as4(r.contiguous()), *tables, scale, _as4(target))
     return target
 
 

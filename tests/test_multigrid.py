@@ -195,3 +195,21 @@ def test_three_dimensional_gaussian_levels_with_the_multigrid_preconditioner():
     exact = np.array([0.0, 1 / nu[2], 1 / nu[1]])
     h2 = max(H.grid.h) ** 2
     assert np.abs(result.eigenvalues.numpy() - exact).max() < h2 / min(nu) ** 2
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_parallel_passes_keep_torch_thread_count(threads):
+    """Numba's OpenMP layer shares the runtime with torch: its parallel passes and transfers
+    run on torch's thread count and leave it as the user set it (they used to raise it to
+    numba's, changing torch's results in the last bits after the first multigrid cycle)."""
+    grid = Grid(*BOX, (255, 255))
+    H = ScoreHamiltonian(GAUSSIAN, 0.0, grid, order=4, backend="numba")
+    u = torch.rand(2, grid.size, dtype=torch.float64, generator=seeded())
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        H.residual(u, u, 0.0)
+        transfer.restrict(u.reshape(2, *grid.n), (127, 127))
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,37 @@
+"""Numba's parallel passes, run with torch's thread count.
+
+Numba's OpenMP threading layer shares the OpenMP runtime with torch: each parallel launch sets
+the runtime's thread count to numba's own, which torch then reads as its intra-op count. A
+user's ``torch.set_num_threads(1)`` would silently become 2 (or all cores) after the first
+multigrid cycle, and torch's results (reductions, products) would change in the last bits
+depending on what ran before. So every parallel pass runs with exactly
+``torch.get_num_threads()`` threads (capped at numba's pool) and restores torch's count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import torch
+
+__all__ = ["PARALLEL_MIN_SIZE", "run_lines"]
+
+#: Passes over fewer values than this run on one thread (a parallel start costs more).
+PARALLEL_MIN_SIZE = 1 << 16
+
+
+def run_lines(serial: Callable[..., Any], parallel: Callable[..., Any], size: int, lines: int, *args: Any) -> None:
+    """``serial(0, lines, *args)`` for a pass over fewer than ``PARALLEL_MIN_SIZE`` values (or
+    one line), else ``parallel(chunks, *args)`` with a few chunks per thread, on torch's
+    thread count (module docstring)."""
+    if size < PARALLEL_MIN_SIZE or lines < 2:
+        serial(0, lines, *args)
+        return
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        parallel(min(lines, 4 * numba.get_num_threads()), *args)
+    finally:
+        torch.set_num_threads(threads)
