@@ -31,12 +31,15 @@ def eigenfunctions(pairs: list[dict[str, Any]], dim: int) -> Any:
             ax, x = axes[0, col], pair["axes"][0]
             values = pair["eigenvalues"]
             spread = max(float(values[-1] - values[0]), 1e-3)
-            ax.plot(x, np.clip(pair["potential"], None, values[-1] + 2 * spread), color="0.4", lw=1, label="V_t")
+            ax.plot(x, pair["potential"], color="0.4", lw=1, label="V_t")
             for j, psi in enumerate(pair["eigenvectors"]):
                 psi = psi * np.sign(psi[np.abs(psi).argmax()])
                 ax.plot(x, values[j] + 0.4 * spread * psi / np.abs(psi).max(), label=f"psi_{j} ({values[j]:.3g})")
+            # V_t grows without bound in the tails: show the window of the levels drawn.
+            ax.set_ylim(min(float(pair["potential"].min()), values[0] - 0.5 * spread) - 0.1 * spread,
+                        values[-1] + 1.5 * spread)
             ax.set_xlabel("x")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
         else:
             (gx, gy) = pair["axes"]
             for row in range(2):
