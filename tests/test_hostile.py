@@ -172,3 +172,65 @@ def test_spectral_gap_is_right_or_says_so_on_any_box(w, gap, s1, s2, t, below, a
     event("checked against the reference")
     truth = _reference_gap(mixture, process, t)
     assert abs(result.value - truth) <= result.error + 1e-9 * truth, (result.value, result.error, truth)
+
+
+#: Times drawn to collide: repeats, reversals, NaN/Inf, negatives and values past t_max.
+SCHEDULE_TIME = st.one_of(st.floats(0.0, 12.0), st.sampled_from([0.0, 1e-3, 1.0, 5.0, 10.0, 10.5, -1.0,
+                                                                 math.nan, math.inf, -math.inf]))
+
+
+@st.composite
+def time_arrays(draw):
+    """Half chaos (any entries), half near-valid: distinct in-range times, sorted either way,
+    then perhaps one entry repeated or two swapped; Langevin times to match or not."""
+    if draw(st.booleans()):
+        return draw(st.lists(SCHEDULE_TIME, max_size=8)), draw(st.lists(ANY_FLOAT, max_size=8) | st.none())
+    times = sorted(draw(st.lists(st.floats(0.0, 10.0), min_size=2, max_size=8, unique=True)),
+                   reverse=draw(st.booleans()))
+    damage = draw(st.sampled_from(["none", "none", "repeat", "swap"]))
+    if damage == "repeat":
+        i = draw(st.integers(0, len(times) - 1))
+        times.insert(i, times[i])
+    elif damage == "swap" and len(times) > 2:
+        i = draw(st.integers(1, len(times) - 2))
+        times[i], times[i + 1] = times[i + 1], times[i]
+    langevin = draw(st.none() | st.lists(st.floats(0.0, 5.0), min_size=len(times) - 1, max_size=len(times) - 1)
+                    | st.lists(ANY_FLOAT, max_size=8))
+    return times, langevin
+
+
+@given(case=time_arrays())
+@settings(max_examples=80)
+def test_any_time_array_is_a_valid_schedule_or_a_schedule_error(case):
+    """Arrays of times with repeats, unsorted entries, non-finite values or times outside the
+    process's range, and any Langevin times: as_schedule (and the judges that take schedules,
+    propagate_exact and energy) either gets a strictly decreasing, in-range schedule with
+    non-negative finite Langevin times, or raises a documented error."""
+    from scorehamiltonian import ScheduleError, TimeRangeError, as_schedule, energy, propagate_exact
+
+    process = OU()
+    times, langevin = case
+    try:
+        schedule = as_schedule(times, process, langevin)
+    except (ScheduleError, TimeRangeError) as err:
+        event(type(err).__name__)
+        return
+    t = schedule.times
+    assert len(t) >= 2 and (np.diff(t) < 0).all() and np.isfinite(t).all()
+    assert t[-1] >= process.t_min and t[0] <= process.t_max
+    assert np.isfinite(schedule.langevin_time).all() and (schedule.langevin_time >= 0).all()
+    event("valid")
+    mixture = GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [[[0.3]], [[0.3]]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            result = propagate_exact(mixture, process, schedule)
+            assert math.isfinite(result.tv) and 0 <= result.tv <= 1
+            event("propagated")
+        except ScoreHamiltonianError as err:
+            event(f"propagate_exact: {type(err).__name__}")
+        try:
+            energy(ExactScore(mixture, process), process, torch.zeros(1, 1, dtype=torch.float64), schedule)
+            event("energy over the full range")
+        except ScoreHamiltonianError as err:
+            event(f"energy: {type(err).__name__}")
