@@ -35,6 +35,12 @@ covariance U Lambda U^T (so |grad_x f|^2 = sum_j (d f / d z_j)^2 / Lambda_j):
   evenly spaced over the central 99.8 % of the projected samples and ``N_RIDGE_WIDTHS`` widths
   w geometric from the narrowest the samples resolve (below; at least ``RIDGE_WIDTHS[0]``) to
   ``RIDGE_WIDTHS[1]`` (whitened units): they represent the step between two separated modes.
+- ``"network"``: the linear (degree-1 Hermite) functions and the NETWORK_WIDTH features h(z)
+  of the last hidden layer of a small tanh network f(z) = w . h(z), trained (Adam, seeded by
+  ``generator``) to minimise the fit half's Rayleigh quotient mean |grad_x f|^2 / var f; the
+  Ritz problem then recombines them. For eigenfunctions no fixed basis holds (curved or
+  many-mode boundaries). The training sees only the fit half, so the held-out estimates stay
+  honest; an over-fitted network only raises them.
 - ``"poly+tanh"``: both. ``"auto"`` is ``"poly+tanh"`` with the degree and the number of
   features chosen from the dimension (degree 3 up to d = 5, 2 up to d = 60, then 1; 240 ridge
   features in 1D, 270 above) and capped so that the fit half holds at least
@@ -57,6 +63,7 @@ above ``HEAVY_TAIL_SHARE`` of the Dirichlet sum) marks that case.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import warnings
@@ -73,7 +80,7 @@ from .scores import ExactScore, as_score
 
 __all__ = ["RitzResult", "ritz_gap"]
 
-BasisName = Literal["auto", "polynomial", "tanh", "poly+tanh"]
+BasisName = Literal["auto", "polynomial", "tanh", "poly+tanh", "network"]
 
 #: Eigenvalues of the (unit-diagonal) covariance B below rcond times its largest are discarded.
 DEFAULT_RCOND = 1e-10
@@ -97,6 +104,12 @@ N_RIDGE_WIDTHS = 6
 MAX_BASIS_SIZE = 5000
 #: Bootstrap resamples for the standard errors of the held-out Ritz values.
 N_BOOTSTRAP = 200
+#: The "network" basis: hidden width (= basis functions), training steps and learning rate.
+NETWORK_WIDTH = 32
+NETWORK_STEPS = 400
+NETWORK_LEARNING_RATE = 1e-2
+#: Steps between the held-out checks of the network's training (early stopping).
+NETWORK_CHECK = 10
 
 
 @dataclass(frozen=True)
@@ -113,7 +126,7 @@ class RitzResult:
     ritz_stderr : (r,) their bootstrap standard errors.
     fit_ritz_values : (r,) in-sample Ritz values of the fit half (biased low; a diagnostic).
     n_samples, n_fit, n_eval : samples used in all, in the fit half and in the held-out half.
-    basis : the basis name ("polynomial", "tanh" or "poly+tanh").
+    basis : the basis name ("polynomial", "tanh", "poly+tanh" or "network").
     basis_size : number of basis functions m; basis_rank : directions kept after the cut of B.
     dim : dimension d; t : the diffusion time.
     flags : names of the conditions met among "large_error" (stderr > LARGE_RELATIVE_ERROR
@@ -299,6 +312,67 @@ def _random_directions(n: int, dim: int, like: torch.Tensor, generator: torch.Ge
     return u / u.norm(dim=1, keepdim=True)
 
 
+def _network_quotient(model: torch.nn.Module, z: torch.Tensor, variances: torch.Tensor,
+                      create_graph: bool) -> torch.Tensor:
+    """mean |grad_x f|^2 / var f of the network's output f over z (z requires grad)."""
+    f = model(z).squeeze(-1)
+    (grad,) = torch.autograd.grad(f.sum(), z, create_graph=create_graph)
+    return ((grad**2) / variances).sum(-1).mean() / f.var()
+
+
+class _NetworkBasis:
+    """h(z): the last hidden layer of a tanh network d -> W -> W, whose scalar head w . h was
+    trained to minimise the Rayleigh quotient of the fit samples (module docstring)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net = net
+        self.size = NETWORK_WIDTH
+
+    @classmethod
+    def fit(cls, z: torch.Tensor, variances: torch.Tensor, generator: torch.Generator | None) -> _NetworkBasis:
+        """Train on whitened fit samples z (|grad_x f|^2 = sum_j (d f / d z_j)^2 / Lambda_j):
+        on 80 % of them, keeping the parameters whose quotient on the other 20 % was lowest
+        (checked every ``NETWORK_CHECK`` steps), so that a network that starts to fit the
+        gaps between samples is stopped where it still describes p_t."""
+        device = generator.device if generator is not None else "cpu"
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
+        n_train = max(2, int(0.8 * z.shape[0]))
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            torch.manual_seed(seed)
+            net = torch.nn.Sequential(torch.nn.Linear(z.shape[1], NETWORK_WIDTH), torch.nn.Tanh(),
+                                      torch.nn.Linear(NETWORK_WIDTH, NETWORK_WIDTH), torch.nn.Tanh()
+                                      ).to(dtype=z.dtype, device=z.device)
+            head = torch.nn.Linear(NETWORK_WIDTH, 1).to(dtype=z.dtype, device=z.device)
+            model = torch.nn.Sequential(net, head)
+            optimiser = torch.optim.Adam(model.parameters(), lr=NETWORK_LEARNING_RATE)
+            train, check = (part.detach().clone().requires_grad_(True) for part in (z[:n_train], z[n_train:]))
+            best, state = math.inf, copy.deepcopy(net.state_dict())
+            for step in range(NETWORK_STEPS + 1):
+                if step % NETWORK_CHECK == 0:
+                    held_out = float(_network_quotient(model, check, variances, create_graph=False))
+                    if held_out < best:
+                        best, state = held_out, copy.deepcopy(net.state_dict())
+                if step == NETWORK_STEPS:
+                    break
+                optimiser.zero_grad()
+                _network_quotient(model, train, variances, create_graph=True).backward()
+                optimiser.step()
+        net.load_state_dict(state)
+        net.requires_grad_(False)
+        return cls(net)
+
+    def values(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+    def partials(self, z: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        columns = torch.arange(self.size, device=z.device)
+        for j in range(z.shape[1]):
+            direction = torch.zeros_like(z)
+            direction[:, j] = 1.0
+            _, tangent = torch.func.jvp(self.net, (z,), (direction,))
+            yield columns, tangent
+
+
 class _FeatureMap:
     """Whitening followed by one or more bases; values, gradients and Gram matrices in x."""
 
@@ -454,13 +528,16 @@ def _basis_name(basis: str) -> str:
 def _feature_map(x_fit: torch.Tensor, basis: str, degree: int | None, n_features: int | None,
                  generator: torch.Generator | None) -> _FeatureMap:
     """Whitening from the fit half and the requested basis (sizes chosen for "auto")."""
-    if basis not in ("auto", "polynomial", "tanh", "poly+tanh"):
-        raise ValueError(f"basis must be 'auto', 'polynomial', 'tanh' or 'poly+tanh'; got {basis!r}")
+    if basis not in ("auto", "polynomial", "tanh", "poly+tanh", "network"):
+        raise ValueError(f"basis must be 'auto', 'polynomial', 'tanh', 'poly+tanh' or 'network'; got {basis!r}")
     whitening = _Whitening.fit(x_fit)
     z = whitening(x_fit)
     n, dim = x_fit.shape
     budget = n // (2 * SAMPLES_PER_FUNCTION) if basis == "auto" else None
     parts: list[Any] = []
+    if basis == "network":
+        return _FeatureMap(whitening, [_HermiteBasis(dim, 1, x_fit.device),
+                                       _NetworkBasis.fit(z, whitening.variances, generator)])
     if basis != "tanh":
         parts.append(_HermiteBasis(dim, degree or _auto_degree(dim, budget), x_fit.device))
     if basis != "polynomial":
