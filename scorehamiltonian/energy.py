@@ -68,7 +68,8 @@ import torch
 from . import derivatives
 from ._validation import check_points
 from .eigensolvers import ConvergenceWarning
-from .errors import ScheduleError
+from .errors import ScheduleError, ScoreHamiltonianError
+from .parallel import TaskFailure, executor_from, map_tasks
 from .processes import ForwardProcess
 from .schedules import Schedule, as_schedule, standard_schedule
 from .scores import ExactScore, Score, as_score
@@ -139,6 +140,8 @@ class EnergyResult:
     closure : (...,) the cycle closure of :func:`line_energy` between each point and the batch
         mean (the origin for a single point) at t_min, for scores that are not an
         :class:`ExactScore`; None for exact scores.
+    failures : (first row, stop row, "Type: message") of each batch that failed (batched
+        runs); its rows are NaN with an infinite error and not converged.
     """
 
     value: torch.Tensor
@@ -156,6 +159,7 @@ class EnergyResult:
     times: np.ndarray
     x_T: torch.Tensor
     closure: torch.Tensor | None
+    failures: tuple[tuple[int, int, str], ...] = ()
 
 
 class _Field:
@@ -361,6 +365,9 @@ def energy(
     generator: torch.Generator | None = None,
     closure: bool | None = None,
     t_start: float | None = None,
+    executor: Any = None,
+    n_workers: int = 2,
+    batch_size: int | None = None,
 ) -> EnergyResult:
     """E(x) = -log p_0(x) in k_B T by the probability-flow ODE (formula in the module docstring).
 
@@ -381,6 +388,13 @@ def energy(
         or a network's smallest training time where it is undefined at t_min); above t_min
         the value is -log p_{t_start}(x) and ``start_error`` bounds, to first order, its
         distance to -log p_0(x) (module docstring).
+    executor, n_workers, batch_size : batches of ``batch_size`` rows (default 256 when an
+        executor is given) as tasks on an executor (None: serially, here; "dask": a
+        LocalCluster of ``n_workers`` processes; a dask Client or any concurrent.futures
+        Executor; :func:`~scorehamiltonian.parallel.executor_from`). Every row's energy is
+        the same as in a serial run with the same ``batch_size``; the closure's anchor is the
+        mean of each batch; Hutchinson probes come from a seed drawn once from ``generator``
+        (batch b: seed + b). A failed batch gives NaN rows and an entry in ``failures``.
     """
     score = as_score(score)
     process = score.process if process is None else process
@@ -390,28 +404,133 @@ def energy(
     batch_shape, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
     t_start = _check_start(score, process, t_start)
     schedule = _resolve_schedule(schedule, process, method, t_start)
-    times = schedule.to_torchdiffeq(dtype=x.dtype, device=x.device)
-    probes = _probes(divergence, n_probes, flat, generator)
-    m = 1 if probes is None else probes.shape[0]
-    field = _Field(score, process, probes)
-    solutions = _solve(field, flat, m, times, method, rtol, atol)
-    x_T, ell = solutions[0]
-    T = times[-1]
-    values = [-(_log_reference(process, xs, T) + ls.mean(-1)) for xs, ls in solutions]
-    value = values[0]
-    integrator_error, ratio, converged = _integrator_error(values, method)
-    reference_error = _reference_error(field, x_T, T)
-    divergence_error = ell.std(-1, correction=1) / math.sqrt(m) if m > 1 else torch.zeros_like(value)
-    start_error = _start_error(field, flat, times[0]) if t_start > process.t_min else torch.zeros_like(value)
-    total = integrator_error + reference_error + divergence_error + start_error
     want_closure = not isinstance(score, ExactScore) if closure is None else closure
-    audit = _closure(score, flat, float(times[0])) if want_closure else None
-    _warn_unconverged(converged, schedule)
+    task = _Task(score, process, schedule, method, divergence, int(n_probes), rtol, atol, want_closure, t_start)
+    if executor is None and batch_size is None:
+        parts, failures = [task.run(flat, generator)], []
+    else:
+        parts, failures = _batched(task, flat, executor, n_workers, batch_size or _DEFAULT_BATCH, generator)
+    _warn_unconverged(torch.cat([p.converged for p in parts]), schedule)
+    return _assemble(parts, failures, batch_shape, x.shape, method, divergence)
+
+
+#: Rows per task of a batched energy (``executor`` given without ``batch_size``).
+_DEFAULT_BATCH = 256
+
+
+@dataclass(frozen=True)
+class _Part:
+    """The energies of one batch of rows (flat tensors), before assembly."""
+
+    value: torch.Tensor
+    integrator_error: torch.Tensor
+    reference_error: torch.Tensor
+    divergence_error: torch.Tensor
+    start_error: torch.Tensor
+    converged: torch.Tensor
+    observed_ratio: torch.Tensor
+    x_T: torch.Tensor
+    closure: torch.Tensor | None
+    nfe: int
+    n_vjp: int
+    times: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Task:
+    """Everything :func:`energy` computes for a batch of rows but the rows (picklable)."""
+
+    score: Score
+    process: ForwardProcess
+    schedule: Schedule
+    method: str
+    divergence: str
+    n_probes: int
+    rtol: float
+    atol: float
+    closure: bool
+    t_start: float
+
+    def run(self, flat: torch.Tensor, generator: torch.Generator | None) -> _Part:
+        """The energies of the rows ``flat`` (n, d) (module docstring)."""
+        process = self.process
+        times = self.schedule.to_torchdiffeq(dtype=flat.dtype, device=flat.device)
+        probes = _probes(self.divergence, self.n_probes, flat, generator)
+        m = 1 if probes is None else probes.shape[0]
+        field = _Field(self.score, process, probes)
+        solutions = _solve(field, flat, m, times, self.method, self.rtol, self.atol)
+        x_T, ell = solutions[0]
+        T = times[-1]
+        values = [-(_log_reference(process, xs, T) + ls.mean(-1)) for xs, ls in solutions]
+        integrator_error, ratio, converged = _integrator_error(values, self.method)
+        reference_error = _reference_error(field, x_T, T)
+        divergence_error = ell.std(-1, correction=1) / math.sqrt(m) if m > 1 else torch.zeros_like(values[0])
+        start_error = (_start_error(field, flat, times[0]) if self.t_start > process.t_min
+                       else torch.zeros_like(values[0]))
+        audit = _closure(self.score, flat, float(times[0])) if self.closure else None
+        return _Part(values[0], integrator_error, reference_error, divergence_error, start_error, converged, ratio,
+                     x_T, audit, field.nfe, field.n_vjp, times.cpu().numpy())
+
+    def __call__(self, job: tuple[torch.Tensor, int | None]) -> _Part:
+        rows, seed = job
+        return self.run(rows, None if seed is None else torch.Generator(device=rows.device).manual_seed(seed))
+
+
+def _batched(task: _Task, flat: torch.Tensor, executor: Any, n_workers: int, batch_size: int,
+             generator: torch.Generator | None) -> tuple[list[_Part], list[tuple[int, int, str]]]:
+    """The batches of ``batch_size`` rows as tasks on the executor (or serially), in order.
+    Hutchinson probes: batch b draws from a generator seeded with seed + b, seed drawn once
+    from ``generator``. A batch that fails gives NaN energies (infinite error, not converged)
+    and a (first row, stop row, message) failure; all of them failing raises the first."""
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive number of rows; got {batch_size!r}")
+    seed = None
+    if task.divergence == "hutchinson":
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator,
+                                 device=generator.device if generator is not None else "cpu"))
+    starts = range(0, flat.shape[0], int(batch_size))
+    jobs = [(flat[a : a + int(batch_size)], None if seed is None else seed + b) for b, a in enumerate(starts)]
+    parts: list[_Part] = []
+    failures: list[tuple[int, int, str]] = []
+    with executor_from(executor, n_workers) as pool:
+        for a, (job, outcome) in zip(starts, map_tasks(task, jobs, pool)):
+            if isinstance(outcome, TaskFailure):
+                failures.append((a, a + job[0].shape[0], f"{outcome.error}: {outcome.message}"))
+                outcome = _failed_part(job[0], task)
+            parts.append(outcome)
+    if failures and len(failures) == len(jobs):
+        raise ScoreHamiltonianError(f"energy: every batch failed; the first, rows {failures[0][0]}.."
+                                    f"{failures[0][1] - 1}: {failures[0][2]}")
+    if failures:
+        warnings.warn(f"energy: {len(failures)} of {len(jobs)} batches failed, their rows are NaN "
+                      f"(see .failures); the first, rows {failures[0][0]}..{failures[0][1] - 1}: {failures[0][2]}",
+                      RuntimeWarning, stacklevel=3)
+    return parts, failures
+
+
+def _failed_part(rows: torch.Tensor, task: _Task) -> _Part:
+    """NaN energies with an infinite (integrator) error, not converged, for a failed batch."""
+    nan = torch.full(rows.shape[:1], math.nan, dtype=rows.dtype, device=rows.device)
+    zero = torch.zeros_like(nan)
+    return _Part(nan, torch.full_like(nan, math.inf), zero, zero, zero, torch.zeros_like(nan, dtype=torch.bool), nan,
+                 torch.full_like(rows, math.nan), nan if task.closure else None, 0, 0,
+                 task.schedule.to_torchdiffeq(dtype=rows.dtype).numpy())
+
+
+def _assemble(parts: list[_Part], failures: list[tuple[int, int, str]], batch_shape: torch.Size,
+              x_shape: torch.Size, method: str, divergence: str) -> EnergyResult:
+    """The :class:`EnergyResult` of the batches, rows in input order, shapes restored."""
+    def joined(name: str) -> torch.Tensor:
+        return torch.cat([getattr(p, name) for p in parts]).reshape(batch_shape)
+
+    integrator, reference, div, start = (joined(n) for n in ("integrator_error", "reference_error",
+                                                              "divergence_error", "start_error"))
+    good = next((p for p in parts if p.nfe), parts[0])
+    closure = None if parts[0].closure is None else joined("closure")
     return EnergyResult(
-        value.reshape(batch_shape), total.reshape(batch_shape), integrator_error.reshape(batch_shape),
-        reference_error.reshape(batch_shape), divergence_error.reshape(batch_shape), start_error.reshape(batch_shape),
-        converged.reshape(batch_shape), ratio.reshape(batch_shape), field.nfe, field.n_vjp, method, divergence, times.cpu().numpy(),
-        x_T.reshape(x.shape), None if audit is None else audit.reshape(batch_shape),
+        joined("value"), integrator + reference + div + start, integrator, reference, div, start, joined("converged"),
+        joined("observed_ratio"), good.nfe, good.n_vjp, method, divergence, good.times,
+        torch.cat([p.x_T for p in parts]).reshape(x_shape), closure, tuple(failures),
     )
 
 
