@@ -237,7 +237,11 @@ class SpectralDiagnostics:
         top.loglog(self.times, self.adiabatic_speed, "C1-", label="$A(t)$")
         top.loglog(self.times, self.adiabatic_speed / self.lambda1, "C3:", label="$A/\\lambda_1$")
         mid.loglog(self.times, self.lag, "k-", label="lag $\\|H^+\\partial_t\\sqrt{p}\\|$")
-        mid.loglog(self.times, np.maximum(self.lag_slow, 1e-300), "C2--", label="slow (between basins)")
+        # Below 1e-12 of the largest lag the slow part is round-off: not drawn (a floor would
+        # stretch the log axis over hundreds of decades).
+        floor = 1e-12 * float(np.nanmax(self.lag))
+        mid.loglog(self.times, np.where(self.lag_slow > floor, self.lag_slow, np.nan), "C2--",
+                   label="slow (between basins)")
         mid.loglog(self.times, self.lag_fast, "C4:", label="fast (within basins)")
         for b in range(self.basin_masses.shape[1]):
             bottom.semilogx(self.times, self.basin_masses[:, b], f"C{b}-", label=f"basin {b}")
