@@ -24,7 +24,11 @@ Error of the result (``EnergyResult.error``, absolute, nats), the sum of three p
   (2^p - 1) times the error of E_h (p the order: 1 Euler, 2 Heun, 4 RK4), so the estimate
   over-estimates by that factor (Euler's is doubled: a factor 2). Before that regime it can
   under-estimate: the point is flagged ``converged = False`` (with a warning) unless the
-  observed ratio d2 / d1 (2^p asymptotically) is at least 2^(p-1).
+  observed ratio d2 / d1 (2^p asymptotically) is at least 2^(p-1). Step doubling assumes the
+  schedule's times are a smooth function of the step index, so that every other time is the
+  same schedule with half the steps; a grid with an abrupt change of spacing (say, one large
+  step appended to reach t_min) keeps that step whole on every grid, and its error is then
+  invisible to the estimate, whatever the flags say.
   For dopri5 the ODE is solved again with ten times looser tolerances; |E - E_loose|
   over-estimates the error of E by about 10^{5/6} - 1 (global error proportional to
   tol^{p/(p+1)}, p = 5), assuming the solver's tolerance proportionality (not checked).
