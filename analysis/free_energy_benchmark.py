@@ -19,7 +19,9 @@
 4. Figures: Delta F against samples (double well), the estimator comparison, the lambda
    schedules (energy_figures.py).
 
-Usage: python analysis/free_energy_benchmark.py [--quick] [--out DIR]
+Usage: python analysis/free_energy_benchmark.py [--quick] [--out DIR] [--engine dask --workers N]
+(--engine runs the four parts as parallel tasks on a dask LocalCluster, or on a running
+cluster with --engine tcp://HOST:8786).
 Writes results.md, results.json and PNGs into DIR (default analysis/out/free_energy_benchmark/).
 """
 
@@ -47,6 +49,7 @@ from energy_figures import plot_convergence, plot_estimators, plot_lambda_schedu
 from scorehamiltonian import OU, VE, ExactScore, GaussianMixture, example
 from scorehamiltonian.energy import energy
 from scorehamiltonian.free_energy import ScoreEnergy, free_energy_difference, lambda_schedule
+from scorehamiltonian.parallel import TaskFailure, executor_from, map_tasks
 from scorehamiltonian.schedules import path_profile, standard_schedule
 
 TARGET_NATS = 1e-3
@@ -334,14 +337,26 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer points, samples and seeds (a few minutes)")
     parser.add_argument("--out", type=Path, default=ROOT / "analysis" / "out" / "free_energy_benchmark")
+    parser.add_argument("--engine", default=None,
+                        help="run the four parts as parallel tasks: 'dask' (a LocalCluster of --workers processes) "
+                             "or a dask scheduler's address, tcp://HOST:PORT")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of --engine dask")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    energies = energy_table(args.quick)
-    free = free_energy_table(args.quick)
-    convergence, exact = convergence_rows(args.quick)
-    ais, schedules = ais_schedules(args.quick)
+    parts = [energy_table, free_energy_table, convergence_rows, ais_schedules]
+    engine = args.engine
+    if engine and engine.startswith("tcp://"):
+        from distributed import Client
+
+        engine = Client(engine)
+    with executor_from(engine, args.workers) as pool:
+        outcomes = [outcome for _, outcome in map_tasks(lambda part: part(args.quick), parts, pool)]
+    failed = [f"{part.__name__}: {outcome}" for part, outcome in zip(parts, outcomes) if isinstance(outcome, TaskFailure)]
+    if failed:
+        raise SystemExit("free_energy_benchmark: " + "; ".join(failed))
+    energies, free, (convergence, exact), (ais, schedules) = outcomes
     plot_convergence(convergence, exact, "N(0, 1) -> double well $(x^2-1)^2/0.5$").savefig(
         args.out / "convergence_double_well.png", dpi=130)
     plot_estimators(free).savefig(args.out / "estimators.png", dpi=130)

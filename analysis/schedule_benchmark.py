@@ -24,7 +24,9 @@ Reduced model (``--reduced-only``, a separate run): the prediction of
 propagation for four step rules at N = 10, U = 10 and 100, on the unbalanced, three-mode and
 2D targets; its table joins results.md when present.
 
-Run: ``python analysis/schedule_benchmark.py`` (about 1-2 h on 2 busy cores) and
+Run: ``python analysis/schedule_benchmark.py`` (about 1-2 h on 2 busy cores; ``--engine dask
+--workers N`` runs the targets and the robustness studies as parallel tasks on a dask
+LocalCluster, ``--engine tcp://HOST:8786`` on a running cluster) and
 ``--reduced-only``, or ``--quick`` for both (minutes). Writes results.md, results.json,
 reduced_validation.json, tv_vs_budget.png and the designed schedules (JSON) into ``--out``
 (default analysis/out/schedule_benchmark); ``--report-only`` rebuilds results.md and the
@@ -44,6 +46,7 @@ import torch
 
 from scorehamiltonian import OU, ExactScore, example
 from scorehamiltonian.designer import design_grid, design_schedule, perturbed_mixtures, reduced_prediction
+from scorehamiltonian.parallel import TaskFailure, executor_from, map_tasks
 from scorehamiltonian.propagation import GridModel, default_grid, propagate_exact
 from scorehamiltonian.schedules import STANDARD_SCHEDULES, path_profile, standard_schedule
 
@@ -65,6 +68,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the design perturbations (held out: seed + 1)")
     parser.add_argument("--reduced-only", action="store_true",
                         help="only the reduced-model validation (reduced_validation.json in --out)")
+    parser.add_argument("--engine", default=None,
+                        help="run the targets and robustness studies as parallel tasks: 'dask' (a LocalCluster of "
+                             "--workers processes) or a dask scheduler's address, tcp://HOST:PORT")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of --engine dask")
     parser.add_argument("--report-only", action="store_true",
                         help="rebuild results.md and the figure from the results.json in --out, computing nothing")
     return parser.parse_args()
@@ -119,7 +126,7 @@ def design(mixture, process, n, u, args, **options):
                                seed=args.seed, **grid_options, **options)
 
 
-def run_target(label, name, process, grid_cases, args, out):
+def run_target(label, name, process, grid_cases, args):
     mixture = example(name)
     judge = Judge(mixture, process)
     started = time.perf_counter()
@@ -133,7 +140,6 @@ def run_target(label, name, process, grid_cases, args, out):
             rows.append({"target": label, "N": n, "U": u, "schedule": rule, **judge(schedule)})
         result = design(mixture, process, n, u, args)
         schedules[label, n, u, "designed"] = result.schedule
-        result.schedule.save(out / f"designed_{name}_N{n}_U{u:g}.json")
         rows.append({"target": label, "N": n, "U": u, "schedule": "designed", **judge(result.schedule),
                      "design_time": result.wall_time, "fell_back": result.fell_back,
                      "converged": result.converged, "n_evaluations": result.n_evaluations,
@@ -355,6 +361,15 @@ def report(out: Path, data: dict, targets, grid_cases) -> None:
     print("\n".join(lines))
 
 
+def engine(args: argparse.Namespace):
+    """None (serial), "dask" or a dask Client for the scheduler address in --engine."""
+    if args.engine and args.engine.startswith("tcp://"):
+        from distributed import Client
+
+        return Client(args.engine)
+    return args.engine
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(1)
@@ -371,14 +386,27 @@ def main() -> None:
         report(out, json.loads((out / "results.json").read_text()), targets, grid_cases)
         return
     rows, schedules, profiles, studies = [], {}, [], []
-    for label, name in targets.items():
-        target_rows, target_schedules, info = run_target(label, name, process, grid_cases, args, out)
-        rows += target_rows
-        schedules.update(target_schedules)
-        profiles.append(info)
-    for label in (t for t in targets if t in UNBALANCED):
-        for n, u in robust_cases:
-            studies.append(robustness(label, targets[label], process, n, u, rows, schedules, args))
+    robust_jobs = [(label, n, u) for label in targets if label in UNBALANCED for n, u in robust_cases]
+    with executor_from(engine(args), args.workers) as pool:
+        for (label, name), outcome in map_tasks(lambda item: run_target(*item, process, grid_cases, args),
+                                                list(targets.items()), pool):
+            if isinstance(outcome, TaskFailure):
+                print(f"{label}: {outcome}", flush=True)
+                continue
+            target_rows, target_schedules, info = outcome
+            rows += target_rows
+            schedules.update(target_schedules)
+            profiles.append(info)
+            for (_, n, u, rule), schedule in target_schedules.items():
+                if rule == "designed":
+                    schedule.save(out / f"designed_{name}_N{n}_U{u:g}.json")
+        jobs = [job for job in robust_jobs if any(r["target"] == job[0] for r in rows)]
+        study = lambda job: robustness(job[0], targets[job[0]], process, job[1], job[2], rows, schedules, args)
+        for job, outcome in map_tasks(study, jobs, pool):
+            if isinstance(outcome, TaskFailure):
+                print(f"robustness {job}: {outcome}", flush=True)
+                continue
+            studies.append(outcome)
     data = {"rows": rows, "robustness": studies, "profiles": profiles, "quick": args.quick}
     (out / "results.json").write_text(json.dumps(data, indent=1))
     report(out, data, targets, grid_cases)
