@@ -23,19 +23,18 @@ from .audit import score_audit, score_error
 from .bounds import tracking_bound
 from .config import BUILTIN, builtin_config, load_config
 from .designer import design_schedule
-from .energy import default_schedule, energy, start_time
+from .energy import energy
 from .errors import ScoreHamiltonianError
 from .examples import EXAMPLES, example
 from .gap import spectral_gap
 from .potential import quantum_potential
-from .processes import EDM, OU, VE, ForwardProcess, VPLinear
+from .processes import PROCESS_NAMES, ForwardProcess
 from .propagation import propagate_exact
 from .report import build_report, check_output_folder, write_report
 from .schedules import standard_schedule
 from .scores import ExactScore, Score
 from .training import load_score, save_score, train_dsm
 
-PROCESSES: dict[str, type[ForwardProcess]] = {"ou": OU, "vp-linear": VPLinear, "ve": VE, "edm": EDM}
 #: Default audit times, as fractions of the process's t_max.
 DEFAULT_TIME_FRACTIONS = (0.005, 0.03, 0.1, 0.3)
 
@@ -53,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--model", help="checkpoint written by 'scorehamiltonian train'")
     audit.add_argument("--reference", choices=sorted(EXAMPLES),
                        help="exact target to sample p_t from and to measure a model's score error against")
-    audit.add_argument("--process", choices=sorted(PROCESSES), default="ou",
+    audit.add_argument("--process", choices=sorted(PROCESS_NAMES), default="ou",
                        help="forward process of an example (a model brings its own); default ou")
     audit.add_argument("--t", type=float, nargs="+", help="diffusion times (default: 0.5%%, 3%%, 10%%, 30%% of t_max)")
     audit.add_argument("--samples", type=int, default=2000, help="points per time (default 2000)")
@@ -61,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train an MLP score by denoising score matching")
     train.add_argument("--example", choices=sorted(EXAMPLES), default="bimodal")
-    train.add_argument("--process", choices=sorted(PROCESSES), default="ou")
+    train.add_argument("--process", choices=sorted(PROCESS_NAMES), default="ou")
     train.add_argument("--samples", type=int, default=10_000, help="training samples (default 10000)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True, help="checkpoint file to write")
@@ -70,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     gap_source = gap.add_mutually_exclusive_group()
     gap_source.add_argument("--example", choices=sorted(EXAMPLES), help="built-in exact target (default bimodal)")
     gap_source.add_argument("--model", help="checkpoint written by 'scorehamiltonian train'")
-    gap.add_argument("--process", choices=sorted(PROCESSES), default="ou",
+    gap.add_argument("--process", choices=sorted(PROCESS_NAMES), default="ou",
                      help="forward process of an example (a model brings its own); default ou")
     gap.add_argument("--t", type=float, nargs="+", help="diffusion times (default: 0.5%%, 3%%, 10%%, 30%% of t_max)")
     gap.add_argument("--rtol", type=float, default=1e-6, help="relative accuracy of the gap (default 1e-6)")
@@ -86,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
 
     schedule = sub.add_parser("schedule", help="schedules judged by exact propagation, with tracking bounds")
     schedule.add_argument("--example", choices=sorted(EXAMPLES), default="asymmetric")
-    schedule.add_argument("--process", choices=sorted(PROCESSES), default="ou")
+    schedule.add_argument("--process", choices=sorted(PROCESS_NAMES), default="ou")
     schedule.add_argument("--levels", type=int, default=10, help="number of levels N (default 10)")
     schedule.add_argument("--budget", type=float, default=10.0, help="total Langevin time U (default 10)")
     schedule.add_argument("--t-max", type=float, default=5.0)
@@ -99,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     energy_source = energy_cmd.add_mutually_exclusive_group()
     energy_source.add_argument("--example", choices=sorted(EXAMPLES), help="built-in exact target (default bimodal)")
     energy_source.add_argument("--model", help="checkpoint written by 'scorehamiltonian train'")
-    energy_cmd.add_argument("--process", choices=sorted(PROCESSES), default="ou")
+    energy_cmd.add_argument("--process", choices=sorted(PROCESS_NAMES), default="ou")
     energy_cmd.add_argument("--x", type=float, nargs="+", required=True,
                             help="points, flattened row by row (d values per point)")
     energy_cmd.add_argument("--steps", type=int, default=128, help="integrator steps (default 128)")
@@ -114,7 +113,7 @@ def _source(args: argparse.Namespace) -> tuple[Score, str]:
     if args.model:
         return load_score(args.model), f"model {args.model}"
     name = args.example or "bimodal"
-    return ExactScore(example(name), PROCESSES[args.process]()), f"example {name!r}"
+    return ExactScore(example(name), PROCESS_NAMES[args.process]()), f"example {name!r}"
 
 
 def _times(args: argparse.Namespace, process: ForwardProcess) -> list[float]:
@@ -160,7 +159,7 @@ def _audit(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     mixture = example(args.example)
-    process = PROCESSES[args.process]()
+    process = PROCESS_NAMES[args.process]()
     generator = torch.Generator().manual_seed(args.seed)
     samples = mixture.sample(args.samples, generator)
     score = train_dsm(samples, process, seed=args.seed)
@@ -213,7 +212,7 @@ def _num(value: float | None) -> str:
 
 
 def _schedule(args: argparse.Namespace) -> None:
-    reference = ExactScore(example(args.example), PROCESSES[args.process]())
+    reference = ExactScore(example(args.example), PROCESS_NAMES[args.process]())
     process = reference.process
     schedules = [standard_schedule(n, args.levels, args.t_max, args.t_min, process, args.budget, score=reference)
                  for n in args.names]
@@ -235,8 +234,7 @@ def _energy(args: argparse.Namespace) -> None:
     if len(args.x) % dim:
         raise ValueError(f"--x needs a multiple of d = {dim} values; got {len(args.x)}")
     x = torch.tensor(args.x, dtype=torch.float64).reshape(-1, dim)
-    schedule = default_schedule(score.process, args.steps, start_time(score))
-    res = energy(score, score.process, x, schedule, method=args.method)
+    res = energy(score, score.process, x, method=args.method, n_steps=args.steps)
     exact = -score.mixture.log_prob(x) if isinstance(score, ExactScore) else None
     print(f"scorehamiltonian energy: {label}, {args.method}, {args.steps} steps, {res.nfe} score evaluations")
     print(f"{'x':>24} {'-log p_0(x)':>14} {'error':>10}" + (f" {'exact':>14}" if exact is not None else ""))

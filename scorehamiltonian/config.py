@@ -26,6 +26,7 @@ import jsonschema
 
 from .errors import ConfigError
 from .examples import EXAMPLES, example
+from .processes import PROCESS_NAMES
 
 __all__ = ["BUILTIN", "CONFIG_SCHEMA", "builtin_config", "load_config", "validate_config"]
 
@@ -58,7 +59,7 @@ CONFIG_SCHEMA: dict[str, Any] = _section({
         "example": {"enum": sorted(EXAMPLES), "description": "the exact target (reference of every check)"},
         "kind": {"enum": ["exact", "mlp", "file"], "default": "exact"},
         "path": {"type": "string", "minLength": 1, "description": "checkpoint file, for kind = 'file'"},
-        "process": {"enum": ["ou", "vp-linear", "ve", "edm"], "default": "ou"},
+        "process": {"enum": sorted(PROCESS_NAMES), "default": "ou"},
         "train_samples": _integer(10_000, minimum=100),
         "train_steps": _integer(1200),
     }, required=("example",)),

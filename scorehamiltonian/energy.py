@@ -63,13 +63,14 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from . import derivatives
+from ._random import draw_seed
 from ._validation import check_points
 from .eigensolvers import ConvergenceWarning
 from .errors import ScheduleError, ScoreHamiltonianError
@@ -312,8 +313,8 @@ def _span_check(schedule: Schedule, process: ForwardProcess, t_start: float) -> 
     return schedule
 
 
-def _resolve_schedule(schedule: Any, process: ForwardProcess, method: str, t_start: float) -> Schedule:
-    schedule = default_schedule(process, t_start=t_start) if schedule is None else as_schedule(schedule)
+def _resolve_schedule(schedule: Any, process: ForwardProcess, method: str, t_start: float, n_steps: int) -> Schedule:
+    schedule = default_schedule(process, n_steps, t_start) if schedule is None else as_schedule(schedule)
     schedule = _span_check(schedule, process, t_start)
     if method != "dopri5" and schedule.n_levels < 2:
         raise ScheduleError(
@@ -372,6 +373,7 @@ def energy(
     executor: Any = None,
     n_workers: int = 2,
     batch_size: int | None = None,
+    n_steps: int = DEFAULT_STEPS,
 ) -> EnergyResult:
     """E(x) = -log p_0(x) in k_B T by the probability-flow ODE (formula in the module docstring).
 
@@ -380,7 +382,8 @@ def energy(
     x : (..., d) points; the result has shape (...,), in x's dtype and on x's device.
     schedule : a :class:`Schedule` or an array of times, monotone either way, running from the
         process's t_max down to t_start (a grid that misses either end raises
-        :class:`ScheduleError`). Default: :func:`default_schedule` (EDM, rho = 7, 128 steps).
+        :class:`ScheduleError`). Default: :func:`default_schedule` (EDM, rho = 7) with
+        ``n_steps`` steps (128) from t_max down to t_start.
         dopri5 uses only its end points.
     method : "rk4" (default), "heun", "euler" on the schedule's times, or "dopri5" (adaptive,
         torchdiffeq) with tolerances ``rtol``, ``atol``.
@@ -407,7 +410,7 @@ def energy(
     x = check_points(x, score.dim)
     batch_shape, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
     t_start = _check_start(score, process, t_start)
-    schedule = _resolve_schedule(schedule, process, method, t_start)
+    schedule = _resolve_schedule(schedule, process, method, t_start, int(n_steps))
     want_closure = not isinstance(score, ExactScore) if closure is None else closure
     task = _Task(score, process, schedule, method, divergence, int(n_probes), rtol, atol, want_closure, t_start)
     if executor is None and batch_size is None:
@@ -415,29 +418,11 @@ def energy(
     else:
         parts, failures = _batched(task, flat, executor, n_workers, batch_size or _DEFAULT_BATCH, generator)
     _warn_unconverged(torch.cat([p.converged for p in parts]), schedule)
-    return _assemble(parts, failures, batch_shape, x.shape, method, divergence)
+    return _assemble(parts, failures, batch_shape, x.shape)
 
 
 #: Rows per task of a batched energy (``executor`` given without ``batch_size``).
 _DEFAULT_BATCH = 256
-
-
-@dataclass(frozen=True)
-class _Part:
-    """The energies of one batch of rows (flat tensors), before assembly."""
-
-    value: torch.Tensor
-    integrator_error: torch.Tensor
-    reference_error: torch.Tensor
-    divergence_error: torch.Tensor
-    start_error: torch.Tensor
-    converged: torch.Tensor
-    observed_ratio: torch.Tensor
-    x_T: torch.Tensor
-    closure: torch.Tensor | None
-    nfe: int
-    n_vjp: int
-    times: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -455,8 +440,8 @@ class _Task:
     closure: bool
     t_start: float
 
-    def run(self, flat: torch.Tensor, generator: torch.Generator | None) -> _Part:
-        """The energies of the rows ``flat`` (n, d) (module docstring)."""
+    def run(self, flat: torch.Tensor, generator: torch.Generator | None) -> EnergyResult:
+        """The energies of the rows ``flat`` (n, d) (module docstring), as flat tensors."""
         process = self.process
         times = self.schedule.to_torchdiffeq(dtype=flat.dtype, device=flat.device)
         probes = _probes(self.divergence, self.n_probes, flat, generator)
@@ -472,29 +457,28 @@ class _Task:
         start_error = (_start_error(field, flat, times[0]) if self.t_start > process.t_min
                        else torch.zeros_like(values[0]))
         audit = _closure(self.score, flat, float(times[0])) if self.closure else None
-        return _Part(values[0], integrator_error, reference_error, divergence_error, start_error, converged, ratio,
-                     x_T, audit, field.nfe, field.n_vjp, times.cpu().numpy())
+        total = integrator_error + reference_error + divergence_error + start_error
+        return EnergyResult(values[0], total, integrator_error, reference_error, divergence_error, start_error,
+                            converged, ratio, field.nfe, field.n_vjp, self.method, self.divergence,
+                            times.cpu().numpy(), x_T, audit)
 
-    def __call__(self, job: tuple[torch.Tensor, int | None]) -> _Part:
+    def __call__(self, job: tuple[torch.Tensor, int | None]) -> EnergyResult:
         rows, seed = job
         return self.run(rows, None if seed is None else torch.Generator(device=rows.device).manual_seed(seed))
 
 
 def _batched(task: _Task, flat: torch.Tensor, executor: Any, n_workers: int, batch_size: int,
-             generator: torch.Generator | None) -> tuple[list[_Part], list[tuple[int, int, str]]]:
+             generator: torch.Generator | None) -> tuple[list[EnergyResult], list[tuple[int, int, str]]]:
     """The batches of ``batch_size`` rows as tasks on the executor (or serially), in order.
     Hutchinson probes: batch b draws from a generator seeded with seed + b, seed drawn once
     from ``generator``. A batch that fails gives NaN energies (infinite error, not converged)
     and a (first row, stop row, message) failure; all of them failing raises the first."""
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive number of rows; got {batch_size!r}")
-    seed = None
-    if task.divergence == "hutchinson":
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator,
-                                 device=generator.device if generator is not None else "cpu"))
+    seed = draw_seed(generator) if task.divergence == "hutchinson" else None
     starts = range(0, flat.shape[0], int(batch_size))
     jobs = [(flat[a : a + int(batch_size)], None if seed is None else seed + b) for b, a in enumerate(starts)]
-    parts: list[_Part] = []
+    parts: list[EnergyResult] = []
     failures: list[tuple[int, int, str]] = []
     with executor_from(executor, n_workers) as pool:
         for a, (job, outcome) in zip(starts, map_tasks(task, jobs, pool)):
@@ -512,30 +496,27 @@ def _batched(task: _Task, flat: torch.Tensor, executor: Any, n_workers: int, bat
     return parts, failures
 
 
-def _failed_part(rows: torch.Tensor, task: _Task) -> _Part:
+def _failed_part(rows: torch.Tensor, task: _Task) -> EnergyResult:
     """NaN energies with an infinite (integrator) error, not converged, for a failed batch."""
     nan = torch.full(rows.shape[:1], math.nan, dtype=rows.dtype, device=rows.device)
-    zero = torch.zeros_like(nan)
-    return _Part(nan, torch.full_like(nan, math.inf), zero, zero, zero, torch.zeros_like(nan, dtype=torch.bool), nan,
-                 torch.full_like(rows, math.nan), nan if task.closure else None, 0, 0,
-                 task.schedule.to_torchdiffeq(dtype=rows.dtype).numpy())
+    zero, inf = torch.zeros_like(nan), torch.full_like(nan, math.inf)
+    return EnergyResult(nan, inf, inf, zero, zero, zero, torch.zeros_like(nan, dtype=torch.bool), nan, 0, 0,
+                        task.method, task.divergence, task.schedule.to_torchdiffeq(dtype=rows.dtype).numpy(),
+                        torch.full_like(rows, math.nan), nan if task.closure else None)
 
 
-def _assemble(parts: list[_Part], failures: list[tuple[int, int, str]], batch_shape: torch.Size,
-              x_shape: torch.Size, method: str, divergence: str) -> EnergyResult:
-    """The :class:`EnergyResult` of the batches, rows in input order, shapes restored."""
-    def joined(name: str) -> torch.Tensor:
-        return torch.cat([getattr(p, name) for p in parts]).reshape(batch_shape)
+def _assemble(parts: list[EnergyResult], failures: list[tuple[int, int, str]], batch_shape: torch.Size,
+              x_shape: torch.Size) -> EnergyResult:
+    """One :class:`EnergyResult` from the batches' flat ones: the per-row tensors joined in
+    input order and given the input's shape, the counts of a batch that ran, the failures."""
+    def joined(name: str, shape: torch.Size) -> torch.Tensor | None:
+        pieces = [getattr(p, name) for p in parts]
+        return None if pieces[0] is None else torch.cat(pieces).reshape(shape)
 
-    integrator, reference, div, start = (joined(n) for n in ("integrator_error", "reference_error",
-                                                              "divergence_error", "start_error"))
-    good = next((p for p in parts if p.nfe), parts[0])
-    closure = None if parts[0].closure is None else joined("closure")
-    return EnergyResult(
-        joined("value"), integrator + reference + div + start, integrator, reference, div, start, joined("converged"),
-        joined("observed_ratio"), good.nfe, good.n_vjp, method, divergence, good.times,
-        torch.cat([p.x_T for p in parts]).reshape(x_shape), closure, tuple(failures),
-    )
+    ran = next((p for p in parts if p.nfe), parts[0])
+    rows = {f.name: joined(f.name, x_shape if f.name == "x_T" else batch_shape)
+            for f in fields(EnergyResult) if isinstance(getattr(ran, f.name), torch.Tensor)}
+    return replace(ran, **rows, failures=tuple(failures))
 
 
 def _warn_unconverged(converged: torch.Tensor, schedule: Schedule) -> None:

@@ -21,7 +21,7 @@ import torch
 from ._validation import as_float_tensor
 from .errors import TimeRangeError
 
-__all__ = ["EDM", "OU", "VE", "ForwardProcess", "VPLinear", "process_from_config"]
+__all__ = ["EDM", "OU", "PROCESS_NAMES", "VE", "ForwardProcess", "VPLinear", "process_from_config"]
 
 
 class ForwardProcess(ABC):
@@ -371,6 +371,9 @@ class EDM(ForwardProcess):
 
 
 _PROCESSES = {cls.__name__: cls for cls in (OU, VPLinear, VE, EDM)}
+#: The processes by the short names of the command line and of report configurations
+#: (each built with its default parameters).
+PROCESS_NAMES: dict[str, type[ForwardProcess]] = {"ou": OU, "vp-linear": VPLinear, "ve": VE, "edm": EDM}
 
 
 def process_from_config(config: dict[str, Any]) -> ForwardProcess:

@@ -44,7 +44,7 @@ from .audit import score_audit, score_error
 from .bounds import tracking_bound
 from .designer import design_schedule
 from .eigensolvers import spectrum
-from .energy import default_schedule, energy, start_time
+from .energy import energy, start_time
 from .errors import OutputError
 from .examples import example
 from .free_energy import ScoreEnergy, free_energy_difference
@@ -52,7 +52,7 @@ from .gap import spectral_gap
 from .grid import Grid, box_from_mixture
 from .operator import ScoreHamiltonian
 from .potential import quantum_potential
-from .processes import EDM, OU, VE, ForwardProcess, VPLinear
+from .processes import PROCESS_NAMES
 from .profiles import gap_profile
 from .propagation import propagate_exact
 from .schedules import Schedule, standard_schedule
@@ -61,7 +61,6 @@ from .training import load_score, train_dsm
 
 __all__ = ["REPORT_SCHEMA", "Report", "build_report", "write_report"]
 
-PROCESSES: dict[str, type[ForwardProcess]] = {"ou": OU, "vp-linear": VPLinear, "ve": VE, "edm": EDM}
 #: Interior nodes per axis of the eigenfunction grids (1D, 2D).
 EIGEN_NODES = {1: 255, 2: 63}
 #: Files a report writes.
@@ -144,7 +143,7 @@ def _scores(config: dict[str, Any], progress: bool) -> tuple[Score, ExactScore, 
         score = load_score(model["path"])
         reference = ExactScore(mixture, score.process)
     else:
-        reference = ExactScore(mixture, PROCESSES[model["process"]]())
+        reference = ExactScore(mixture, PROCESS_NAMES[model["process"]]())
         score = reference
         if model["kind"] == "mlp":
             generator = torch.Generator().manual_seed(config["seed"])
@@ -245,8 +244,7 @@ def _energies(score: Score, reference: ExactScore, config: dict[str, Any]) -> di
         x = x.sort(0).values
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        schedule = default_schedule(reference.process, cfg["n_steps"], start_time(score))
-        res = energy(score, reference.process, x, schedule, method=cfg["method"])
+        res = energy(score, reference.process, x, method=cfg["method"], n_steps=cfg["n_steps"])
     exact = -reference.mixture.log_prob(x)
     out = {"points": x, "value": res.value, "error": res.error, "exact": exact, "nfe": res.nfe,
            "max_abs_error": float((res.value - exact).abs().max()), "method": cfg["method"],
@@ -268,8 +266,7 @@ def _free_energy(score: Score, reference: ExactScore, config: dict[str, Any]) ->
 
     n, generator = cfg["free_energy_samples"], torch.Generator().manual_seed(config["seed"])
     samples_1 = m + math.sqrt(v) * torch.randn(n, d, dtype=torch.float64, generator=generator)
-    schedule = default_schedule(reference.process, cfg["n_steps"], start_time(score))
-    U_0 = mixture if score is reference else ScoreEnergy(score, schedule)
+    U_0 = mixture if score is reference else ScoreEnergy(score, n_steps=cfg["n_steps"])
     samples_0 = None if score is reference else mixture.sample(n, generator)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -74,6 +74,7 @@ from typing import Any, Literal, NamedTuple
 
 import torch
 
+from ._random import draw_seed
 from ._validation import as_float_tensor
 from .errors import InputShapeError, NotPositiveDefiniteError, SamplesRequiredError
 from .scores import ExactScore, as_score
@@ -334,8 +335,7 @@ class _NetworkBasis:
         on 80 % of them, keeping the parameters whose quotient on the other 20 % was lowest
         (checked every ``NETWORK_CHECK`` steps), so that a network that starts to fit the
         gaps between samples is stopped where it still describes p_t."""
-        device = generator.device if generator is not None else "cpu"
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=device))
+        seed = draw_seed(generator)
         n_train = max(2, int(0.8 * z.shape[0]))
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
             torch.manual_seed(seed)
