@@ -267,6 +267,7 @@ class _Check:
     X: torch.Tensor
     rnorm: np.ndarray
     errors: np.ndarray
+    noise: np.ndarray
 
 
 def _final_check(op: _Counted, X: torch.Tensor, diag: torch.Tensor) -> _Check:
@@ -277,7 +278,20 @@ def _final_check(op: _Counted, X: torch.Tensor, diag: torch.Tensor) -> _Check:
     X, HX = blocks.S[: blocks.m], blocks.HS[: blocks.m]
     rnorm = torch.addcmul(HX, X, theta[:, None], value=-1.0, out=blocks.R[: blocks.m]).norm(dim=1).cpu().numpy()
     th = theta.cpu().numpy()
-    return _Check(th, X.T, rnorm, _error_bounds(th, rnorm) + _roundoff(th, X.T, diag, op.eps, blocks.scratch[: blocks.m].T))
+    noise = _roundoff(th, X.T, diag, op.eps, blocks.scratch[: blocks.m].T)
+    return _Check(th, X.T, rnorm, _error_bounds(th, rnorm) + noise, noise)
+
+
+def _advice(check: _Check, k: int, tol: float) -> str:
+    """What to change when the first k pairs of ``check`` miss ``tol``: tol itself when the
+    round-off term alone exceeds it (the floor of this operator in its dtype), else maxiter."""
+    scale = _scales(check.theta)[:k]
+    floor = float((check.noise[:k] / scale).max())
+    if floor > tol:
+        return (f"tol is below this operator's round-off floor: the matvec's round-off alone "
+                f"(2 eps ||diag(H) v||) is {floor:.1e} relative to the gap, so ask for tol >= {2 * floor:.0e} "
+                f"(or use a coarser grid or a larger gap)")
+    return "raise maxiter or tol"
 
 
 def _result(check: _Check, k: int, op: _Counted, start: float, method: str, tol: float,
@@ -291,7 +305,7 @@ def _result(check: _Check, k: int, op: _Counted, start: float, method: str, tol:
         message = (
             f"spectrum ({method}): {int((~converged).sum())} of {k} eigenvalues did not reach tol={tol:g}: "
             f"eigenvalues {check.theta[:k].tolist()}, residual norms {check.rnorm[:k].tolist()}, "
-            f"error bounds {check.errors[:k].tolist()} after {op.count} matvecs; raise maxiter or tol"
+            f"error bounds {check.errors[:k].tolist()} after {op.count} matvecs; {_advice(check, k, tol)}"
         )
         if raise_on_failure:
             raise ConvergenceError(message)
@@ -376,15 +390,15 @@ def amg_preconditioner(H: SymmetricOperator, shift: float) -> Preconditioner:
 
 
 def _passed(theta: torch.Tensor, X: torch.Tensor, rnorm: torch.Tensor, diag: torch.Tensor, eps: float,
-            tol: float, scratch: torch.Tensor) -> np.ndarray:
-    """Whether each Ritz pair meets ``tol`` (error bound plus the round-off term; the latter,
-    one pass over X in ``scratch``, is computed only when the bound alone passes)."""
+            tol: float, scratch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Whether each Ritz pair meets ``tol`` (error bound plus the round-off term, one pass
+    over X in ``scratch``), and whether it is stuck: its residual bound is already below the
+    round-off term and the round-off term alone exceeds tol (no iteration can pass it)."""
     th = theta.cpu().numpy()
     errors = _error_bounds(th, rnorm.cpu().numpy())
-    passed = _converged(th, errors, tol)
-    if passed.any():
-        passed = _converged(th, errors + _roundoff(th, X, diag, eps, scratch), tol)
-    return passed
+    noise = _roundoff(th, X, diag, eps, scratch)
+    passed = _converged(th, errors + noise, tol)
+    return passed, (errors <= noise) & ~_converged(th, noise, tol)
 
 
 class _Blocks:
@@ -459,13 +473,12 @@ class _Blocks:
         E = self._reduced(M)
         if E.shape[1] == self.q - self.a and p_old >= 0:
             return torch.empty(0), -1
-        self.m = min(self.m, E.shape[1])
-        L = torch.linalg.cholesky(_symmetric(E.T @ M @ E))
-        Linv = torch.linalg.solve_triangular(L, torch.eye(L.shape[0], dtype=L.dtype, device=L.device), upper=False)
+        Linv, lift = _whitening(_symmetric(E.T @ M @ E))
+        self.m = min(self.m, Linv.shape[0])
         theta, V = torch.linalg.eigh(_symmetric(Linv @ E.T @ (HS @ S.T) @ E @ Linv.T))
         coefficients = V[:, : self.m]
         if p_old >= 0:
-            old = L.T[:, : self.m]
+            old = lift[:, : self.m]
             coefficients = torch.cat([coefficients, _orthonormal(old, against=coefficients)], 1)
         C = E @ Linv.T @ coefficients
         r = C.shape[1]
@@ -475,6 +488,22 @@ class _Blocks:
         self.R, self.scratch = self._S[: self.m], self._HS[: self.m]
         self.q, self.a = r, 0
         return theta[: self.m], r - self.m
+
+
+def _whitening(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W, Z) with W G W^T = I and G = Z^T Z (so Z W^T = I): W = L^{-1}, Z = L^T from the
+    Cholesky factor G = L L^T, or, when round-off has made G numerically semi-definite
+    (a basis that lost orthogonality after iterating at the round-off floor), from its
+    eigendecomposition G = U diag(w) U^T with directions w < _DROP^2 max(w) dropped:
+    W = diag(w^-1/2) U^T, Z = diag(w^1/2) U^T."""
+    L, info = torch.linalg.cholesky_ex(G)
+    if int(info) == 0:
+        eye = torch.eye(L.shape[0], dtype=L.dtype, device=L.device)
+        return torch.linalg.solve_triangular(L, eye, upper=False), L.T
+    w, U = torch.linalg.eigh(G)
+    keep = w > _DROP**2 * w.max()
+    w, U = w[keep], U[:, keep]
+    return (U / w.sqrt()).T, (U * w.sqrt()).T
 
 
 def _precondition(precond: Preconditioner, R: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -492,8 +521,9 @@ def _lobpcg(op: _Counted, X0: torch.Tensor, precond: Preconditioner, k: int, tol
     Hetmaniuk and Lehoucq (2006): the search basis [X, P, W] is kept orthonormal, with
     P = the part of the previous X orthogonal to the new X, built in coefficient space so
     that no tiny vector is ever rescaled. Only unconverged columns get a preconditioned
-    residual W (and matvecs); it stops when the first k columns meet ``tol``, or when no
-    preconditioned residual adds a new direction.
+    residual W (and matvecs); it stops when the first k columns meet ``tol``, when no
+    preconditioned residual adds a new direction, or when those that miss ``tol`` are stuck
+    at the round-off floor (``_passed``: further iterations cannot lower their error).
 
     ``descent_first`` (for an accurate preconditioner, the multigrid cycle): start with
     block preconditioned inverse iteration, X <- X - W and Rayleigh-Ritz on X alone
@@ -509,9 +539,9 @@ def _lobpcg(op: _Counted, X0: torch.Tensor, precond: Preconditioner, k: int, tol
         X, HX = blocks.S[: blocks.m], blocks.HS[: blocks.m]
         R = torch.addcmul(HX, X, theta[:, None], value=-1.0, out=blocks.R[: blocks.m])
         rnorm = R.norm(dim=1)
-        passed = _passed(theta, X.T, rnorm, diag, op.eps, tol, blocks.scratch[: blocks.m].T)
+        passed, stuck = _passed(theta, X.T, rnorm, diag, op.eps, tol, blocks.scratch[: blocks.m].T)
         active = torch.as_tensor(~passed, device=X.device)
-        if not bool(active[:k].any()):
+        if not bool(active[:k].any()) or (passed | stuck)[:k].all():
             break
         worst = float(rnorm[:k][active[:k]].max())
         descent, previous = descent and worst <= 0.5 * previous, worst

@@ -331,3 +331,43 @@ def test_warm_start_with_eigenvectors_converges_at_once():
     assert_bounds_hold(result, w)
     # 4 start columns, 1 for the shift, at most one iteration's 4, 4 for the final check
     assert result.n_matvec <= 13
+
+
+def test_tol_below_the_round_off_floor_stops_early_and_says_so():
+    # Four modes at (+-1.5, +-1.5) with std (0.3, 0.6): gap ~1e-4 against a matvec round-off
+    # of 2 eps ||diag(H) v|| ~ 4e-13 on 127^2 nodes, so tol = 1e-10 of the gap is out of reach.
+    # The solver must stop once the residual bound sits below that floor (not spend maxiter
+    # iterations, where the basis loses orthogonality), flag the values, and say which tol is
+    # reachable; the values it returns keep honest bounds.
+    from scorehamiltonian import OU, ExactScore, GaussianMixture, Grid, ScoreHamiltonian, box_from_mixture
+
+    corners = torch.tensor([[1.5, 1.5], [-1.5, 1.5], [1.5, -1.5], [-1.5, -1.5]], dtype=torch.float64)
+    mixture = GaussianMixture(torch.full((4,), 0.25), corners, torch.tensor([[0.09, 0.36]] * 4))
+    lo, hi = box_from_mixture(mixture, 1e-12)
+    H = ScoreHamiltonian(ExactScore(mixture, OU()), 0.0, Grid(lo, hi, 127))
+    with pytest.warns(ConvergenceWarning, match=r"round-off floor.*ask for tol >= "):
+        result = spectrum(H, k=2, tol=1e-10, generator=seeded())
+    assert not result.converged.any()
+    assert result.n_matvec < 100
+    exact = np.sort(sp.linalg.eigsh(H.to_scipy(), k=2, sigma=float(result.eigenvalues[0]) - 1e-3)[0])
+    assert_bounds_hold(result, exact, slack=1e-13)
+    assert spectrum(H, k=2, tol=1e-7, generator=seeded()).converged.all()
+
+
+def test_whitening_survives_a_numerically_singular_gram_matrix():
+    # After iterating at the round-off floor the Gram matrix of the search basis can lose
+    # definiteness; Rayleigh-Ritz then whitens it by its eigendecomposition instead of failing.
+    from scorehamiltonian.eigensolvers import _whitening
+
+    A = torch.randn(6, 3, generator=seeded(), dtype=torch.float64)
+    G = A @ A.T - 1e-14 * torch.eye(6, dtype=torch.float64)
+    assert int(torch.linalg.cholesky_ex(G)[1]) != 0
+    W, Z = _whitening(G)
+    assert W.shape == (3, 6) and Z.shape == (3, 6)
+    assert torch.allclose(W @ G @ W.T, torch.eye(3, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(Z.T @ Z, G, atol=1e-10)
+    C = torch.randn(6, 6, generator=seeded(1), dtype=torch.float64)
+    G = C @ C.T + torch.eye(6, dtype=torch.float64)
+    W, Z = _whitening(G)
+    assert torch.allclose(W, torch.linalg.inv(torch.linalg.cholesky(G)), atol=1e-12)
+    assert torch.allclose(Z.T @ Z, G, atol=1e-10)
