@@ -13,7 +13,9 @@ Reported: wall time and CPU time of the solve (operator build excluded), matvec 
 (solves for shift-invert), work in fine-matvec equivalents (ours: the multigrid
 preconditioner's level matvecs and coarse solves and nested iteration's coarse grids
 included, each weighted by its unknowns, ``SpectrumResult.work``; the others: their
-matvec count), peak RSS increase during the solve (sampled every 20 ms), the gap
+matvec count), peak RSS increase during the solve (sampled every 20 ms; glibc's mmap threshold
+fixed by MALLOC_MMAP_THRESHOLD_ so that freed arrays leave RSS) next to our solver's
+:func:`~scorehamiltonian.memory.estimate_memory`, the gap
 lambda_1 - lambda_0 and its relative error bound (ours) or relative difference from ours,
 time / (work x one bare single-column matvec), and the load average of the machine around
 each run (other processes: the timings of a shared machine are only comparable within one
@@ -163,6 +165,10 @@ def worker(args: argparse.Namespace) -> None:
            "bare_matvec_seconds": bare_matvec_seconds(H), "threads": torch.get_num_threads(),
            "numba_threads": numba.get_num_threads(), "load_before": os.getloadavg()[0]}
     row.update(solve(args.worker, H, args.tol))
+    if args.worker == "ours":
+        from scorehamiltonian.memory import estimate_memory
+
+        row["memory_estimate_mib"] = estimate_memory(H.grid.n, k=2).solver / 2**20
     row["load_after"] = os.getloadavg()[0]
     row["time_per_matvec_ratio"] = row["seconds"] / (row["work"] * row["bare_matvec_seconds"])
     Path(args.result).write_text(json.dumps(row))
@@ -176,7 +182,7 @@ def run_one(solver: str, n: int, dim: int, args: argparse.Namespace) -> dict:
            "--tol", str(args.tol), "--threads", str(args.threads)]
     budget = args.time_limit + args.build_allowance * (n**dim / 2**20)
     try:
-        subprocess.run(cmd, check=True, timeout=budget, cwd=ROOT)
+        subprocess.run(cmd, check=True, timeout=budget, cwd=ROOT, env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536"))
     except subprocess.TimeoutExpired:
         return {"solver": solver, "n": n, "dim": dim, "N": n**dim, "finished": False,
                 "note": f"did not finish within {args.time_limit:.0f} s (killed)"}
@@ -189,24 +195,25 @@ def run_one(solver: str, n: int, dim: int, args: argparse.Namespace) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| grid | solver | time (s) | CPU (s) | matvecs | work | bare matvec (ms) | peak RSS + (MiB) | gap | "
-            "rel. gap error | time / (work x bare matvec) | load | note |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    head = ("| grid | solver | time (s) | CPU (s) | matvecs | work | bare matvec (ms) | peak RSS + (MiB) | "
+            "estimate (MiB) | gap | rel. gap error | time / (work x bare matvec) | load | note |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     ours = {(r["n"], r["dim"]): r for r in rows if r["solver"] == "ours" and r.get("finished")}
     lines = []
     for r in rows:
         grid = "x".join([str(r["n"])] * r["dim"])
         if not r.get("finished"):
-            lines.append(f"| {grid} | {r['solver']} | - | - | - | - | - | - | - | - | - | - | {r['note']} |")
+            lines.append(f"| {grid} | {r['solver']} | - | - | - | - | - | - | - | - | - | - | - | {r['note']} |")
             continue
         ref = ours.get((r["n"], r["dim"]))
         if r["solver"] == "ours":
             err, note = r["gap_error"] / r["gap"], f"bound; {r['method']}; converged={r['converged']}"
         else:
             err, note = (abs(r["gap"] - ref["gap"]) / ref["gap"] if ref else float("nan")), "difference from ours"
+        estimate = f"{r['memory_estimate_mib']:.0f}" if "memory_estimate_mib" in r else "-"
         lines.append(
             f"| {grid} | {r['solver']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['matvecs']} | "
-            f"{r['work']:.0f} | {1e3 * r['bare_matvec_seconds']:.2f} | {r['memory_mib']:.0f} | "
+            f"{r['work']:.0f} | {1e3 * r['bare_matvec_seconds']:.2f} | {r['memory_mib']:.0f} | {estimate} | "
             f"{r['gap']:.10e} | {err:.1e} | {r['time_per_matvec_ratio']:.1f} | "
             f"{r['load_before']:.1f}-{r['load_after']:.1f} | {note} |"
         )

@@ -18,6 +18,7 @@ from .errors import (
     ConvergenceError,
     InputDtypeError,
     InputShapeError,
+    InsufficientMemoryError,
     MixtureWeightsError,
     NonFiniteScoreError,
     NotDifferentiableError,
@@ -39,6 +40,7 @@ from .free_energy import (
 )
 from .gap import GapLevel, GapResult, spectral_gap
 from .grid import Grid, box_from_mixture, box_from_samples, box_from_score
+from .memory import MemoryEstimate, available_memory, estimate_memory
 from .mixture import GaussianMixture, MixtureEvaluation
 from .operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
 from .parallel import TaskFailure, executor_from, map_tasks
@@ -80,10 +82,12 @@ __all__ = [
     "GridModel",
     "InputDtypeError",
     "InputShapeError",
+    "InsufficientMemoryError",
     "JacobianResult",
     "LambdaSchedule",
     "LineEnergyResult",
     "MLPScore",
+    "MemoryEstimate",
     "MixtureEvaluation",
     "MixtureWeightsError",
     "ModelScore",
@@ -118,6 +122,7 @@ __all__ = [
     "adiabatic_speed",
     "as_schedule",
     "as_score",
+    "available_memory",
     "box_from_mixture",
     "box_from_samples",
     "box_from_score",
@@ -127,6 +132,7 @@ __all__ = [
     "design_schedule",
     "divergence",
     "energy",
+    "estimate_memory",
     "example",
     "executor_from",
     "free_energy_difference",

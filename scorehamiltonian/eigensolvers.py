@@ -56,6 +56,7 @@ import scipy.sparse.linalg as spla
 import torch
 
 from .errors import ConvergenceError, InputDtypeError, InputShapeError
+from .memory import check_memory, estimate_memory
 from .multigrid import COARSEST_SIZE, Multigrid
 from .transfer import interpolate_columns
 
@@ -272,7 +273,7 @@ class _Check:
 
 def _final_check(op: _Counted, X: torch.Tensor, diag: torch.Tensor) -> _Check:
     """Orthonormalise X, apply H explicitly, and bound the Ritz values' errors."""
-    blocks = _Blocks(op, X.shape[1])
+    blocks = _Blocks(op, X.shape[1], depth=1)
     blocks.append(X.T)
     theta, _ = blocks.rayleigh_ritz(-1)
     X, HX = blocks.S[: blocks.m], blocks.HS[: blocks.m]
@@ -402,7 +403,8 @@ def _passed(theta: torch.Tensor, X: torch.Tensor, rnorm: torch.Tensor, diag: tor
 
 
 class _Blocks:
-    """Row blocks S = [X; P; W] (each row one vector) and HS = H S, preallocated twice: a
+    """Row blocks S = [X; P; W] (each row one vector) and HS = H S, preallocated twice
+    (``depth`` m rows each: 3 for LOBPCG, 1 for a Rayleigh-Ritz on X alone): a
     Rayleigh-Ritz update writes the new [X; P] and [HX; HP] into the other pair by one GEMM
     each, so no (N, m) block is ever concatenated or copied.
 
@@ -410,9 +412,9 @@ class _Blocks:
     and the choice of independent directions happen in coefficient space, from the exact
     Gram matrix of S (``rayleigh_ritz``), so no pass over the vectors is spent on them."""
 
-    def __init__(self, op: _Counted, m: int) -> None:
+    def __init__(self, op: _Counted, m: int, depth: int = 3) -> None:
         def block() -> torch.Tensor:
-            return torch.empty(3 * m, op.n, dtype=_WORK_DTYPE, device=op.device)
+            return torch.zeros(depth * m, op.n, dtype=_WORK_DTYPE, device=op.device)
 
         self.S, self.HS, self._S, self._HS = block(), block(), block(), block()
         self.R, self.scratch = self._S[:m], self._HS[:m]  # free between Rayleigh-Ritz steps
@@ -555,7 +557,7 @@ def _lobpcg(op: _Counted, X0: torch.Tensor, precond: Preconditioner, k: int, tol
         if p < 0:
             break
         theta = theta_new
-    return blocks.S[: blocks.m].T
+    return blocks.S[: blocks.m].T.clone()
 
 
 def _lanczos(op: _Counted, X0: torch.Tensor, k: int, tol: float, maxiter: int,
@@ -887,12 +889,20 @@ def spectrum(
     ``H.ground_state`` g too (never assumed exact; left out when v0 already spans it), with
     (x_a - <x_a>) g per grid axis and random columns weighted by g as the other starting
     columns, and place the preconditioner's shift from g's Rayleigh quotient.
-    ``nested``: allow nested iteration (above). Eigenvalues that miss ``tol`` are flagged
+    ``nested``: allow nested iteration (above). Before allocating, "auto" and "lobpcg"
+    compare the memory they need (:func:`~.memory.estimate_memory`) with what the device has
+    free and raise :class:`InsufficientMemoryError` with both figures when it will not fit.
+    Eigenvalues that miss ``tol`` are flagged
     ``converged=False`` with a :class:`ConvergenceWarning`, or raise
     :class:`ConvergenceError` when ``raise_on_failure``.
     """
     start = time.perf_counter()
     _check_arguments(H, k, tol, method)
+    if method in ("auto", "lobpcg"):
+        grid = getattr(H, "grid", None)
+        nodes = tuple(grid.n) if grid is not None and math.prod(grid.n) == H.shape[0] else (int(H.shape[0]),)
+        check_memory(estimate_memory(nodes, k, dtype=H.dtype).solver, f"spectrum(k={k}) on {H.shape[0]} unknowns",
+                     H.device)
     op = _Counted(H)
     m = k + _GUARD
     diag = H.diagonal().to(_WORK_DTYPE).to(op.device)

@@ -12,6 +12,7 @@ __all__ = [
     "CheckpointError",
     "InputDtypeError",
     "InputShapeError",
+    "InsufficientMemoryError",
     "MixtureWeightsError",
     "NonFiniteScoreError",
     "NotDifferentiableError",
@@ -63,6 +64,11 @@ class CheckpointError(ScoreHamiltonianError, ValueError):
 class OutputError(ScoreHamiltonianError, OSError):
     """A result or checkpoint file cannot be written (folder missing, unwritable or full);
     the message names the path and the reason, and nothing already written is damaged."""
+
+
+class InsufficientMemoryError(ScoreHamiltonianError, MemoryError):
+    """A grid job would need more memory than its device has free; the message gives both
+    figures (:func:`~scorehamiltonian.memory.estimate_memory`). Raised before allocating."""
 
 
 class ConvergenceError(ScoreHamiltonianError, RuntimeError):

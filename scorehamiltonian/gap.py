@@ -30,6 +30,7 @@ import torch
 from .eigensolvers import ConvergenceWarning, spectrum
 from .errors import ConvergenceError, InputShapeError, ResolutionError
 from .grid import Grid, box_from_mixture, box_from_score, mixture_mass_outside
+from .memory import available_memory, estimate_memory
 from .operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
 from .scores import as_score
 
@@ -157,7 +158,8 @@ def spectral_gap(
     ``box`` = (lo, hi); the box is chosen to hold all but ``mass_tol`` of p_t (exactly for an
     :class:`ExactScore`, else from Langevin samples); the grids are refined from a coarse
     one until the extrapolated error (module docstring) is below rtol |value| or the grid
-    would exceed ``max_unknowns`` (then ``converged`` is False with a warning, or
+    would exceed ``max_unknowns`` or the memory free on the host
+    (:func:`~.memory.estimate_memory`; then ``converged`` is False with a warning, or
     :class:`ConvergenceError` when ``raise_on_failure``). A ``box`` given for an exact
     mixture that leaves more than ``mass_tol`` of p_t outside gets a
     :class:`BoundaryMassWarning` with the figure (the operator warns about the mass on the
@@ -190,7 +192,12 @@ def spectral_gap(
     grid = Grid(lo, hi, FIRST_NODES.get(dim, 15))
     levels: list[GapLevel] = []
     value, error, observed, H = math.nan, math.inf, None, None
+    stop = f"within {limit} unknowns"
     while grid.size <= limit:
+        need, free = estimate_memory(grid.n, max(k, 3)), available_memory()
+        if need.total > free:
+            stop = f"before the {grid.n} grid ({need} > {free / 2**30:.3g} GiB free)"
+            break
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ResolutionWarning)
             try:
@@ -205,7 +212,7 @@ def spectral_gap(
         grid = grid.refine()
     converged = bool(levels) and error <= rtol * abs(value)
     if not converged:
-        message = (f"spectral_gap did not reach rtol = {rtol:g} within {limit} unknowns: estimate "
+        message = (f"spectral_gap did not reach rtol = {rtol:g} {stop}: estimate "
                    f"{value:.6g} +- {error:.3g} after {len(levels)} usable grids")
         if raise_on_failure:
             raise ConvergenceError(message)

@@ -92,7 +92,7 @@ class _Level:
         """Three (m, N) row blocks reused by every cycle: two for the iterate (the smoother
         alternates between them; the free one holds the residual) and the smoother's d."""
         if self.rows is None or self.rows.shape[1] < m:
-            self.rows = torch.empty(3, m, self.H.shape[0], dtype=self.H.dtype, device=self.H.device)
+            self.rows = torch.zeros(3, m, self.H.shape[0], dtype=self.H.dtype, device=self.H.device)
         return tuple(block[:m] for block in self.rows)
 
 

@@ -43,6 +43,7 @@ from ._threads import run_lines
 from .derivatives import DivergenceMethod
 from .errors import ResolutionError
 from .grid import Grid
+from .memory import check_memory, estimate_memory
 from .potential import quantum_potential
 from .scores import Score, as_score
 from .transfer import interpolate
@@ -230,7 +231,9 @@ class ScoreHamiltonian:
     backend : "torch", "numba" (CPU) or "auto" (numba on the CPU from 2^16 unknowns, else torch).
     mass_tol : warn (:class:`BoundaryMassWarning`) when the mass of p_t on the outermost
         layer of nodes exceeds this.
-    dtype, device : of the matvec (float64 by default).
+    dtype, device : of the matvec (float64 by default). The operator's memory
+        (:func:`~.memory.estimate_memory`) is checked against the device's free memory
+        before the score is evaluated (:class:`InsufficientMemoryError` when it will not fit).
 
     Attributes
     ----------
@@ -271,6 +274,8 @@ class ScoreHamiltonian:
         self.t, self.order, self.form, self.dtype = float(t), order, form, dtype
         self.coef = stencil(order)
         self._backend_request = backend
+        need = estimate_memory(grid.n, dtype=dtype)
+        check_memory(need.operator + need.build, f"the operator on the {grid} grid", self.device)
         potential, self.potential_error, log_density, self.curl_residual = self._evaluate(grid, divergence)
         self._set_arrays(grid, potential, log_density)
         self._check_box(mass_tol)
