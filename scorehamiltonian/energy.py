@@ -26,9 +26,17 @@ Error of the result (``EnergyResult.error``, absolute, nats), the sum of three p
   under-estimate: the point is flagged ``converged = False`` (with a warning) unless the
   observed ratio d2 / d1 (2^p asymptotically) is at least 2^(p-1). Step doubling assumes the
   schedule's times are a smooth function of the step index, so that every other time is the
-  same schedule with half the steps; a grid with an abrupt change of spacing (say, one large
-  step appended to reach t_min) keeps that step whole on every grid, and its error is then
-  invisible to the estimate, whatever the flags say.
+  same schedule with half the steps (with an odd number of steps, the smallest step at an
+  even position stays single). A grid with an abrupt change of spacing (say, one large step
+  appended to reach t_min) defeats it: paired with a small neighbour, the large step's error
+  barely changes between the grids. So the pairs of the first coarsening are checked: where
+  the ratio r = h_small / h_large is below the one at which the estimate still covers the
+  pair's local error c (h_1^(p+1) + h_2^(p+1)) for a common c, i.e.
+  (1 + r)^(p+1) - 1 - r^(p+1) < 1 + r^(p+1) (r < 0.149 for RK4, 0.268 for Heun and for Euler,
+  whose estimate is doubled), or where a single step exceeds both neighbours, that step is
+  halved on a fourth grid E_s and (2^p / (2^p - 1)) |E_h - E_s| (Richardson for those steps)
+  is added to the error. Steps below 1e-3 of the longest are exempt (the first steps of an
+  EDM grid from t = 0, 1e-26 to 1e-5 long).
   For dopri5 the ODE is solved again with ten times looser tolerances; |E - E_loose|
   over-estimates the error of E by about 10^{5/6} - 1 (global error proportional to
   tol^{p/(p+1)}, p = 5), assuming the solver's tolerance proportionality (not checked).
@@ -67,6 +75,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import numpy as np
+import scipy.optimize
 import torch
 
 from . import derivatives
@@ -100,6 +109,8 @@ _TABLEAUS: dict[str, tuple[list[list[float]], list[float], list[float]]] = {
     "rk4": ([[0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6], [0.0, 0.5, 0.5, 1.0]),
 }
 ORDERS = {"euler": 1, "heun": 2, "rk4": 4, "dopri5": 5}
+#: Steps shorter than this fraction of the longest are never split (``_split_steps``).
+_NEGLIGIBLE_STEP = 1e-3
 
 
 @dataclass(frozen=True)
@@ -223,10 +234,54 @@ def _dopri5(field: _Field, x: torch.Tensor, m: int, span: torch.Tensor, rtol: fl
     return xs[-1], ls[-1]
 
 
+def _single_step(steps: torch.Tensor) -> int | None:
+    """The step left unpaired by step doubling: none for an even count, else the smallest step
+    at an even position (the pairs before and after it then tile the rest)."""
+    if steps.numel() % 2 == 0:
+        return None
+    return 2 * int(steps[0::2].abs().argmin())
+
+
 def _coarse(times: torch.Tensor) -> torch.Tensor:
-    """Every other time of the grid, keeping both ends (the last coarse step is single when N is odd)."""
-    coarse = times[::2]
-    return coarse if coarse[-1] == times[-1] else torch.cat([coarse, times[-1:]])
+    """Every other time of the grid, keeping both ends; with an odd number of steps the
+    smallest step at an even position stays single (``_single_step``)."""
+    j = _single_step(times.diff())
+    if j is None:
+        return times[::2]
+    return torch.cat([times[: j + 1 : 2], times[j + 1 :: 2]])
+
+
+def _least_pair_ratio(order: int) -> float:
+    """The smallest ratio r = h_small / h_large of two paired steps at which step doubling
+    still covers their local error c (h_1^(p+1) + h_2^(p+1)) (equal c): the root of
+    f (1 + r)^(p+1) - f (1 + r^(p+1)) - (1 + r^(p+1)) = 0, f = 2 for Euler (its estimate is
+    doubled) else 1; 0.149 for RK4, 0.268 for Heun and Euler."""
+    f = 2.0 if order == 1 else 1.0
+    return float(scipy.optimize.brentq(
+        lambda r: f * ((1 + r) ** (order + 1) - 1 - r ** (order + 1)) - (1 + r ** (order + 1)), 1e-9, 1.0))
+
+
+def _split_steps(times: torch.Tensor, order: int) -> list[int]:
+    """The steps whose error step doubling cannot see: the larger step of every pair of the
+    first coarsening whose ratio h_small / h_large is below ``_least_pair_ratio``, and a
+    single step larger than both neighbours; steps shorter than ``_NEGLIGIBLE_STEP`` times
+    the longest are left out (their error, ~h^(p+1), cannot matter)."""
+    steps = times.diff().abs().cpu().numpy()
+    j = _single_step(torch.as_tensor(steps))
+    starts = list(range(0, len(steps) - 1, 2)) if j is None else (
+        list(range(0, j, 2)) + list(range(j + 1, len(steps) - 1, 2)))
+    least, floor = _least_pair_ratio(order), _NEGLIGIBLE_STEP * steps.max()
+    split = [a if steps[a] > steps[a + 1] else a + 1 for a in starts
+             if min(steps[a], steps[a + 1]) < least * max(steps[a], steps[a + 1])]
+    if j is not None and 0 < j < len(steps) - 1 and steps[j] > max(steps[j - 1], steps[j + 1]):
+        split.append(j)
+    return sorted(i for i in split if steps[i] > floor)
+
+
+def _refine(times: torch.Tensor, split: list[int]) -> torch.Tensor:
+    """The grid with the midpoint of each step in ``split`` inserted."""
+    mids = (times[split] + times[[i + 1 for i in split]]) / 2
+    return torch.cat([times, mids]).sort(descending=bool(times[0] > times[-1])).values
 
 
 def _integrator_error(values: list[torch.Tensor], method: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -245,6 +300,8 @@ def _integrator_error(values: list[torch.Tensor], method: str) -> tuple[torch.Te
     ratio = d2 / d1
     roundoff = d1 <= _ROUNDOFF_RTOL * (1.0 + values[0].abs())
     error = torch.maximum(d1, d2 / 2.0**order) * (2.0 if order == 1 else 1.0)
+    if len(values) == 4:
+        error = error + (values[0] - values[3]).abs() * 2.0**order / (2.0**order - 1.0)
     return error, ratio, (ratio >= 2.0 ** (order - 1)) | roundoff
 
 
@@ -338,7 +395,8 @@ def _solve(field: _Field, x: torch.Tensor, m: int, times: torch.Tensor, method: 
            ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(x_T, l per probe) on the grid and its error-estimating companions.
 
-    Fixed steps: the grid, every other time of it and every fourth (step doubling twice).
+    Fixed steps: the grid, every other time of it and every fourth (step doubling twice), and
+    the grid with the steps of ``_split_steps`` halved when there are any.
     dopri5: tolerances (rtol, atol) and ten times looser.
     """
     if method == "dopri5":
@@ -347,6 +405,9 @@ def _solve(field: _Field, x: torch.Tensor, m: int, times: torch.Tensor, method: 
     if method not in _TABLEAUS:
         raise ValueError(f"method must be one of 'rk4', 'heun', 'euler', 'dopri5'; got {method!r}")
     grids = [times, _coarse(times), _coarse(_coarse(times))]
+    split = _split_steps(times, ORDERS[method])
+    if split:
+        grids.append(_refine(times, split))
     return [_fixed_step(field, x, m, grid, method) for grid in grids]
 
 

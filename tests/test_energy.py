@@ -121,6 +121,45 @@ def test_coarse_schedule_warns_and_flags_points():
     assert not bool(result.converged.all())
 
 
+def test_step_doubling_pairs_and_its_least_step_ratio():
+    from scorehamiltonian.energy import _coarse, _least_pair_ratio
+
+    # The ratio at which a pair's doubled estimate still covers its local error (equal c):
+    # Euler 4r = 1 + r^2, Heun 3r + 3r^2 = 1 + r^3, RK4 the root of (1+r)^5 - 2 - 2 r^5.
+    assert _least_pair_ratio(1) == pytest.approx(2.0 - math.sqrt(3.0), rel=1e-9)
+    r = _least_pair_ratio(2)
+    assert 3 * r + 3 * r**2 == pytest.approx(1 + r**3, rel=1e-9)
+    r = _least_pair_ratio(4)
+    assert (1 + r) ** 5 == pytest.approx(2 + 2 * r**5, rel=1e-9)
+    times = torch.tensor([5.0, 4.0, 3.0, 2.5, 2.0, 1.0], dtype=torch.float64)  # 5 steps: 1, 1, .5, .5, 1
+    assert _coarse(times).tolist() == [5.0, 3.0, 2.5, 1.0]  # the 0.5 step at an even position stays single
+    assert _coarse(times[:-1]).tolist() == [5.0, 3.0, 2.0]
+
+
+def test_an_appended_step_is_measured_by_halving_it():
+    # A thermodynamic grid down to 0.05 with one step appended to reach t_min = 0 (VE): in
+    # integration order the steps are 0.05 (appended), 0.40 (the grid's first), 0.07, ... The
+    # 0.40 step is paired with the 0.05 one, so E_h and E_2h share most of its error.
+    # Measured with step doubling alone: 7 of 8 points under-covered while flagged converged.
+    # Halving that step (Richardson) must cover every point.
+    from scorehamiltonian.energy import _split_steps
+
+    process = VE()
+    score = ExactScore(example("asymmetric"), process)
+    s = standard_schedule("thermodynamic", 12, process.t_max, 0.05, process, score=score)
+    times = torch.cat([torch.as_tensor(s.times), torch.tensor([process.t_min], dtype=torch.float64)])
+    assert _split_steps(times.flip(0), ORDERS["rk4"]) == [1]
+    x = example("asymmetric").sample(8, torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = energy(score, process, x, times)
+    tight = energy(score, process, x, method="dopri5", rtol=1e-11, atol=1e-13)
+    assert bool(((result.value - tight.value).abs() <= result.integrator_error).all())
+    assert result.nfe == 1 + 4 * (13 + 7 + 4 + 14)
+    # The default EDM grid from t = 0 pairs steps of 1e-26 and 1e-22 (ratio 6e-5): exempt.
+    assert _split_steps(_schedule(OU_PROCESS).to_torchdiffeq(), ORDERS["rk4"]) == []
+
+
 def test_line_energy_of_exact_score_closes():
     """Path integrals of an exact score give log p(b) - log p(a), and the loops close to within
     the quadrature error."""
