@@ -24,13 +24,22 @@ Reduced model (``--reduced-only``, a separate run): the prediction of
 propagation for four step rules at N = 10, U = 10 and 100, on the unbalanced, three-mode and
 2D targets; its table joins results.md when present.
 
+Relaxed floor (``--floor-only``, a separate run, about 30 min): for the issue's unbalanced cases
+(two-mode at U = 1, three-mode at U = 10 and 100) the lowest final TV found for annealed
+Langevin with the same U and many more levels (``--floor-levels``, default 50): L-BFGS on the
+designer's exact objective from two step rules and ``--floor-starts`` random starts (softmax
+logits ~ N(0, 1.5^2)), the best judged on the judge grid. A schedule of N <= 50 levels is a
+50-level schedule with (nearly) zero Langevin time at the extra levels, so this is, up to the
+search, the best any schedule with that U can do; if best standard / floor < 5 the issue's
+1/5 target is out of reach of annealed Langevin at that U. Its table joins results.md.
+
 Run: ``python analysis/schedule_benchmark.py`` (about 1-2 h on 2 busy cores; ``--engine dask
 --workers N`` runs the targets and the robustness studies as parallel tasks on a dask
-LocalCluster, ``--engine tcp://HOST:8786`` on a running cluster) and
-``--reduced-only``, or ``--quick`` for both (minutes). Writes results.md, results.json,
-reduced_validation.json, tv_vs_budget.png and the designed schedules (JSON) into ``--out``
-(default analysis/out/schedule_benchmark); ``--report-only`` rebuilds results.md and the
-figure from the JSON files.
+LocalCluster, ``--engine tcp://HOST:8786`` on a running cluster), ``--reduced-only`` and
+``--floor-only``, or ``--quick`` for all three (minutes). Writes results.md, results.json,
+reduced_validation.json, floor.json, tv_vs_budget.png and the designed schedules (JSON) into
+``--out`` (default analysis/out/schedule_benchmark); ``--report-only`` rebuilds results.md and
+the figure from the JSON files.
 """
 
 from __future__ import annotations
@@ -42,13 +51,22 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import scipy.optimize
 import torch
 
 from scorehamiltonian import OU, ExactScore, example
-from scorehamiltonian.designer import design_grid, design_schedule, perturbed_mixtures, reduced_prediction
+from scorehamiltonian.designer import (
+    _Objective,
+    _Parameters,
+    _Target,
+    design_grid,
+    design_schedule,
+    perturbed_mixtures,
+    reduced_prediction,
+)
 from scorehamiltonian.parallel import TaskFailure, executor_from, map_tasks
 from scorehamiltonian.propagation import GridModel, default_grid, propagate_exact
-from scorehamiltonian.schedules import STANDARD_SCHEDULES, path_profile, standard_schedule
+from scorehamiltonian.schedules import STANDARD_SCHEDULES, Schedule, path_profile, standard_schedule
 
 T_MAX, T_MIN = 5.0, 1e-3
 TARGETS = {"balanced": "bimodal", "unbalanced": "asymmetric", "three-mode": "trimodal", "2D four-mode": "four_mode_2d"}
@@ -68,6 +86,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the design perturbations (held out: seed + 1)")
     parser.add_argument("--reduced-only", action="store_true",
                         help="only the reduced-model validation (reduced_validation.json in --out)")
+    parser.add_argument("--floor-only", action="store_true",
+                        help="only the relaxed floor of the unbalanced cases (floor.json in --out)")
+    parser.add_argument("--floor-levels", type=int, default=50, help="levels of the relaxed floor's schedules")
+    parser.add_argument("--floor-starts", type=int, default=2, help="random starts of the relaxed floor's search")
     parser.add_argument("--engine", default=None,
                         help="run the targets and robustness studies as parallel tasks: 'dask' (a LocalCluster of "
                              "--workers processes) or a dask scheduler's address, tcp://HOST:PORT")
@@ -201,6 +223,65 @@ def case_rows(rows, label, n, u):
     pool = [r for r in rows if r["target"] == label and r["N"] == n and r["U"] == u]
     best = min((r for r in pool if r["schedule"] != "designed"), key=lambda r: r["tv"])
     return best, next(r for r in pool if r["schedule"] == "designed")
+
+
+#: (target, U, the issue's N at that U) of the relaxed floor; quick: one small case.
+FLOOR_CASES = (("unbalanced", 1.0, (10, 20)), ("three-mode", 10.0, (10, 20)), ("three-mode", 100.0, (10,)))
+FLOOR_CASES_QUICK = (("unbalanced", 1.0, (10,)),)
+
+
+def relaxed_floor(mixture, process, budget: float, n_levels: int, n_random: int, seed: int) -> dict:
+    """The lowest design-grid TV found with ``n_levels`` levels and budget U: L-BFGS (300 iterations,
+    ftol 1e-9) on the designer's objective from log-uniform, cosine and ``n_random`` random logits."""
+    grid = design_grid([mixture], process, T_MIN, T_MAX)
+    parameters = _Parameters(T_MAX, T_MIN, budget, n_levels)
+    objective = _Objective([_Target.build(mixture, process, grid, T_MAX, T_MIN)], parameters, None)
+    rng = np.random.default_rng(seed)
+    starts = [parameters.encode(standard_schedule(rule, n_levels, T_MAX, T_MIN, process, budget))
+              for rule in ("log-uniform", "cosine")]
+    starts += [rng.normal(scale=1.5, size=2 * n_levels) for _ in range(n_random)]
+    runs = [scipy.optimize.minimize(objective, theta, jac=True, method="L-BFGS-B", bounds=[(-20.0, 20.0)] * theta.size,
+                                    options={"maxiter": 300, "ftol": 1e-9}) for theta in starts]
+    best = min(runs, key=lambda run: run.fun)
+    return {"schedule": Schedule(*parameters.decode(best.x), "floor"),
+            "start_tvs": sorted(float(np.exp(run.fun)) for run in runs)}
+
+
+def floor_study(process, quick: bool, n_levels: int, n_random: int, seed: int, design_time: float) -> list[dict]:
+    """Per floor case: best standard schedule, the designer's schedule at the issue's N, and the relaxed floor."""
+    out = []
+    for label, budget, issue_levels in (FLOOR_CASES_QUICK if quick else FLOOR_CASES):
+        mixture = example(TARGETS[label])
+        judge = Judge(mixture, process)
+        profile = profile_for(mixture, process, quick)
+        started = time.perf_counter()
+        floor = relaxed_floor(mixture, process, budget, n_levels, n_random, seed)
+        floor_row = {**judge(floor["schedule"]), "start_tvs": floor["start_tvs"], "seconds": time.perf_counter() - started}
+        for n in issue_levels:
+            standard = {rule: judge(standard_schedule(rule, n, T_MAX, T_MIN, process, budget, profile=profile))
+                        for rule in STANDARD_SCHEDULES}
+            best = min(standard, key=lambda rule: standard[rule]["tv"])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                designed = design_schedule(mixture, process, n, budget, T_MAX, T_MIN, max_time=design_time)
+            out.append({"target": label, "N": n, "U": budget, "floor_N": n_levels, "standard": best,
+                        "standard_tv": standard[best]["tv"], "designed": judge(designed), "floor": floor_row})
+            print(f"floor {label} N={n} U={budget:g}: best standard {best} {standard[best]['tv']:.3e}, designed "
+                  f"{out[-1]['designed']['tv']:.3e}, floor (N={n_levels}) {floor_row['tv']:.3e}", flush=True)
+    return out
+
+
+def floor_table(records) -> list[str]:
+    lines = ["### Relaxed floor: the best TV found with many levels at the same U", "",
+             ("| target | N | U | best standard TV | designed TV / weight error | floor TV / weight error (levels) | "
+              "best standard / floor | 1/5 target attainable |"), "|" + " --- |" * 8]
+    for r in records:
+        d, f = r["designed"], r["floor"]
+        ratio = r["standard_tv"] / f["tv"]
+        lines.append(f"| {r['target']} | {r['N']} | {r['U']:g} | {r['standard']}: {fmt(r['standard_tv'])} | "
+                     f"{fmt(d['tv'])} / {fmt(d['weight_error'])} | {fmt(f['tv'])} / {fmt(f['weight_error'])} "
+                     f"({r['floor_N']}) | {ratio:.3g} | {'yes' if ratio >= 5 else 'no'} |")
+    return lines + [""]
 
 
 REDUCED_RULES = ("log-uniform", "cosine", "edm", "uniform")
@@ -356,6 +437,8 @@ def report(out: Path, data: dict, targets, grid_cases) -> None:
     lines += target_checks(rows, studies, targets, grid_cases)
     if (out / "reduced_validation.json").exists():
         lines += reduced_table(json.loads((out / "reduced_validation.json").read_text()))
+    if (out / "floor.json").exists():
+        lines += floor_table(json.loads((out / "floor.json").read_text()))
     (out / "results.md").write_text("\n".join(lines))
     figure(rows, list(targets), grid_cases, out / "tv_vs_budget.png")
     print("\n".join(lines))
@@ -381,6 +464,11 @@ def main() -> None:
         records = reduced_validation(process, args.quick)
         (out / "reduced_validation.json").write_text(json.dumps(records, indent=1))
         print("\n".join(reduced_table(records)))
+        return
+    if args.floor_only:
+        records = floor_study(process, args.quick, args.floor_levels, args.floor_starts, args.seed, args.design_time)
+        (out / "floor.json").write_text(json.dumps(records, indent=1))
+        print("\n".join(floor_table(records)))
         return
     if args.report_only:
         report(out, json.loads((out / "results.json").read_text()), targets, grid_cases)
