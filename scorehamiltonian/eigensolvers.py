@@ -392,11 +392,16 @@ def amg_preconditioner(H: SymmetricOperator, shift: float) -> Preconditioner:
 
 def _passed(theta: torch.Tensor, X: torch.Tensor, rnorm: torch.Tensor, diag: torch.Tensor, eps: float,
             tol: float, scratch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Whether each Ritz pair meets ``tol`` (error bound plus the round-off term, one pass
-    over X in ``scratch``), and whether it is stuck: its residual bound is already below the
-    round-off term and the round-off term alone exceeds tol (no iteration can pass it)."""
+    """Whether each Ritz pair meets ``tol`` (error bound plus the round-off term), and whether
+    it is stuck: its residual bound is already below the round-off term and the round-off
+    term alone exceeds tol (no iteration can pass it). The round-off term (one pass over X in
+    ``scratch``) is computed only when some bound is below tol or below its ceiling
+    2 eps max|diag(H)| + the projection term (unit columns), i.e. when it can decide either."""
     th = theta.cpu().numpy()
     errors = _error_bounds(th, rnorm.cpu().numpy())
+    ceiling = 2 * eps * float(diag.abs().max()) + _projection_roundoff(th, X.shape[0])
+    if not (errors <= np.maximum(tol * _scales(th), ceiling)).any():
+        return np.zeros(len(th), dtype=bool), np.zeros(len(th), dtype=bool)
     noise = _roundoff(th, X, diag, eps, scratch)
     passed = _converged(th, errors + noise, tol)
     return passed, (errors <= noise) & ~_converged(th, noise, tol)

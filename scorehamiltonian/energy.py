@@ -234,18 +234,19 @@ def _dopri5(field: _Field, x: torch.Tensor, m: int, span: torch.Tensor, rtol: fl
     return xs[-1], ls[-1]
 
 
-def _single_step(steps: torch.Tensor) -> int | None:
-    """The step left unpaired by step doubling: none for an even count, else the smallest step
-    at an even position (the pairs before and after it then tile the rest)."""
-    if steps.numel() % 2 == 0:
+def _single_step(steps: Any) -> int | None:
+    """The step left unpaired by step doubling, given the step lengths (a torch or numpy
+    vector): none for an even count, else the smallest step at an even position (the pairs
+    before and after it then tile the rest)."""
+    if len(steps) % 2 == 0:
         return None
-    return 2 * int(steps[0::2].abs().argmin())
+    return 2 * int(steps[0::2].argmin())
 
 
 def _coarse(times: torch.Tensor) -> torch.Tensor:
     """Every other time of the grid, keeping both ends; with an odd number of steps the
     smallest step at an even position stays single (``_single_step``)."""
-    j = _single_step(times.diff())
+    j = _single_step(times.diff().abs())
     if j is None:
         return times[::2]
     return torch.cat([times[: j + 1 : 2], times[j + 1 :: 2]])
@@ -267,7 +268,7 @@ def _split_steps(times: torch.Tensor, order: int) -> list[int]:
     single step larger than both neighbours; steps shorter than ``_NEGLIGIBLE_STEP`` times
     the longest are left out (their error, ~h^(p+1), cannot matter)."""
     steps = times.diff().abs().cpu().numpy()
-    j = _single_step(torch.as_tensor(steps))
+    j = _single_step(steps)
     starts = list(range(0, len(steps) - 1, 2)) if j is None else (
         list(range(0, j, 2)) + list(range(j + 1, len(steps) - 1, 2)))
     least, floor = _least_pair_ratio(order), _NEGLIGIBLE_STEP * steps.max()

@@ -41,8 +41,6 @@ from .multigrid import COARSEST_SIZE
 
 __all__ = ["MemoryEstimate", "available_memory", "check_memory", "estimate_memory"]
 
-_GUARD = 2
-_WORK_BYTES = 8
 _GIB = float(2**30)
 
 
@@ -81,11 +79,13 @@ def estimate_memory(n: Sequence[int] | int, k: int = 3, dim: int | None = None,
     """The memory of a :class:`ScoreHamiltonian` on a grid of ``n`` nodes per axis (an int
     with ``dim``, or one per axis) and of ``spectrum(H, k)`` with the default solver, in
     bytes (module docstring for the count). ``dtype``: the operator's."""
+    from .eigensolvers import _GUARD, _WORK_DTYPE  # here: eigensolvers imports this module
+
     n = (int(n),) * (dim or 1) if isinstance(n, int) else tuple(int(a) for a in n)
     if not n or min(n) < 1 or k < 1:
         raise ValueError(f"estimate_memory needs n >= 1 per axis and k >= 1; got n={n}, k={k}")
     b = torch.finfo(dtype).bits // 8
-    w, m, d = _WORK_BYTES, k + _GUARD, len(n)
+    w, m, d = torch.finfo(_WORK_DTYPE).bits // 8, k + _GUARD, len(n)
     sizes = _levels(n)
     N = sizes[0]
     operator = N * (3 * w + 2 * b)
