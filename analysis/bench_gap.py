@@ -43,13 +43,10 @@ SOLVERS = ("ours", "eigsh-shift-invert", "eigsh-SA")
 
 def build_operator(n: int, dim: int):
     """The benchmark's ScoreHamiltonian (order 2, potential form) on an n^dim grid."""
-    import torch
+    from scorehamiltonian import OU, ExactScore, Grid, ScoreHamiltonian, box_from_mixture
+    from scorehamiltonian.examples import four_mode_benchmark
 
-    from scorehamiltonian import OU, ExactScore, GaussianMixture, Grid, ScoreHamiltonian, box_from_mixture
-
-    corners = [[sx * 1.5, sy * 1.5] + [0.0] * (dim - 2) for sx in (1, -1) for sy in (1, -1)]
-    variances = [0.3**2, 0.6**2, 0.45**2][:dim]
-    mixture = GaussianMixture(torch.full((4,), 0.25), torch.tensor(corners), torch.tensor([variances] * 4))
+    mixture = four_mode_benchmark(dim)
     score = ExactScore(mixture, OU())
     lo, hi = box_from_mixture(mixture, 1e-12)
     return ScoreHamiltonian(score, 0.0, Grid(lo, hi, n), order=2)

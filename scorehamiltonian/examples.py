@@ -11,7 +11,7 @@ import torch
 
 from .mixture import GaussianMixture
 
-__all__ = ["EXAMPLES", "example"]
+__all__ = ["EXAMPLES", "example", "four_mode_benchmark"]
 
 
 def bimodal() -> GaussianMixture:
@@ -33,6 +33,18 @@ def four_mode_2d() -> GaussianMixture:
     """2D four-mode mixture: equal weights at (+-1.5, +-1.5), isotropic std 0.3 and 0.6 alternating."""
     means = torch.tensor([[-1.5, -1.5], [1.5, -1.5], [1.5, 1.5], [-1.5, 1.5]], dtype=torch.float64)
     return GaussianMixture(torch.full((4,), 0.25, dtype=torch.float64), means, [0.09, 0.36, 0.09, 0.36])
+
+
+def four_mode_benchmark(dim: int = 2) -> GaussianMixture:
+    """The eigen-solver benchmark's mixture (analysis/bench_gap.py): equal weights at
+    (+-1.5, +-1.5) with covariance diag(0.3^2, 0.6^2); in 3D at (+-1.5, +-1.5, 0) with
+    diag(0.3^2, 0.6^2, 0.45^2). Not a CLI example (d = 3 is beyond the report's grids)."""
+    if dim not in (2, 3):
+        raise ValueError(f"the benchmark mixture is 2- or 3-dimensional; got dim={dim}")
+    corners = [[sx * 1.5, sy * 1.5] + [0.0] * (dim - 2) for sx in (1, -1) for sy in (1, -1)]
+    variances = [0.3**2, 0.6**2, 0.45**2][:dim]
+    return GaussianMixture(torch.full((4,), 0.25, dtype=torch.float64), torch.tensor(corners, dtype=torch.float64),
+                           torch.tensor([variances] * 4, dtype=torch.float64))
 
 
 EXAMPLES: dict[str, Callable[[], GaussianMixture]] = {

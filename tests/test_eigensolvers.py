@@ -339,10 +339,10 @@ def test_tol_below_the_round_off_floor_stops_early_and_says_so():
     # The solver must stop once the residual bound sits below that floor (not spend maxiter
     # iterations, where the basis loses orthogonality), flag the values, and say which tol is
     # reachable; the values it returns keep honest bounds.
-    from scorehamiltonian import OU, ExactScore, GaussianMixture, Grid, ScoreHamiltonian, box_from_mixture
+    from scorehamiltonian import OU, ExactScore, Grid, ScoreHamiltonian, box_from_mixture
+    from scorehamiltonian.examples import four_mode_benchmark
 
-    corners = torch.tensor([[1.5, 1.5], [-1.5, 1.5], [1.5, -1.5], [-1.5, -1.5]], dtype=torch.float64)
-    mixture = GaussianMixture(torch.full((4,), 0.25), corners, torch.tensor([[0.09, 0.36]] * 4))
+    mixture = four_mode_benchmark()
     lo, hi = box_from_mixture(mixture, 1e-12)
     H = ScoreHamiltonian(ExactScore(mixture, OU()), 0.0, Grid(lo, hi, 127))
     with pytest.warns(ConvergenceWarning, match=r"round-off floor.*ask for tol >= "):

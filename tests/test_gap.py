@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from scorehamiltonian import OU, ExactScore, GaussianMixture, InputShapeError, as_score, example
+from scorehamiltonian.examples import four_mode_benchmark
 from scorehamiltonian.gap import spectral_gap
 from scorehamiltonian.grid import box_from_mixture
 
@@ -70,8 +71,7 @@ def test_separable_2d_mixture_is_the_smaller_factor_gap(t):
     # Four modes at (+-1.5, +-1.5) with covariance diag(0.3^2, 0.6^2) (the benchmark problem):
     # a product of two 1D bimodal factors, and so is p_t under OU, whose gap is therefore the
     # smaller of the factors' gaps.
-    means = [[-1.5, -1.5], [1.5, -1.5], [1.5, 1.5], [-1.5, 1.5]]
-    score = ExactScore(GaussianMixture([0.25] * 4, means, [[0.09, 0.36]] * 4), OU())
+    score = ExactScore(four_mode_benchmark(), OU())
     marg = score.marginal(t)
     factors = [
         GaussianMixture([0.5, 0.5], [-1.5 * float(OU().alpha(t)), 1.5 * float(OU().alpha(t))],

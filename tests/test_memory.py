@@ -23,6 +23,7 @@ from scorehamiltonian import (
     spectrum,
 )
 from scorehamiltonian.errors import InsufficientMemoryError
+from scorehamiltonian.examples import four_mode_benchmark
 from scorehamiltonian.memory import estimate_memory
 
 # One job in a fresh interpreter: the four-mode mixture of analysis/bench_gap.py at t = 0
@@ -33,16 +34,15 @@ from scorehamiltonian.memory import estimate_memory
 JOB = textwrap.dedent("""
     import json, os, sys, threading, warnings
     import torch
-    from scorehamiltonian import OU, ExactScore, GaussianMixture, Grid, ScoreHamiltonian, box_from_mixture, spectrum
+    from scorehamiltonian import OU, ExactScore, Grid, ScoreHamiltonian, box_from_mixture, spectrum
+    from scorehamiltonian.examples import four_mode_benchmark
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     dim, n, k = (int(a) for a in sys.argv[1:4])
 
     def operator(n):
-        corners = [[sx * 1.5, sy * 1.5] + [0.0] * (dim - 2) for sx in (1, -1) for sy in (1, -1)]
-        variances = [0.3**2, 0.6**2, 0.45**2][:dim]
-        mixture = GaussianMixture(torch.full((4,), 0.25), torch.tensor(corners), torch.tensor([variances] * 4))
+        mixture = four_mode_benchmark(dim)
         lo, hi = box_from_mixture(mixture, 1e-12)
         return ScoreHamiltonian(ExactScore(mixture, OU()), 0.0, Grid(lo, hi, n))
 
@@ -97,8 +97,7 @@ def test_estimate_counts_the_block_size_and_the_operator_dtype():
 
 
 def four_modes() -> ExactScore:
-    corners = torch.tensor([[1.5, 1.5], [-1.5, 1.5], [1.5, -1.5], [-1.5, -1.5]], dtype=torch.float64)
-    return ExactScore(GaussianMixture(torch.full((4,), 0.25), corners, torch.tensor([[0.09, 0.36]] * 4)), OU())
+    return ExactScore(four_mode_benchmark(), OU())
 
 
 def test_jobs_that_will_not_fit_are_refused_with_the_figures(monkeypatch):

@@ -12,6 +12,7 @@ import torch
 
 from scorehamiltonian import ExactScore, GaussianMixture, Grid, ScoreHamiltonian, box_from_mixture, transfer
 from scorehamiltonian.eigensolvers import spectrum
+from scorehamiltonian.examples import four_mode_benchmark
 from scorehamiltonian.multigrid import Multigrid, hierarchy, rayleigh_quotient
 
 GAUSSIAN = ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [[0.5, 1.2]]))
@@ -149,8 +150,7 @@ def test_coarsest_shift_is_lowered_until_the_factorisation_is_positive_definite(
 
 def four_modes(n: int) -> ScoreHamiltonian:
     """The benchmark's mixture: modes at (+-1.5, +-1.5), covariance diag(0.3^2, 0.6^2)."""
-    means = [[sx * 1.5, sy * 1.5] for sx in (1, -1) for sy in (1, -1)]
-    mixture = GaussianMixture([0.25] * 4, means, [[0.09, 0.36]] * 4)
+    mixture = four_mode_benchmark()
     lo, hi = box_from_mixture(mixture, 1e-12)
     return ScoreHamiltonian(ExactScore(mixture), 0.0, Grid(lo, hi, n))
 
