@@ -18,9 +18,10 @@ axis while N_l > ``COARSEST_SIZE``):
 
 The blocks are allocated zero-filled, so the resident memory of a run is what is counted and
 not an accident of which rows an iteration touched. Peak = operator + max(build, solver).
-Measured (peak RSS over a whole job, 2 cores, float64): within 5% on 2D 511^2 - 1023^2 and
-3D 63^3 - 127^3 grids for k = 1, 3, 6 (tests/test_memory.py checks 20% on each run). Other
-solver methods (eigsh's factorisation, Lanczos' basis) are not counted.
+Measured (peak RSS over a whole job, 2 cores, float64): within 2% on 2D 383^2 - 1023^2 and
+3D 63^3 and 127^3 grids for k = 1, 3, 6, 8% under on 95^3 (k = 2) and 17% under on 255^2
+(k = 1), where fixed overheads weigh (tests/test_memory.py checks 20% on 383^2, 511^2 and
+63^3). Other solver methods (eigsh's factorisation, Lanczos' basis) are not counted.
 
 :func:`check_memory` compares an estimate with what the device has free (``MemAvailable`` of
 /proc/meminfo on the CPU, ``torch.cuda.mem_get_info`` on a GPU) and raises
