@@ -20,6 +20,9 @@ Conventions
   term 2 eps ||diag(H) v_i|| (eps of the operator's dtype) + (2 + log2 N) eps_64 max_j |theta_j|. "Rigorous-ish": it assumes no
   eigenvalue lies below theta_0 or between computed ones unseen, i.e. that the solver found
   the lowest ones (a random start and guard vectors make a miss unlikely, not impossible).
+  So no solver accepts its start block: LOBPCG takes at least one step and Lanczos tests
+  from its second block on, since a start's guard values are not yet near the eigenvalues
+  they stand in for.
 - ``tol`` is a relative accuracy on the eigenvalues measured from the ground level: eigenvalue
   i is converged when its error bound is at most tol * max(theta_i - theta_0,
   theta_1 - theta_0) (theta_1 is the first guard value when k = 1). So lambda_0 ~ 0 is
@@ -73,6 +76,8 @@ __all__ = [
     "SymmetricOperator",
     "amg_preconditioner",
     "fourier_preconditioner",
+    "fourier_shift",
+    "laplacian_eigenvalues",
     "spectrum",
 ]
 
@@ -87,6 +92,8 @@ _DROP = 1e-10
 #: LOBPCG drops a preconditioned residual that keeps less than this of its norm once
 #: projected off the current basis (no new direction; sqrt of float64 eps).
 _NEW_DIRECTION = 1.5e-8
+#: ``_inner`` sums its products over column chunks of this length (one batched GEMM).
+_INNER_CHUNK = 4096
 #: Nested iteration solves the multigrid levels that resolve p_t this well (points per
 #: width of its sharpest mode), each to relative accuracy NESTED_TOL (or the asked tol if
 #: looser) within NESTED_MAXITER LOBPCG iterations.
@@ -242,8 +249,27 @@ def _orthonormal(X: torch.Tensor, against: torch.Tensor | None = None, drop: flo
     return X
 
 
+def _inner(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A B^T for row blocks A (p, N) and B (q, N): sum_j A[:, j] B[:, j]^T, summed as one
+    batched GEMM over chunks of ``_INNER_CHUNK`` columns plus the remainder. A plain GEMM
+    with so small an output and so long an inner dimension runs at a fraction of the
+    machine's speed (2-4x slower on the CPU at N ~ 1e6); the chunked sum is also a blocked
+    sum, within the (2 + log2 N) eps of ``_projection_roundoff``. Rows with a stride other
+    than 1 between columns take the plain GEMM."""
+    n = A.shape[1]
+    chunks = n // _INNER_CHUNK
+    if chunks < 2 or A.stride(1) != 1 or B.stride(1) != 1:
+        return A @ B.T
+    cut = chunks * _INNER_CHUNK
+    left = A[:, :cut].view(A.shape[0], chunks, _INNER_CHUNK).transpose(0, 1)
+    right = B[:, :cut].view(B.shape[0], chunks, _INNER_CHUNK).permute(1, 2, 0)
+    out = torch.bmm(left, right).sum(0)
+    return out.addmm_(A[:, cut:], B[:, cut:].T) if cut < n else out
+
+
 def _symmetric(G: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (G + G.T)
+    """(G + G^T) / 2 of a matrix or a batch of matrices (..., q, q)."""
+    return 0.5 * (G + G.mT)
 
 
 def _roundoff(theta: np.ndarray, X: torch.Tensor, diag: torch.Tensor, eps: float,
@@ -271,9 +297,11 @@ class _Check:
     noise: np.ndarray
 
 
-def _final_check(op: _Counted, X: torch.Tensor, diag: torch.Tensor) -> _Check:
-    """Orthonormalise X, apply H explicitly, and bound the Ritz values' errors."""
-    blocks = _Blocks(op, X.shape[1], depth=1)
+def _final_check(op: _Counted, X: torch.Tensor, diag: torch.Tensor, blocks: _Blocks | None = None) -> _Check:
+    """Orthonormalise X, apply H explicitly, and bound the Ritz values' errors. ``blocks``:
+    the solver's own (LOBPCG's, X = ``blocks.X``), reused so that the check allocates nothing."""
+    blocks = blocks if blocks is not None else _Blocks(op, X.shape[1], depth=1)
+    blocks.q = 0
     blocks.append(X.T)
     theta, _ = blocks.rayleigh_ritz(-1)
     X, HX = blocks.S[: blocks.m], blocks.HS[: blocks.m]
@@ -311,7 +339,7 @@ def _result(check: _Check, k: int, op: _Counted, start: float, method: str, tol:
         if raise_on_failure:
             raise ConvergenceError(message)
         warnings.warn(message, ConvergenceWarning, stacklevel=3)
-    vectors = check.X[:, :k].to(op.H.dtype) if return_eigenvectors else None
+    vectors = check.X[:, :k].to(op.H.dtype, copy=True) if return_eigenvectors else None
     theta, rnorm, errors = (torch.as_tensor(a[:k], dtype=_WORK_DTYPE) for a in (check.theta, check.rnorm, check.errors))
     return SpectrumResult(
         theta, vectors, rnorm, errors,
@@ -336,6 +364,30 @@ def _dst1(x: torch.Tensor, axis: int) -> torch.Tensor:
     return (-0.5 * torch.fft.rfft(y, dim=-1).imag[..., 1 : n + 1]).movedim(-1, axis)
 
 
+def laplacian_eigenvalues(grid: object, device: torch.device | None = None) -> torch.Tensor:
+    """The eigenvalues of the 3-point Dirichlet -Laplacian_h on ``grid`` (``n``, ``h`` per
+    axis), shape ``grid.n``: sum_a (4 / h_a^2) sin^2(pi j_a / (2 (n_a + 1))), j_a = 1..n_a,
+    in 1 / x^2; the DST-I of every axis diagonalises it (float64)."""
+    dims = tuple(int(n) for n in grid.n)
+    eig = torch.zeros(dims, dtype=_WORK_DTYPE, device=device)
+    for a, (n, h) in enumerate(zip(dims, grid.h)):
+        j = torch.arange(1, n + 1, dtype=_WORK_DTYPE, device=device)
+        shape = [1] * len(dims)
+        shape[a] = n
+        eig = eig + (4.0 / h**2 * torch.sin(math.pi * j / (2 * (n + 1))) ** 2).reshape(shape)
+    return eig
+
+
+def fourier_shift(diag: torch.Tensor, grid: object, shift: float | torch.Tensor) -> torch.Tensor:
+    """The constant c of the Fourier preconditioner, standing in for the potential:
+    max(1, median(V - shift)_+ / 4), V = diag - 2 sum_a 1 / h_a^2 (the potential where the
+    3-point stencil's diagonal is removed). ``diag`` (N,) or (B, N) with ``shift`` a float or
+    (B, 1); returns () or (B,)."""
+    laplacian_diag = sum(2.0 / h**2 for h in grid.h)
+    typical = (diag - laplacian_diag - shift).clamp_min(0).median(dim=-1).values
+    return torch.clamp(0.25 * typical, min=1.0)
+
+
 def fourier_preconditioner(H: SymmetricOperator, shift: float) -> Preconditioner:
     """R -> (-Laplacian_h + shift)^{-1} R, by DST-I on every axis of ``H.grid``.
 
@@ -345,16 +397,9 @@ def fourier_preconditioner(H: SymmetricOperator, shift: float) -> Preconditioner
     the variation of V, so its quality is set by the range of V, not by h: the choice for
     fine grids. Columns (N, m), any device (scipy.fft on the CPU, torch.fft elsewhere).
     """
-    grid = H.grid
-    dims = tuple(int(n) for n in grid.n)
-    eig = torch.full(dims, float(shift), dtype=_WORK_DTYPE, device=torch.device(H.device))
-    for a, (n, h) in enumerate(zip(dims, grid.h)):
-        j = torch.arange(1, n + 1, dtype=_WORK_DTYPE, device=eig.device)
-        shape = [1] * len(dims)
-        shape[a] = n
-        eig = eig + (4.0 / h**2 * torch.sin(math.pi * j / (2 * (n + 1))) ** 2).reshape(shape)
+    dims = tuple(int(n) for n in H.grid.n)
     scale = math.prod(2.0 / (n + 1) for n in dims)
-    inv = (scale / eig).unsqueeze(0)
+    inv = (scale / (laplacian_eigenvalues(H.grid, torch.device(H.device)) + float(shift))).unsqueeze(0)
 
     def apply(R: torch.Tensor) -> torch.Tensor:
         u = R.T.reshape(R.shape[1], *dims)
@@ -426,6 +471,11 @@ class _Blocks:
         self.op, self.m, self.q, self.a = op, m, 0, 0
         self._before = torch.zeros(0, dtype=_WORK_DTYPE, device=op.device)
 
+    @property
+    def X(self) -> torch.Tensor:
+        """The current Ritz vectors, columns (N, m) (a view of S's first m rows)."""
+        return self.S[: self.m].T
+
     def free(self, a: int) -> torch.Tensor:
         """The next a rows of S, to be filled and then passed to ``append``."""
         return self.S[self.q : self.q + a]
@@ -437,7 +487,7 @@ class _Blocks:
         new = self.S[q : q + a]
         if W.data_ptr() != new.data_ptr():
             new.copy_(W)
-        products = self.S[: q + a] @ new.T
+        products = _inner(self.S[: q + a], new)
         self._before = products[q:].diagonal()
         if q:
             new.addmm_(products[:q].T, self.S[:q], alpha=-1.0)
@@ -476,13 +526,13 @@ class _Blocks:
         coefficient space, Hetmaniuk and Lehoucq 2006). Returns the Ritz values and P's rows
         (-1 when no new direction came in: the caller stops)."""
         S, HS = self.S[: self.q], self.HS[: self.q]
-        M = _symmetric(S @ S.T)
+        M = _symmetric(_inner(S, S))
         E = self._reduced(M)
         if E.shape[1] == self.q - self.a and p_old >= 0:
             return torch.empty(0), -1
         Linv, lift = _whitening(_symmetric(E.T @ M @ E))
         self.m = min(self.m, Linv.shape[0])
-        theta, V = torch.linalg.eigh(_symmetric(Linv @ E.T @ (HS @ S.T) @ E @ Linv.T))
+        theta, V = torch.linalg.eigh(_symmetric(Linv @ E.T @ _inner(HS, S) @ E @ Linv.T))
         coefficients = V[:, : self.m]
         if p_old >= 0:
             old = lift[:, : self.m]
@@ -523,7 +573,7 @@ def _precondition(precond: Preconditioner, R: torch.Tensor, out: torch.Tensor) -
 
 
 def _lobpcg(op: _Counted, X0: torch.Tensor, precond: Preconditioner, k: int, tol: float,
-            maxiter: int, diag: torch.Tensor, descent_first: bool = False) -> torch.Tensor:
+            maxiter: int, diag: torch.Tensor, descent_first: bool = False) -> _Blocks:
     """Block LOBPCG (Knyazev 2001) with soft locking, in the orthonormal-basis form of
     Hetmaniuk and Lehoucq (2006): the search basis [X, P, W] is kept orthonormal, with
     P = the part of the previous X orthogonal to the new X, built in coefficient space so
@@ -531,6 +581,16 @@ def _lobpcg(op: _Counted, X0: torch.Tensor, precond: Preconditioner, k: int, tol
     residual W (and matvecs); it stops when the first k columns meet ``tol``, when no
     preconditioned residual adds a new direction, or when those that miss ``tol`` are stuck
     at the round-off floor (``_passed``: further iterations cannot lower their error).
+    The start block cannot stop it: every call takes at least one step (with the columns
+    that have not passed, so that the guard columns improve), unless every column passed.
+    The bounds' cluster term takes the guard Ritz values as the next eigenvalues, and a
+    start's guard columns (random ones) sit far above them, so a start column close to an
+    eigenvector passed with too small a bound (1D bimodal at t = 1, 127 nodes: lambda_1
+    off by 5.9e-3 against a bound of 5e-4, flagged converged, in 6 of 180 runs at tol 1e-3
+    to 1e-8 before this rule). Columns that passed get no preconditioned residual, also in
+    that first step: one built from a residual at round-off level is mostly round-off, and
+    its H-products put spurious Ritz values far below lambda_0 (seen at -88 for a unit
+    Gaussian). Returns its blocks, the Ritz vectors in ``blocks.X``.
 
     ``descent_first`` (for an accurate preconditioner, the multigrid cycle): start with
     block preconditioned inverse iteration, X <- X - W and Rayleigh-Ritz on X alone
@@ -542,15 +602,16 @@ def _lobpcg(op: _Counted, X0: torch.Tensor, precond: Preconditioner, k: int, tol
     blocks.append(X0.T)
     theta, p = blocks.rayleigh_ritz(-1)
     descent, previous = descent_first, math.inf
-    for _ in range(maxiter):
+    for step in range(maxiter):
         X, HX = blocks.S[: blocks.m], blocks.HS[: blocks.m]
         R = torch.addcmul(HX, X, theta[:, None], value=-1.0, out=blocks.R[: blocks.m])
         rnorm = R.norm(dim=1)
         passed, stuck = _passed(theta, X.T, rnorm, diag, op.eps, tol, blocks.scratch[: blocks.m].T)
         active = torch.as_tensor(~passed, device=X.device)
-        if not bool(active[:k].any()) or (passed | stuck)[:k].all():
+        done = not bool(active[:k].any()) or (passed | stuck)[:k].all()
+        if (done and step) or not bool(active.any()):
             break
-        worst = float(rnorm[:k][active[:k]].max())
+        worst = float(rnorm[active[:k].nonzero().flatten() if bool(active[:k].any()) else active].max())
         descent, previous = descent and worst <= 0.5 * previous, worst
         W = _precondition(precond, R if bool(active.all()) else R[active], blocks.free(int(active.sum())))
         if descent:
@@ -562,7 +623,7 @@ def _lobpcg(op: _Counted, X0: torch.Tensor, precond: Preconditioner, k: int, tol
         if p < 0:
             break
         theta = theta_new
-    return blocks.S[: blocks.m].T.clone()
+    return blocks
 
 
 def _lanczos(op: _Counted, X0: torch.Tensor, k: int, tol: float, maxiter: int,
@@ -574,22 +635,24 @@ def _lanczos(op: _Counted, X0: torch.Tensor, k: int, tol: float, maxiter: int,
     that after a restart to the lowest Ritz vectors Y (T = diag(theta) plus the coupling to
     the last block) the recurrence goes on unchanged. The residual norm of Ritz pair i is
     ||T[last block, :] s_i||. Stops when the first k Ritz values meet ``tol`` or after
-    ``maxiter`` matvecs.
+    ``maxiter`` matvecs. The test starts with the second block: on the first, the Ritz
+    values are the start block's own, whose guard values are no neighbours to trust
+    (``_lobpcg``).
     """
     m = X0.shape[1]
     ncv = min(op.n, max(4 * m, 40))
     keep = max(m + 1, ncv // 2)
     Q = _orthonormal(X0)
     T = torch.zeros(Q.shape[1], 0, dtype=_WORK_DTYPE, device=Q.device)
-    p = 0
+    p = first = 0
     while True:
         Q, T = _lanczos_step(op, Q, T, p, generator)
-        p = T.shape[1]
+        first, p = p == 0, T.shape[1]
         theta, S = torch.linalg.eigh(_symmetric(T[:p, :p]))
         rnorm = (T[p:, :p] @ S).norm(dim=0).cpu().numpy()
         th = theta.cpu().numpy()[:m]
         errors = _error_bounds(th, rnorm[:m]) + _projection_roundoff(th, op.n)
-        done = _converged(th, errors, tol)[:k].all()
+        done = not first and _converged(th, errors, tol)[:k].all()
         if done or op.count >= maxiter or Q.shape[1] == p:
             return Q[:, :p] @ S[:, :m]
         if Q.shape[1] + (Q.shape[1] - p) > ncv:
@@ -785,9 +848,7 @@ def _preconditioner(H: SymmetricOperator, diag: torch.Tensor, shift: float, choi
     if choice == "fourier":
         if not has_grid:
             raise ValueError("the Fourier preconditioner needs H.grid (with n and h) matching H.shape")
-        laplacian_diag = sum(2.0 / h**2 for h in grid.h)
-        typical = float((diag - laplacian_diag - shift).clamp_min(0).median())
-        return fourier_preconditioner(H, max(0.25 * typical, 1.0)), "fourier"
+        return fourier_preconditioner(H, float(fourier_shift(diag, grid, shift))), "fourier"
     if choice == "amg":
         return amg_preconditioner(H, shift), "amg"
     if choice == "jacobi":
@@ -821,7 +882,7 @@ def _nested_start(mg: Multigrid, m: int, k: int, tol: float, deflate: bool,
         g = H.ground_state if deflate else None
         X0 = _start_block(op, m, X, g, H.grid, generator)
         diag = H.diagonal().to(_WORK_DTYPE).to(op.device)
-        X = _lobpcg(op, X0, level_mg, k, max(tol, NESTED_TOL), NESTED_MAXITER, diag, descent_first=True)
+        X = _lobpcg(op, X0, level_mg, k, max(tol, NESTED_TOL), NESTED_MAXITER, diag, descent_first=True).X
         work += (op.count + level_mg.work) * mg.levels[i].weight
     start = interpolate_columns(X[:, 1:] if deflate else X, operators[1].grid.n, operators[0].grid.n)
     return start, work, usable[-1]
@@ -911,6 +972,7 @@ def spectrum(
     op = _Counted(H)
     m = k + _GUARD
     diag = H.diagonal().to(_WORK_DTYPE).to(op.device)
+    blocks = None
     if method in ("eigsh", "eigsh-sa"):
         X, name = _eigsh(op, H, m, tol, maxiter, v0, shift_invert=method == "eigsh")
         X = torch.cat([X, _orthonormal(_random(op, m - X.shape[1], generator), X)], 1) if X.shape[1] < m else X
@@ -929,9 +991,10 @@ def spectrum(
                 coarse_start, op.extra, levels = _nested_start(precond, m, k, tol, deflate, generator)
             X0 = _start_block(op, m, v0 if coarse_start is None else coarse_start, ground_state,
                               getattr(H, "grid", None), generator)
-            X = _lobpcg(op, X0, precond, k, tol, budget, diag, descent_first=isinstance(precond, Multigrid))
+            blocks = _lobpcg(op, X0, precond, k, tol, budget, diag, descent_first=isinstance(precond, Multigrid))
+            X = blocks.X
             op.extra += getattr(precond, "work", 0.0)
             nested_note = f", nested iteration from {levels} coarser grids" if levels else ""
             name = f"lobpcg ({pname}{start_note}{nested_note})"
-    check = _final_check(op, X, diag)
+    check = _final_check(op, X, diag, blocks)
     return _result(check, k, op, start, name, tol, return_eigenvectors, raise_on_failure)

@@ -75,43 +75,51 @@ def _scatter_table(n_coarse: int, n_fine: int) -> tuple[np.ndarray, np.ndarray, 
 @numba.njit(cache=True)
 def _prolong_lines(start, stop, u, n0, w0, n1, w1, n2, w2, accumulate, out):  # pragma: no cover - compiled
     """Target lines start..stop-1 (line = (c, i, j) of out (m, f0, f1, f2)) of the
-    separable interpolation of u (m, c0, c1, c2): out (+)= sum over the 2 x 2 source lines
-    of their weights times the interpolate along the last axis."""
+    separable interpolation of u (m, c0, c1, c2): the 2 x 2 source lines combined with
+    their weights (contiguous), then interpolated once along the last axis, into out (or
+    added to it)."""
     _, f0, f1, f2 = out.shape
+    combined = np.empty(u.shape[3], dtype=out.dtype)
     for line in range(start, stop):
         c, i, j = line // (f0 * f1), (line // f1) % f0, line % f1
-        if not accumulate:
-            for k in range(f2):
-                out[c, i, j, k] = 0.0
+        combined[:] = 0.0
         for a in range(2):
             for b in range(2):
                 w = w0[i, a] * w1[j, b]
                 if w == 0.0:
                     continue
                 row = u[c, n0[i, a], n1[j, b]]
-                for k in range(f2):
-                    out[c, i, j, k] += w * (w2[k, 0] * row[n2[k, 0]] + w2[k, 1] * row[n2[k, 1]])
+                for k in range(combined.shape[0]):
+                    combined[k] += w * row[k]
+        if accumulate:
+            for k in range(f2):
+                out[c, i, j, k] += w2[k, 0] * combined[n2[k, 0]] + w2[k, 1] * combined[n2[k, 1]]
+        else:
+            for k in range(f2):
+                out[c, i, j, k] = w2[k, 0] * combined[n2[k, 0]] + w2[k, 1] * combined[n2[k, 1]]
 
 
 @numba.njit(cache=True)
 def _restrict_lines(start, stop, r, f0, k0, t0, f1, k1, t1, f2, k2, t2, scale, out):  # pragma: no cover
     """Coarse lines start..stop-1 (line = (c, i, j) of out (m, c0, c1, c2)) of the scaled
-    transpose of interpolation: out = scale sum over the fine lines using coarse (i, j) of
-    their weights times the transpose along the last axis."""
+    transpose of interpolation: the fine lines using coarse (i, j) combined with their
+    weights (contiguous), then the transpose along the last axis applied once."""
     _, c0, c1, c2 = out.shape
+    combined = np.empty(r.shape[3], dtype=out.dtype)
     for line in range(start, stop):
         c, i, j = line // (c0 * c1), (line // c1) % c0, line % c1
-        for k in range(c2):
-            out[c, i, j, k] = 0.0
+        combined[:] = 0.0
         for a in range(k0[i]):
             for b in range(k1[j]):
                 w = scale * t0[i, a] * t1[j, b]
                 row = r[c, f0[i] + a, f1[j] + b]
-                for k in range(c2):
-                    total = 0.0
-                    for s in range(k2[k]):
-                        total += t2[k, s] * row[f2[k] + s]
-                    out[c, i, j, k] += w * total
+                for k in range(combined.shape[0]):
+                    combined[k] += w * row[k]
+        for k in range(c2):
+            total = 0.0
+            for s in range(k2[k]):
+                total += t2[k, s] * combined[f2[k] + s]
+            out[c, i, j, k] = total
 
 
 @numba.njit(parallel=True, cache=True)

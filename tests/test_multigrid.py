@@ -69,6 +69,21 @@ def test_interpolating_to_coarse_nested_nodes_is_injection(backend):
     torch.testing.assert_close(coarse, fine[:, 1::2, 1::2], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("n_coarse, n_fine", [((31,), (64,)), ((20, 33), (42, 66)), ((15, 30, 20), (32, 61, 40))])
+def test_numba_transfers_equal_the_torch_path(monkeypatch, n_coarse, n_fine):
+    """The numba kernels (one thread and, above PARALLEL_MIN_SIZE values, parallel chunks)
+    against the torch path, one axis at a time: the same weights summed in another order,
+    so equal to a few ulps of the largest term."""
+    u = torch.randn(3, *n_coarse, dtype=torch.float64, generator=seeded(5))
+    r = torch.randn(3, *n_fine, dtype=torch.float64, generator=seeded(6))
+    base = torch.randn(3, *n_fine, dtype=torch.float64, generator=seeded(7))
+    kernels = transfer.prolong(u, n_fine), transfer.restrict(r, n_coarse), transfer.prolong(u, n_fine, out=base.clone())
+    monkeypatch.setattr(transfer, "_numba_ok", lambda t: False)
+    reference = transfer.prolong(u, n_fine), transfer.restrict(r, n_coarse), base + transfer.prolong(u, n_fine)
+    for got, want in zip(kernels, reference):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
+
+
 def test_transfers_add_into_out_and_interpolate_columns():
     u = torch.randn(2, 5, 6, dtype=torch.float64, generator=seeded(4))
     out = torch.ones(2, 11, 13, dtype=torch.float64)
