@@ -5,6 +5,7 @@ See THEORY.md for the conventions every module shares.
 """
 
 from .audit import ScoreAudit, ScoreError, score_audit, score_error
+from .batch import HamiltonianBatch, batch_spectrum
 from .bounds import ScoreErrorBound, TrackingBound, score_error_bound, tracking_bound
 from .config import builtin_config, load_config, validate_config
 from .derivatives import DivergenceResult, JacobianResult, divergence, jacobian
@@ -80,6 +81,7 @@ __all__ = [
     "GaussianMixture",
     "Grid",
     "GridModel",
+    "HamiltonianBatch",
     "InputDtypeError",
     "InputShapeError",
     "InsufficientMemoryError",
@@ -123,6 +125,7 @@ __all__ = [
     "as_schedule",
     "as_score",
     "available_memory",
+    "batch_spectrum",
     "box_from_mixture",
     "box_from_samples",
     "box_from_score",

@@ -41,7 +41,7 @@ import torch
 
 from ._threads import run_lines
 from .derivatives import DivergenceMethod
-from .errors import ResolutionError
+from .errors import InputShapeError, ResolutionError
 from .grid import Grid
 from .memory import check_memory, estimate_memory
 from .potential import quantum_potential
@@ -263,7 +263,7 @@ class ScoreHamiltonian:
     ) -> None:
         self.score = as_score(score)
         if self.score.dim is not None and self.score.dim != grid.dim:
-            raise ValueError(f"the score is {self.score.dim}-dimensional but the grid is {grid.dim}-dimensional")
+            raise InputShapeError(f"the score is {self.score.dim}-dimensional but the grid is {grid.dim}-dimensional")
         if form not in ("potential", "ground_state"):
             raise ValueError(f"form must be 'potential' or 'ground_state'; got {form!r}")
         if backend not in ("auto", "torch", "numba"):
