@@ -277,7 +277,7 @@ def _roundoff(theta: np.ndarray, X: torch.Tensor, diag: torch.Tensor, eps: float
     """Round-off in a Ritz value: 2 eps ||diag(H) x_i|| from the matvec in the operator's
     dtype, plus (2 + log2 N) eps_64 max |theta| from the inner products (blocked sums) and
     the small eigenproblem. ``scratch``: an (N, m) tensor to compute in (else allocated)."""
-    scaled = torch.mul(diag.abs()[:, None], X, out=scratch)
+    scaled = torch.mul(diag[:, None], X, out=scratch)
     matvec = (2 * eps * scaled.norm(dim=0)).cpu().numpy()
     return matvec + _projection_roundoff(theta, X.shape[0])
 
@@ -444,7 +444,7 @@ def _passed(theta: torch.Tensor, X: torch.Tensor, rnorm: torch.Tensor, diag: tor
     2 eps max|diag(H)| + the projection term (unit columns), i.e. when it can decide either."""
     th = theta.cpu().numpy()
     errors = _error_bounds(th, rnorm.cpu().numpy())
-    ceiling = 2 * eps * float(diag.abs().max()) + _projection_roundoff(th, X.shape[0])
+    ceiling = 2 * eps * max(float(diag.max()), -float(diag.min())) + _projection_roundoff(th, X.shape[0])
     if not (errors <= np.maximum(tol * _scales(th), ceiling)).any():
         return np.zeros(len(th), dtype=bool), np.zeros(len(th), dtype=bool)
     noise = _roundoff(th, X, diag, eps, scratch)
@@ -563,6 +563,16 @@ def _whitening(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (U / w.sqrt()).T, (U * w.sqrt()).T
 
 
+def _front(R: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The rows of R that ``keep`` marks, moved in place to the front (in order; R's other
+    rows are overwritten): R[keep] without allocating an (a, N) copy."""
+    rows = keep.nonzero().flatten().tolist()
+    for j, i in enumerate(rows):
+        if i != j:
+            R[j].copy_(R[i])
+    return R[: len(rows)]
+
+
 def _precondition(precond: Preconditioner, R: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """The preconditioner applied to the rows R (a, N), written into the rows ``out``."""
     if isinstance(precond, Multigrid):
@@ -613,7 +623,7 @@ def _lobpcg(op: _Counted, X0: torch.Tensor, precond: Preconditioner, k: int, tol
             break
         worst = float(rnorm[active[:k].nonzero().flatten() if bool(active[:k].any()) else active].max())
         descent, previous = descent and worst <= 0.5 * previous, worst
-        W = _precondition(precond, R if bool(active.all()) else R[active], blocks.free(int(active.sum())))
+        W = _precondition(precond, _front(R, active), blocks.free(int(active.sum())))
         if descent:
             blocks.descend(W, active.nonzero().flatten())
             theta, p = blocks.rayleigh_ritz(-1)

@@ -14,13 +14,15 @@ axis while N_l > ``COARSEST_SIZE``):
 - solver: the LOBPCG row blocks S, HS and their double buffers (4 x 3m rows), the starting
   block, the nested-iteration start and one transient block (3m rows), the diagonal (1 row),
   all N w; per multigrid level the inverse diagonal and, below the coarsest, the smoother's
-  three m-row work blocks, N_l b (3m + 1); the coarser levels' operators, N_l (3 w + 2 b).
+  three m-row work blocks, N_l b (3m + 1); the coarser levels' operators and the m rows of
+  the restricted residual each solves for, N_l (3 w + 2 b + m b).
 
 The blocks are allocated zero-filled, so the resident memory of a run is what is counted and
 not an accident of which rows an iteration touched. Peak = operator + max(build, solver).
-Measured (peak RSS over a whole job, 2 cores, float64): within 2% on 2D 383^2 - 1023^2 and
-3D 63^3 and 127^3 grids for k = 1, 3, 6, 8% under on 95^3 (k = 2) and 17% under on 255^2
-(k = 1), where fixed overheads weigh (tests/test_memory.py checks 20% on 383^2, 511^2 and
+Measured (peak RSS over a whole job, 2 cores, float64): 2-6% over on 2D 383^2 - 1023^2 and
+3D 63^3 and 127^3 grids for k = 1, 3, 6 (1023^2, k = 3: 803 B per unknown measured, 844
+estimated), 4% under on 95^3 (k = 2) and 17% under on 255^2 (k = 1), where fixed overheads
+weigh (tests/test_memory.py checks 20% on 383^2, 511^2 and
 63^3). Other solver methods (eigsh's factorisation, Lanczos' basis) are not counted.
 
 :func:`check_memory` compares an estimate with what the device has free (``MemAvailable`` of
@@ -92,7 +94,7 @@ def estimate_memory(n: Sequence[int] | int, k: int = 3, dim: int | None = None,
     operator = N * (3 * w + 2 * b)
     build = N * w * (4 * d + 5)
     smoothed = sum(sizes[:-1]) * 3 * m * b
-    multigrid = sum(sizes) * b + smoothed + sum(sizes[1:]) * (3 * w + 2 * b)
+    multigrid = sum(sizes) * b + smoothed + sum(sizes[1:]) * (3 * w + 2 * b + m * b)
     solver = N * w * (12 * m + 3 * m + 1) + multigrid
     return MemoryEstimate(n, k, operator, build, solver)
 

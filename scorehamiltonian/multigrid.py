@@ -79,7 +79,8 @@ def rayleigh_quotient(H: Any) -> float:
 @dataclass
 class _Level:
     """One level: operator, shift, 1 / diagonal of H - shift, Chebyshev coefficients, weight
-    (unknowns over the finest level's), and work rows (x, y, d, r) for up to m columns."""
+    (unknowns over the finest level's), work rows (x, y, d) and, below the finest level, the
+    rows of the restricted residual it solves for, each for up to m columns."""
 
     H: Any
     shift: float
@@ -87,6 +88,7 @@ class _Level:
     steps: list[tuple[float, float]]
     weight: float
     rows: torch.Tensor | None = None
+    rhs: torch.Tensor | None = None
 
     def workspace(self, m: int) -> tuple[torch.Tensor, ...]:
         """Three (m, N) row blocks reused by every cycle: two for the iterate (the smoother
@@ -94,6 +96,12 @@ class _Level:
         if self.rows is None or self.rows.shape[1] < m:
             self.rows = torch.zeros(3, m, self.H.shape[0], dtype=self.H.dtype, device=self.H.device)
         return tuple(block[:m] for block in self.rows)
+
+    def right_hand_side(self, m: int) -> torch.Tensor:
+        """An (m, N) row block reused by every cycle: the restricted residual of the finer level."""
+        if self.rhs is None or self.rhs.shape[0] < m:
+            self.rhs = torch.zeros(m, self.H.shape[0], dtype=self.H.dtype, device=self.H.device)
+        return self.rhs[:m]
 
 
 def _chebyshev_steps(upper: float, ratio: float, degree: int) -> list[tuple[float, float]]:
@@ -216,7 +224,9 @@ class Multigrid:
         spare = second if x is first else first
         level.H.residual(x, b, level.shift, out=spare)
         self.work += m * level.weight
-        xc = self._cycle(i + 1, restrict(spare.reshape(m, *n), coarse).reshape(m, -1))
+        rhs = self.levels[i + 1].right_hand_side(m)
+        restrict(spare.reshape(m, *n), coarse, out=rhs.reshape(m, *coarse))
+        xc = self._cycle(i + 1, rhs)
         prolong(xc.reshape(m, *coarse), n, out=x.reshape(m, *n))
         return self._smooth(level, b, level.steps, x, spare, d, out)
 

@@ -197,15 +197,16 @@ def prolong(u: torch.Tensor, n_fine: tuple[int, ...], out: torch.Tensor | None =
     return interpolate(u, n_fine, out)
 
 
-def restrict(r: torch.Tensor, n_coarse: tuple[int, ...]) -> torch.Tensor:
-    """c P^T r: fine (m, *n_fine) to coarse (m, *n_coarse), c = prod (n_c + 1) / (n_f + 1)."""
+def restrict(r: torch.Tensor, n_coarse: tuple[int, ...], out: torch.Tensor | None = None) -> torch.Tensor:
+    """c P^T r: fine (m, *n_fine) to coarse (m, *n_coarse), c = prod (n_c + 1) / (n_f + 1);
+    written into ``out`` (m, *n_coarse, contiguous, r's dtype and device) when given."""
     n_coarse = tuple(n_coarse)
     if not _numba_ok(r):
         for axis, n in enumerate(n_coarse, start=1):
             if r.shape[axis] != n:
                 r = _torch_axis_restrict(r, axis, n)
-        return r
-    target = torch.empty(r.shape[0], *n_coarse, dtype=r.dtype)
+        return r if out is None else out.copy_(r)
+    target = torch.empty(r.shape[0], *n_coarse, dtype=r.dtype) if out is None else out
     tables, scale = [], 1.0
     for a, b in zip(_padded(n_coarse), _padded(tuple(r.shape[1:]))):
         first, count, weights = _scatter_table(a, b)

@@ -73,13 +73,19 @@ def test_interpolating_to_coarse_nested_nodes_is_injection(backend):
 def test_numba_transfers_equal_the_torch_path(monkeypatch, n_coarse, n_fine):
     """The numba kernels (one thread and, above PARALLEL_MIN_SIZE values, parallel chunks)
     against the torch path, one axis at a time: the same weights summed in another order,
-    so equal to a few ulps of the largest term."""
+    so equal to a few ulps of the largest term; ``out`` is added to (prolong) or overwritten
+    (restrict)."""
     u = torch.randn(3, *n_coarse, dtype=torch.float64, generator=seeded(5))
     r = torch.randn(3, *n_fine, dtype=torch.float64, generator=seeded(6))
     base = torch.randn(3, *n_fine, dtype=torch.float64, generator=seeded(7))
-    kernels = transfer.prolong(u, n_fine), transfer.restrict(r, n_coarse), transfer.prolong(u, n_fine, out=base.clone())
+    def both_ways() -> tuple[torch.Tensor, ...]:
+        into = torch.full((3, *n_coarse), math.nan, dtype=torch.float64)
+        return (transfer.prolong(u, n_fine), transfer.restrict(r, n_coarse),
+                transfer.prolong(u, n_fine, out=base.clone()), transfer.restrict(r, n_coarse, out=into), into)
+
+    kernels = both_ways()
     monkeypatch.setattr(transfer, "_numba_ok", lambda t: False)
-    reference = transfer.prolong(u, n_fine), transfer.restrict(r, n_coarse), base + transfer.prolong(u, n_fine)
+    reference = both_ways()
     for got, want in zip(kernels, reference):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
 
