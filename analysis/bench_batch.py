@@ -41,7 +41,7 @@ from scorehamiltonian import (
     HamiltonianBatch,
     ScoreHamiltonian,
     batch_spectrum,
-    box_from_mixture,
+    box_over_times,
     spectrum,
 )
 from scorehamiltonian.examples import four_mode_benchmark
@@ -52,14 +52,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def times_for(B: int) -> list[float]:
     """B times log-spaced in [1e-3, 1] (1e-3 alone for B = 1)."""
     return np.logspace(-3.0, 0.0, B).tolist()
-
-
-def common_grid(score: ExactScore, times: list[float], n: int) -> Grid:
-    """n^2 nodes on the union of the boxes holding all but 1e-12 of p_t at ``times``."""
-    boxes = [box_from_mixture(score.marginal(t), 1e-12) for t in times]
-    lo = np.min([b[0] for b in boxes], 0).tolist()
-    hi = np.max([b[1] for b in boxes], 0).tolist()
-    return Grid(lo, hi, n)
 
 
 def run_batch(score: ExactScore, grid: Grid, B: int, args: argparse.Namespace) -> dict:
@@ -148,7 +140,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     score = ExactScore(four_mode_benchmark(2), OU())
-    grid = common_grid(score, sorted({t for B in args.batches for t in times_for(B)}), args.n)
+    grid = Grid(*box_over_times(score.mixture, score.process, sorted({t for B in args.batches for t in times_for(B)})),
+                args.n)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []

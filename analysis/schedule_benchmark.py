@@ -46,17 +46,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import scipy.optimize
 import torch
 
 from scorehamiltonian import OU, ExactScore, example
 from scorehamiltonian.designer import (
     _Objective,
+    _optimise,
     _Parameters,
     _Target,
     design_grid,
@@ -240,8 +241,7 @@ def relaxed_floor(mixture, process, budget: float, n_levels: int, n_random: int,
     starts = [parameters.encode(standard_schedule(rule, n_levels, T_MAX, T_MIN, process, budget))
               for rule in ("log-uniform", "cosine")]
     starts += [rng.normal(scale=1.5, size=2 * n_levels) for _ in range(n_random)]
-    runs = [scipy.optimize.minimize(objective, theta, jac=True, method="L-BFGS-B", bounds=[(-20.0, 20.0)] * theta.size,
-                                    options={"maxiter": 300, "ftol": 1e-9}) for theta in starts]
+    runs = [_optimise(objective, theta, 300, math.inf, ftol=1e-9) for theta in starts]
     best = min(runs, key=lambda run: run.fun)
     return {"schedule": Schedule(*parameters.decode(best.x), "floor"),
             "start_tvs": sorted(float(np.exp(run.fun)) for run in runs)}

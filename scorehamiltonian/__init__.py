@@ -40,7 +40,7 @@ from .free_energy import (
     lambda_schedule,
 )
 from .gap import GapLevel, GapResult, spectral_gap
-from .grid import Grid, box_from_mixture, box_from_samples, box_from_score
+from .grid import Grid, box_from_mixture, box_from_samples, box_from_score, box_over_times
 from .memory import MemoryEstimate, available_memory, estimate_memory
 from .mixture import GaussianMixture, MixtureEvaluation
 from .operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
@@ -129,6 +129,7 @@ __all__ = [
     "box_from_mixture",
     "box_from_samples",
     "box_from_score",
+    "box_over_times",
     "build_report",
     "builtin_config",
     "default_grid",

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import InputDtypeError, InputShapeError, NonFiniteScoreError
+from .errors import InputDtypeError, InputShapeError, NonFiniteScoreError, TimeRangeError
 
 DEFAULT_DTYPE = torch.float64
 
@@ -63,6 +63,25 @@ def broadcast_time(t: Any, x: torch.Tensor, name: str = "t") -> torch.Tensor:
             f"{name} has shape {tuple(t.shape)}, which does not broadcast to the batch shape "
             f"{tuple(x.shape[:-1])} of x (shape {tuple(x.shape)})"
         ) from None
+
+
+def checked_times(process: Any, times: Any, positive: str | None = None) -> list[float]:
+    """``times`` as floats: a non-empty 1D sequence (:class:`InputShapeError`) of finite,
+    distinct times inside ``process``'s range (:class:`TimeRangeError`, also from
+    ``process.time``); with ``positive`` (the reason, quoted in the error) also > 0."""
+    t = as_float_tensor(times, "times", dtype=torch.float64)
+    if t.ndim != 1 or t.numel() == 0:
+        raise InputShapeError(f"times must be a non-empty 1D sequence; got shape {tuple(t.shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise TimeRangeError(f"times must be finite; got {t.tolist()}")
+    if positive is not None and not bool((t > 0).all()):
+        raise TimeRangeError(f"times must be positive ({positive}); got {t.tolist()}")
+    values = [float(v) for v in t]
+    repeated = sorted({v for v in values if values.count(v) > 1})
+    if repeated:
+        raise TimeRangeError(f"times must be distinct; {repeated} appear more than once")
+    process.time(t)
+    return values
 
 
 def require_finite(

@@ -77,7 +77,7 @@ from typing import Any, Literal
 
 import torch
 
-from ._validation import as_float_tensor
+from ._validation import as_float_tensor, checked_times
 from .derivatives import DivergenceMethod
 from .eigensolvers import (
     _DEFAULT_MAXITER,
@@ -99,7 +99,7 @@ from .eigensolvers import (
     fourier_shift,
     laplacian_eigenvalues,
 )
-from .errors import ConvergenceError, InputShapeError, TimeRangeError
+from .errors import ConvergenceError, InputShapeError
 from .grid import Grid
 from .memory import check_memory, estimate_memory
 from .operator import Form, ScoreHamiltonian, _shifted_sum
@@ -152,7 +152,7 @@ class HamiltonianBatch:
         device: torch.device | str | None = None,
     ) -> None:
         self.score = as_score(score)
-        self.times = _checked_times(self.score, times)
+        self.times = tuple(checked_times(self.score.process, times))
         self.grid, self.order, self.form, self.dtype = grid, order, form, dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         B, N = len(self.times), grid.size
@@ -208,21 +208,6 @@ class HamiltonianBatch:
     def _work_apply(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``_apply`` for float64 work rows: cast to the batch's dtype and back."""
         return self._apply(rows.to(self.dtype), None if index.numel() == len(self) else index).to(_WORK_DTYPE)
-
-
-def _checked_times(score: Any, times: Any) -> tuple[float, ...]:
-    """times as floats: a non-empty 1D list of distinct finite times in the process's range."""
-    t = as_float_tensor(times, "times", dtype=torch.float64)
-    if t.ndim != 1 or t.numel() == 0:
-        raise InputShapeError(f"times must be a non-empty 1D sequence; got shape {tuple(t.shape)}")
-    if not bool(torch.isfinite(t).all()):
-        raise TimeRangeError(f"times must be finite; got {t.tolist()}")
-    score.process.time(t)
-    values = tuple(float(v) for v in t)
-    repeated = sorted({v for v in values if values.count(v) > 1})
-    if repeated:
-        raise TimeRangeError(f"times must be distinct; {repeated} appear more than once")
-    return values
 
 
 def _solver_bytes(B: int, N: int, m: int) -> int:

@@ -387,8 +387,8 @@ def design_grid(targets: Sequence[GaussianMixture], process: ForwardProcess, t_m
     return Grid(lo.tolist(), hi.tolist(), n)
 
 
-def _optimise(objective: _Objective | _StepObjective, theta: np.ndarray, maxiter: int, deadline: float
-              ) -> scipy.optimize.OptimizeResult:
+def _optimise(objective: _Objective | _StepObjective, theta: np.ndarray, maxiter: int, deadline: float,
+              ftol: float = _FTOL) -> scipy.optimize.OptimizeResult:
     """L-BFGS-B from theta (bounds +-20 on the centred softmax logits), stopped at the deadline;
     finite-difference gradients (step 1e-6) for the step samplers."""
 
@@ -399,7 +399,7 @@ def _optimise(objective: _Objective | _StepObjective, theta: np.ndarray, maxiter
     exact_gradient = isinstance(objective, _Objective)
     return scipy.optimize.minimize(objective, theta, jac=exact_gradient, method="L-BFGS-B", callback=stop,
                                    bounds=[(-20.0, 20.0)] * theta.size,
-                                   options={"maxiter": int(maxiter), "ftol": _FTOL, "eps": _FD_STEP})
+                                   options={"maxiter": int(maxiter), "ftol": ftol, "eps": _FD_STEP})
 
 
 def _best_run(objective: _Objective | _StepObjective, starts: list[Schedule], maxiter: int, deadline: float

@@ -621,7 +621,7 @@ def _lobpcg(op: _Counted, X0: torch.Tensor, precond: Preconditioner, k: int, tol
         done = not bool(active[:k].any()) or (passed | stuck)[:k].all()
         if (done and step) or not bool(active.any()):
             break
-        worst = float(rnorm[active[:k].nonzero().flatten() if bool(active[:k].any()) else active].max())
+        worst = float(rnorm[:k][active[:k]].max() if bool(active[:k].any()) else rnorm[active].max())
         descent, previous = descent and worst <= 0.5 * previous, worst
         W = _precondition(precond, _front(R, active), blocks.free(int(active.sum())))
         if descent:
@@ -654,7 +654,7 @@ def _lanczos(op: _Counted, X0: torch.Tensor, k: int, tol: float, maxiter: int,
     keep = max(m + 1, ncv // 2)
     Q = _orthonormal(X0)
     T = torch.zeros(Q.shape[1], 0, dtype=_WORK_DTYPE, device=Q.device)
-    p = first = 0
+    p = 0
     while True:
         Q, T = _lanczos_step(op, Q, T, p, generator)
         first, p = p == 0, T.shape[1]
@@ -838,25 +838,30 @@ def _has_levels(H: SymmetricOperator) -> bool:
     return all(hasattr(H, name) for name in ("coarsen", "residual", "smooth", "grid", "coef"))
 
 
+def _matching_grid(H: SymmetricOperator) -> object | None:
+    """``H.grid`` when H has one whose node count is H's size, else None."""
+    grid = getattr(H, "grid", None)
+    return grid if grid is not None and math.prod(grid.n) == H.shape[0] else None
+
+
 def _preconditioner(H: SymmetricOperator, diag: torch.Tensor, shift: float, choice: str) -> tuple[Preconditioner, str]:
     """The LOBPCG preconditioner for ``choice`` and its name. "auto": multigrid when H can
     coarsen itself (a :class:`ScoreHamiltonian` of more than ``COARSEST_SIZE`` unknowns),
     else AMG on the CPU when pyamg is installed, else Fourier when H has a grid whose size
     matches, else Jacobi."""
-    grid = getattr(H, "grid", None)
-    has_grid = grid is not None and math.prod(grid.n) == H.shape[0]
+    grid = _matching_grid(H)
     if choice == "auto":
         if _has_levels(H) and H.shape[0] > COARSEST_SIZE:
             choice = "multigrid"
         else:
-            choice = "amg" if _HAVE_PYAMG and torch.device(H.device).type == "cpu" else ("fourier" if has_grid else "jacobi")
+            choice = "amg" if _HAVE_PYAMG and torch.device(H.device).type == "cpu" else ("fourier" if grid is not None else "jacobi")
     if choice == "multigrid":
         if not _has_levels(H):
             raise ValueError("the multigrid preconditioner needs an operator that coarsens itself (ScoreHamiltonian)")
         mg = Multigrid(H, shift)
         return mg, f"multigrid, {len(mg.levels)} levels"
     if choice == "fourier":
-        if not has_grid:
+        if grid is None:
             raise ValueError("the Fourier preconditioner needs H.grid (with n and h) matching H.shape")
         return fourier_preconditioner(H, float(fourier_shift(diag, grid, shift))), "fourier"
     if choice == "amg":
@@ -975,8 +980,8 @@ def spectrum(
     start = time.perf_counter()
     _check_arguments(H, k, tol, method)
     if method in ("auto", "lobpcg"):
-        grid = getattr(H, "grid", None)
-        nodes = tuple(grid.n) if grid is not None and math.prod(grid.n) == H.shape[0] else (int(H.shape[0]),)
+        grid = _matching_grid(H)
+        nodes = tuple(grid.n) if grid is not None else (int(H.shape[0]),)
         check_memory(estimate_memory(nodes, k, dtype=H.dtype).solver, f"spectrum(k={k}) on {H.shape[0]} unknowns",
                      H.device)
     op = _Counted(H)

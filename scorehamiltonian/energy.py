@@ -68,6 +68,7 @@ energies of any score that is not an :class:`ExactScore`.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -252,6 +253,7 @@ def _coarse(times: torch.Tensor) -> torch.Tensor:
     return torch.cat([times[: j + 1 : 2], times[j + 1 :: 2]])
 
 
+@functools.cache
 def _least_pair_ratio(order: int) -> float:
     """The smallest ratio r = h_small / h_large of two paired steps at which step doubling
     still covers their local error c (h_1^(p+1) + h_2^(p+1)) (equal c): the root of

@@ -20,7 +20,7 @@ from scipy.special import ndtri
 from .errors import InputShapeError
 from .mixture import GaussianMixture
 
-__all__ = ["Grid", "box_from_mixture", "box_from_samples", "box_from_score", "mixture_mass_outside"]
+__all__ = ["Grid", "box_from_mixture", "box_from_samples", "box_from_score", "box_over_times", "mixture_mass_outside"]
 
 
 def _per_axis(value: Any, dim: int, name: str, cast=float) -> tuple:
@@ -125,6 +125,16 @@ def box_from_mixture(mixture: GaussianMixture, tol: float = 1e-12) -> tuple[list
     lo = (mixture.means - z * std).amin(0)
     hi = (mixture.means + z * std).amax(0)
     return lo.tolist(), hi.tolist()
+
+
+def box_over_times(mixture: GaussianMixture, process: Any, times: Sequence[float],
+                   tol: float = 1e-12) -> tuple[list[float], list[float]]:
+    """The smallest box holding :func:`box_from_mixture` (tol) of p_t = ``mixture`` noised by
+    ``process`` at every t in ``times``: one box for several times (a
+    :class:`~.batch.HamiltonianBatch`), holding all but ``tol`` of each p_t."""
+    boxes = [box_from_mixture(mixture.marginal(process, t), tol) for t in times]
+    return ([min(b[0][a] for b in boxes) for a in range(mixture.dim)],
+            [max(b[1][a] for b in boxes) for a in range(mixture.dim)])
 
 
 def mixture_mass_outside(mixture: GaussianMixture, lo: Sequence[float], hi: Sequence[float]) -> float:

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from . import derivatives
 from ._io import read_json, write_json
-from ._validation import as_float_tensor
+from ._validation import as_float_tensor, checked_times
 from .derivatives import DivergenceMethod
 from .eigensolvers import ConvergenceWarning
 from .errors import CheckpointError, InputShapeError, OutputError, SamplesRequiredError, TimeRangeError
@@ -412,18 +412,6 @@ def _callable_name(function: Callable[..., Any]) -> str:
     return f"{owner.__module__}.{owner.__qualname__}"
 
 
-def _checked_times(score: Score, times: Any) -> list[float]:
-    values = np.asarray(times, dtype=np.float64)
-    if values.ndim != 1 or values.size == 0:
-        raise InputShapeError(f"times must be a non-empty 1D sequence; got shape {values.shape}")
-    if not (np.isfinite(values).all() and (values > 0).all()):
-        raise TimeRangeError("times must be finite and positive (the profile is analysed in log t)")
-    if np.unique(values).size != values.size:
-        raise ValueError("times must be distinct")
-    score.process.time(torch.as_tensor(values))
-    return [float(v) for v in values]
-
-
 def _checked_range(score: Score, t_range: tuple[float, float] | None) -> tuple[float, float]:
     process = score.process
     if t_range is None:
@@ -661,7 +649,7 @@ def gap_profile(
         raise ValueError(f"max_solves ({max_solves}) must be at least n_initial ({n_initial})")
     if kernel not in ("matern52", "rbf"):
         raise ValueError(f"kernel must be 'matern52' or 'rbf'; got {kernel!r}")
-    explicit = _checked_times(score, times) if times is not None else None
+    explicit = checked_times(score.process, times, "the profile is analysed in log t") if times is not None else None
     if explicit is not None and t_range is not None:
         raise ValueError("pass either times or t_range, not both")
     lo, hi = (min(explicit), max(explicit)) if explicit is not None else _checked_range(score, t_range)

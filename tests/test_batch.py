@@ -31,7 +31,7 @@ from scorehamiltonian import (
     TimeRangeError,
     as_score,
     batch_spectrum,
-    box_from_mixture,
+    box_over_times,
     example,
     memory,
     spectrum,
@@ -45,14 +45,6 @@ def seeded(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def common_grid(mixture: GaussianMixture, process, times: list[float], n: int, tol: float) -> Grid:
-    """The grid on the union of the boxes holding all but ``tol`` of p_t at every time."""
-    boxes = [box_from_mixture(mixture.marginal(process, t), tol) for t in times]
-    lo = np.min([b[0] for b in boxes], 0).tolist()
-    hi = np.max([b[1] for b in boxes], 0).tolist()
-    return Grid(lo, hi, n)
-
-
 CASES = {
     # name: (mixture, times, nodes per axis, box tolerance)
     "1d": (example("asymmetric"), [0.05, 0.2, 0.5, 1.5], 301, 1e-12),
@@ -63,7 +55,7 @@ CASES = {
 @pytest.fixture(scope="module", params=sorted(CASES))
 def case(request):
     mixture, times, n, tol = CASES[request.param]
-    grid = common_grid(mixture, OU(), times, n, tol)
+    grid = Grid(*box_over_times(mixture, OU(), times, tol), n)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the grids resolve every p_t and hold its mass
         batch = HamiltonianBatch(ExactScore(mixture, OU()), times, grid)
@@ -152,7 +144,7 @@ def test_a_start_block_close_to_converged_is_not_accepted_without_a_step():
     # start block's Ritz values is below tol although lambda_1 is off by 1.5e-5 relative; every
     # member takes a LOBPCG step first, and its bound then holds.
     mixture = example("bimodal")
-    batch = HamiltonianBatch(ExactScore(mixture, OU()), [2.0], common_grid(mixture, OU(), [2.0], 127, 1e-12))
+    batch = HamiltonianBatch(ExactScore(mixture, OU()), [2.0], Grid(*box_over_times(mixture, OU(), [2.0], 1e-12), 127))
     for seed in range(10):
         result = batch_spectrum(batch, k=2, tol=1e-5, generator=seeded(seed))[0]
         reference, reference_residual = shift_invert_reference(batch.members[0], 2)
@@ -164,7 +156,7 @@ def test_a_start_block_close_to_converged_is_not_accepted_without_a_step():
 @pytest.mark.parametrize("preconditioner", ["jacobi", None])
 def test_other_preconditioners_reach_the_same_eigenvalues(preconditioner):
     mixture, times = example("bimodal"), [0.3, 1.0]
-    batch = HamiltonianBatch(ExactScore(mixture, OU()), times, common_grid(mixture, OU(), times, 127, 1e-12))
+    batch = HamiltonianBatch(ExactScore(mixture, OU()), times, Grid(*box_over_times(mixture, OU(), times, 1e-12), 127))
     results = batch_spectrum(batch, k=2, preconditioner=preconditioner, generator=seeded())
     name = preconditioner or "none"
     for member, result in zip(batch.members, results):
@@ -176,7 +168,7 @@ def test_other_preconditioners_reach_the_same_eigenvalues(preconditioner):
 
 def test_without_deflation_the_random_start_finds_the_same_levels():
     mixture, times = example("asymmetric"), [0.2, 0.8]
-    batch = HamiltonianBatch(ExactScore(mixture, OU()), times, common_grid(mixture, OU(), times, 201, 1e-12))
+    batch = HamiltonianBatch(ExactScore(mixture, OU()), times, Grid(*box_over_times(mixture, OU(), times, 1e-12), 201))
     for member, result in zip(batch.members, batch_spectrum(batch, k=2, deflate=False, generator=seeded())):
         reference, reference_residual = shift_invert_reference(member, 2)
         assert result.converged.all()
@@ -186,7 +178,7 @@ def test_without_deflation_the_random_start_finds_the_same_levels():
 
 def test_float32_batch_at_a_reachable_tol():
     mixture, times = example("bimodal"), [0.3, 1.0]
-    grid = common_grid(mixture, OU(), times, 127, 1e-12)
+    grid = Grid(*box_over_times(mixture, OU(), times, 1e-12), 127)
     batch = HamiltonianBatch(ExactScore(mixture, OU()), times, grid, dtype=torch.float32)
     # float32 round-off, 2 eps ||diag(H) v||, is about 1.5e-4 of the gap at t = 0.3 here
     results = batch_spectrum(batch, k=2, tol=1e-3, generator=seeded(), return_eigenvectors=True)

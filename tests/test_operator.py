@@ -9,9 +9,15 @@ import pytest
 import scipy.sparse.linalg as sla
 import torch
 
-from scorehamiltonian import ExactScore, GaussianMixture, NonFiniteScoreError, ResolutionError, as_score
+from scorehamiltonian import OU, ExactScore, GaussianMixture, NonFiniteScoreError, ResolutionError, as_score
 from scorehamiltonian.examples import four_mode_2d
-from scorehamiltonian.grid import Grid, box_from_mixture, box_from_samples
+from scorehamiltonian.grid import (
+    Grid,
+    box_from_mixture,
+    box_from_samples,
+    box_over_times,
+    mixture_mass_outside,
+)
 from scorehamiltonian.operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
 
 from .conftest import random_mixture
@@ -159,6 +165,19 @@ def test_boxes_from_mixture_and_samples_hold_the_mass():
     inside = ((x > torch.tensor(slo)) & (x < torch.tensor(shi))).all(-1)
     assert bool(inside.all()), "a box from 5000 samples must hold 200000 more (tail mass 1e-8)"
     assert Grid(lo, hi, 10).refine().n == (21, 21)
+
+
+def test_box_over_times_holds_the_mass_at_every_time():
+    """Under OU the modes shrink towards 0 and widen to 1: the common box must hold all but
+    tol of p_t at each time (checked by the exact mass outside), and be the tightest such
+    union: each face is some time's own face."""
+    mix, times = four_mode_2d(), [0.01, 0.3, 3.0]
+    lo, hi = box_over_times(mix, OU(), times, 1e-8)
+    own = [box_from_mixture(mix.marginal(OU(), t), 1e-8) for t in times]
+    for t in times:
+        assert mixture_mass_outside(mix.marginal(OU(), t), lo, hi) <= 1e-8
+    for a in range(2):
+        assert lo[a] in [b[0][a] for b in own] and hi[a] in [b[1][a] for b in own]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
