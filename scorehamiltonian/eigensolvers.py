@@ -94,6 +94,10 @@ _DROP = 1e-10
 _NEW_DIRECTION = 1.5e-8
 #: ``_inner`` sums its products over column chunks of this length (one batched GEMM).
 _INNER_CHUNK = 4096
+#: Columns per step of the in-place Rayleigh-Ritz update (``_Blocks._combine``) on the CPU,
+#: where its buffer (2m rows of this many) stays in cache; other devices take N / 8 per step
+#: (a few large GEMMs rather than many small launches, for a buffer of m / 4 rows).
+_UPDATE_CHUNK, _UPDATE_CHUNKS_GPU = 1 << 15, 8
 #: Nested iteration solves the multigrid levels that resolve p_t this well (points per
 #: width of its sharpest mode), each to relative accuracy NESTED_TOL (or the asked tol if
 #: looser) within NESTED_MAXITER LOBPCG iterations.
@@ -300,7 +304,7 @@ class _Check:
 def _final_check(op: _Counted, X: torch.Tensor, diag: torch.Tensor, blocks: _Blocks | None = None) -> _Check:
     """Orthonormalise X, apply H explicitly, and bound the Ritz values' errors. ``blocks``:
     the solver's own (LOBPCG's, X = ``blocks.X``), reused so that the check allocates nothing."""
-    blocks = blocks if blocks is not None else _Blocks(op, X.shape[1], depth=1)
+    blocks = blocks if blocks is not None else _Blocks(op, X.shape[1], depth=2)
     blocks.q = 0
     blocks.append(X.T)
     theta, _ = blocks.rayleigh_ritz(-1)
@@ -453,23 +457,38 @@ def _passed(theta: torch.Tensor, X: torch.Tensor, rnorm: torch.Tensor, diag: tor
 
 
 class _Blocks:
-    """Row blocks S = [X; P; W] (each row one vector) and HS = H S, preallocated twice
-    (``depth`` m rows each: 3 for LOBPCG, 1 for a Rayleigh-Ritz on X alone): a
-    Rayleigh-Ritz update writes the new [X; P] and [HX; HP] into the other pair by one GEMM
-    each, so no (N, m) block is ever concatenated or copied.
+    """Row blocks S = [X; P; W] (each row one vector) and HS = H S, ``depth`` m rows each
+    (3 for LOBPCG, 2 for a Rayleigh-Ritz on X alone), allocated once: a Rayleigh-Ritz update
+    writes the new [X; P] and [HX; HP] over S and HS in place, one column chunk at a time
+    (``_UPDATE_CHUNK``), so no (N, m) block is ever concatenated, copied or double-buffered.
+    Between updates the rows past the basis are free: the residual R lives in HS's (it is
+    consumed by the preconditioner before H W is written there) and the round-off scratch
+    in S's (before the preconditioner writes W there).
 
     [X; P] is orthonormal; W is only projected off it (once, in place). Its normalisation
     and the choice of independent directions happen in coefficient space, from the exact
     Gram matrix of S (``rayleigh_ritz``), so no pass over the vectors is spent on them."""
 
     def __init__(self, op: _Counted, m: int, depth: int = 3) -> None:
-        def block() -> torch.Tensor:
-            return torch.zeros(depth * m, op.n, dtype=_WORK_DTYPE, device=op.device)
+        def block(rows: int) -> torch.Tensor:
+            return torch.zeros(rows, op.n, dtype=_WORK_DTYPE, device=op.device)
 
-        self.S, self.HS, self._S, self._HS = block(), block(), block(), block()
-        self.R, self.scratch = self._S[:m], self._HS[:m]  # free between Rayleigh-Ritz steps
+        self.S, self.HS = block(depth * m), block(depth * m)
+        on_cpu = torch.device(op.device).type == "cpu"
+        self._chunk = min(op.n, _UPDATE_CHUNK if on_cpu else -(-op.n // _UPDATE_CHUNKS_GPU))
+        self._update = torch.zeros(2 * m * self._chunk, dtype=_WORK_DTYPE, device=op.device)
         self.op, self.m, self.q, self.a = op, m, 0, 0
         self._before = torch.zeros(0, dtype=_WORK_DTYPE, device=op.device)
+
+    @property
+    def R(self) -> torch.Tensor:
+        """m free rows of HS (past the basis) for the residual."""
+        return self.HS[self.q : self.q + self.m]
+
+    @property
+    def scratch(self) -> torch.Tensor:
+        """m free rows of S (past the basis) for the round-off term."""
+        return self.S[self.q : self.q + self.m]
 
     @property
     def X(self) -> torch.Tensor:
@@ -539,12 +558,20 @@ class _Blocks:
             coefficients = torch.cat([coefficients, _orthonormal(old, against=coefficients)], 1)
         C = E @ Linv.T @ coefficients
         r = C.shape[1]
-        torch.matmul(C.T, S, out=self._S[:r])
-        torch.matmul(C.T, HS, out=self._HS[:r])
-        self.S, self._S, self.HS, self._HS = self._S, self.S, self._HS, self.HS
-        self.R, self.scratch = self._S[: self.m], self._HS[: self.m]
+        self._combine(C.T.contiguous(), S)
+        self._combine(C.T.contiguous(), HS)
         self.q, self.a = r, 0
         return theta[: self.m], r - self.m
+
+    def _combine(self, CT: torch.Tensor, rows: torch.Tensor) -> None:
+        """rows[:r] <- CT rows (CT of shape (r, q), rows (q, N)) in place, by column chunks
+        through a small buffer (each chunk is read before any of it is overwritten)."""
+        r, n = CT.shape[0], rows.shape[1]
+        for a in range(0, n, self._chunk):
+            b = min(a + self._chunk, n)
+            chunk = self._update[: r * (b - a)].view(r, b - a)
+            torch.matmul(CT, rows[:, a:b], out=chunk)
+            rows[:r, a:b].copy_(chunk)
 
 
 def _whitening(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -745,8 +772,8 @@ def _random(op: _Counted, m: int, generator: torch.Generator | None) -> torch.Te
 
 def _start_block(op: _Counted, m: int, v0: torch.Tensor | None, ground_state: torch.Tensor | None,
                  grid: object | None, generator: torch.Generator | None) -> torch.Tensor:
-    """m independent starting columns: [v0, ground_state, fill]. The ground state g is left
-    out when v0 already holds it (less than half of its norm outside span(v0)). Without a
+    """m independent starting columns (column-major where assembled here): [v0, ground_state,
+    fill]. The ground state g is left out when v0 already holds it (less than half of its norm outside span(v0)). Without a
     ground state the fill is random; with one, it is (x_a - <x_a>) g for each grid axis a
     (the first excited states of the harmonic approximation around each mode) and then
     random columns weighted by |g| + 1% of its maximum (localised where p lives, yet
@@ -757,16 +784,16 @@ def _start_block(op: _Counted, m: int, v0: torch.Tensor | None, ground_state: to
         g = ground_state.reshape(op.n, 1).to(_WORK_DTYPE).to(op.device)
         g = g / g.norm()
         if _outside_span(g, X) > 0.5:
-            X = torch.cat([X, g], 1)
+            X = torch.cat([X.T, g.T]).T
     X = X[:, :m]
     if X.shape[1] == m and _independent(X):
         return X
     X = _orthonormal(X) if X.shape[1] else X
     if g is not None and X.shape[1] < m:
-        X = torch.cat([X, _orthonormal(_coordinate_modes(g, grid), X)], 1)[:, :m]
+        X = torch.cat([X.T, _orthonormal(_coordinate_modes(g, grid), X).T]).T[:, :m]
     weight = 1.0 if g is None else g.abs() + 0.01 * g.abs().max()
     while X.shape[1] < m:
-        X = torch.cat([X, _orthonormal(_random(op, m - X.shape[1], generator) * weight, X)], 1)
+        X = torch.cat([X.T, _orthonormal(_random(op, m - X.shape[1], generator) * weight, X).T]).T
     return X
 
 
@@ -775,16 +802,16 @@ def _outside_span(g: torch.Tensor, X: torch.Tensor) -> float:
     Gram matrix of X, its tiny directions dropped)."""
     if X.shape[1] == 0:
         return 1.0
-    w, U = torch.linalg.eigh(X.T @ X)
+    w, U = torch.linalg.eigh(_inner(X.T, X.T))
     keep = w > _DROP**2 * w.max()
-    coefficients = (U[:, keep].T @ (X.T @ g)) / w[keep, None].sqrt()
+    coefficients = (U[:, keep].T @ _inner(X.T, g.T)) / w[keep, None].sqrt()
     return math.sqrt(max(0.0, 1.0 - float((coefficients**2).sum())))
 
 
 def _independent(X: torch.Tensor) -> bool:
     """Whether the columns of X are clearly independent (condition number of their Gram
     matrix below 1 / ``_DROP``): LOBPCG orthonormalises such a block in coefficient space."""
-    w = torch.linalg.eigvalsh(X.T @ X)
+    w = torch.linalg.eigvalsh(_inner(X.T, X.T))
     return bool(w[0] > _DROP * w[-1])
 
 

@@ -11,19 +11,22 @@ axis while N_l > ``COARSEST_SIZE``):
   diagonal in the operator's dtype: N (3 w + 2 b);
 - build (transient, while the score is evaluated): the nodes twice, the score and the
   per-chunk potential parts and their concatenations: N w (4 d + 5);
-- solver: the LOBPCG row blocks S, HS and their double buffers (4 x 3m rows), the starting
-  block, the nested-iteration start and one transient block (3m rows), the diagonal (1 row),
-  all N w; per multigrid level the inverse diagonal and, below the coarsest, the smoother's
+- solver: the LOBPCG row blocks S and HS (2 x 3m rows), the starting block, the
+  nested-iteration start and one transient block (3m rows), the diagonal (1 row), all N w,
+  and the buffer of the in-place Rayleigh-Ritz update, 2m rows of N / 8 on a GPU (counted
+  on every device: on the CPU it is 2m rows of 2^15, so the count is m / 4 rows over
+  there); per multigrid level the inverse diagonal and, below the coarsest, the smoother's
   three m-row work blocks, N_l b (3m + 1); the coarser levels' operators and the m rows of
   the restricted residual each solves for, N_l (3 w + 2 b + m b).
 
 The blocks are allocated zero-filled, so the resident memory of a run is what is counted and
 not an accident of which rows an iteration touched. Peak = operator + max(build, solver).
-Measured (peak RSS over a whole job, 2 cores, float64): 2-6% over on 2D 383^2 - 1023^2 and
-3D 63^3 and 127^3 grids for k = 1, 3, 6 (1023^2, k = 3: 803 B per unknown measured, 844
-estimated), 4% under on 95^3 (k = 2) and 17% under on 255^2 (k = 1), where fixed overheads
-weigh (tests/test_memory.py checks 20% on 383^2, 511^2 and
-63^3). Other solver methods (eigsh's factorisation, Lanczos' basis) are not counted.
+Measured (peak RSS over a whole job, 2 cores, float64): 0-10% over on 2D 383^2 - 1023^2 and
+3D 63^3 and 127^3 grids for k = 1, 3, 6 (1023^2, k = 3: 566 B per unknown measured, 614
+estimated; 127^3, k = 3: 524 against 575), 4% under on 95^3 (k = 2) and 33% under on 255^2
+(k = 1), where fixed overheads (about 12 MiB) weigh (tests/test_memory.py checks 20% on
+383^2, 511^2 and 63^3). Other solver methods (eigsh's factorisation, Lanczos' basis) are
+not counted.
 
 :func:`check_memory` compares an estimate with what the device has free (``MemAvailable`` of
 /proc/meminfo on the CPU, ``torch.cuda.mem_get_info`` on a GPU) and raises
@@ -82,7 +85,11 @@ def estimate_memory(n: Sequence[int] | int, k: int = 3, dim: int | None = None,
     """The memory of a :class:`ScoreHamiltonian` on a grid of ``n`` nodes per axis (an int
     with ``dim``, or one per axis) and of ``spectrum(H, k)`` with the default solver, in
     bytes (module docstring for the count). ``dtype``: the operator's."""
-    from .eigensolvers import _GUARD, _WORK_DTYPE  # here: eigensolvers imports this module
+    from .eigensolvers import (  # here: eigensolvers imports this module
+        _GUARD,
+        _UPDATE_CHUNKS_GPU,
+        _WORK_DTYPE,
+    )
 
     n = (int(n),) * (dim or 1) if isinstance(n, int) else tuple(int(a) for a in n)
     if not n or min(n) < 1 or k < 1:
@@ -95,7 +102,7 @@ def estimate_memory(n: Sequence[int] | int, k: int = 3, dim: int | None = None,
     build = N * w * (4 * d + 5)
     smoothed = sum(sizes[:-1]) * 3 * m * b
     multigrid = sum(sizes) * b + smoothed + sum(sizes[1:]) * (3 * w + 2 * b + m * b)
-    solver = N * w * (12 * m + 3 * m + 1) + multigrid
+    solver = N * w * (6 * m + 3 * m + 1) + 2 * m * -(-N // _UPDATE_CHUNKS_GPU) * w + multigrid
     return MemoryEstimate(n, k, operator, build, solver)
 
 

@@ -8,7 +8,8 @@ for A_0 x = b, A_l = H_l - sigma_l I:
 - pre-smoothing: ``degree`` steps of the Chebyshev polynomial smoother in D_l^{-1} A_l
   (D_l the diagonal of A_l) on the interval [upper / ratio, upper], upper the Gershgorin
   bound of the spectrum of D_l^{-1} A_l and ratio = 2^d (the high frequencies of a
-  factor-2 coarsening); the first step from x = 0 needs no matvec;
+  factor-2 coarsening); the first step from x = 0 needs no matvec, and runs fused with the
+  second in one pass (:meth:`ScoreHamiltonian.smooth_from_zero`);
 - coarse-grid correction: the residual b - A_l x restricted (transpose of linear
   interpolation, averaging), the cycle on level l + 1, the correction interpolated back;
 - post-smoothing: the same polynomial (so the cycle is a symmetric operator);
@@ -47,10 +48,16 @@ import torch
 from .errors import ResolutionError
 from .transfer import prolong, restrict
 
-__all__ = ["COARSEST_SIZE", "Multigrid", "hierarchy", "rayleigh_quotient"]
+__all__ = ["COARSEST_SIZE", "DEGREE", "Multigrid", "hierarchy", "rayleigh_quotient"]
 
 #: Levels are added until one has at most this many unknowns (the sparse direct solve).
 COARSEST_SIZE = 4096
+#: Chebyshev smoothing steps before and after the coarse correction. On the benchmark's
+#: four-mode mixture (``analysis/bench_gap.py``, k = 2, tol 5e-7) degree 4 solves fastest:
+#: 1024^2 1.46 / 1.43 / 1.34 / 1.46 / 1.60 s and 128^3 4.38 / 3.66 / 3.32 / 3.71 / 3.63 s
+#: at degrees 2 / 3 / 4 / 5 / 6 (fewer LOBPCG iterations, each with its Rayleigh-Ritz
+#: algebra, for a little more smoothing).
+DEGREE = 4
 #: Multigrid levels may resolve p_t this coarsely (points per width of its sharpest mode):
 #: they only need to approximate the smooth eigenvectors, and the shifts absorb the rest.
 MIN_POINTS_PER_WIDTH = 0.5
@@ -137,11 +144,11 @@ class Multigrid:
     H : a :class:`ScoreHamiltonian` (or any operator with ``coarsen``, ``grid``, ``coef``,
         ``residual``, ``smooth``, ``diagonal``, ``to_scipy``, ``ground_state``).
     shift : sigma, below lambda_0 of H (A_0 = H - sigma I positive definite).
-    degree : smoothing steps before and after the coarse correction.
+    degree : smoothing steps before and after the coarse correction (default ``DEGREE``).
     levels : the operators of the hierarchy, H first (default :func:`hierarchy`(H)).
     """
 
-    def __init__(self, H: Any, shift: float, degree: int = 2, levels: list[Any] | None = None) -> None:
+    def __init__(self, H: Any, shift: float, degree: int = DEGREE, levels: list[Any] | None = None) -> None:
         operators = levels if levels is not None else hierarchy(H)
         size = operators[0].shape[0]
         self.work = 0.0
@@ -219,8 +226,9 @@ class Multigrid:
             return x if out is None else out.copy_(x)
         first, second, d = level.workspace(m)
         n, coarse = level.H.grid.n, self.levels[i + 1].H.grid.n
-        level.H.smooth(None, b, d, level.shift, level.dinv, 0.0, level.steps[0][1], first)
-        x = self._smooth(level, b, level.steps[1:], first, second, d)
+        level.H.smooth_from_zero(b, d, level.shift, level.dinv, level.steps[:2], first, keep=len(level.steps) > 2)
+        self.work += min(len(level.steps) - 1, 1) * m * level.weight
+        x = self._smooth(level, b, level.steps[2:], first, second, d)
         spare = second if x is first else first
         level.H.residual(x, b, level.shift, out=spare)
         self.work += m * level.weight
@@ -233,10 +241,12 @@ class Multigrid:
     def _smooth(self, level: _Level, b: torch.Tensor, steps: list[tuple[float, float]], x: torch.Tensor,
                 spare: torch.Tensor, d: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``steps`` of the Chebyshev smoother from x, alternating between x and ``spare``,
-        the last step into ``out`` when given; returns the tensor holding the result."""
+        the last step into ``out`` when given (d is not kept after it); returns the tensor
+        holding the result."""
         for number, (alpha, beta) in enumerate(steps, start=1):
-            target = out if out is not None and number == len(steps) else spare
-            level.H.smooth(x, b, d, level.shift, level.dinv, alpha, beta, target)
+            last = number == len(steps)
+            target = out if out is not None and last else spare
+            level.H.smooth(x, b, d, level.shift, level.dinv, alpha, beta, target, keep=not last)
             x, spare = target, x
         self.work += len(steps) * b.shape[0] * level.weight
         return x

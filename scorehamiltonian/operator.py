@@ -89,74 +89,108 @@ def _shifted_sum(u: torch.Tensor, weights: list[tuple[int, int, float]]) -> torc
     return out
 
 
-@numba.njit(inline="always")
-def _stencil_line(u, c, i, j, diag, coef, h2inv, out):  # pragma: no cover - compiled
-    """out[c, i, j, :] = (H u)[c, i, j, :] for u, out of shape (m, n0, n1, n2): diag * u plus
-    sum_axes sum_o coef[o] h2inv[axis] (u shifted by +-o), zero outside. The loops over the
-    contiguous last axis are branch-free (vectorisable)."""
-    _, n0, n1, n2 = u.shape
-    for k in range(n2):
-        out[c, i, j, k] = diag[i, j, k] * u[c, i, j, k]
-    for o in range(1, coef.shape[0]):
-        w0, w1, w2 = coef[o] * h2inv[0], coef[o] * h2inv[1], coef[o] * h2inv[2]
-        if i - o >= 0:
-            for k in range(n2):
-                out[c, i, j, k] += w0 * u[c, i - o, j, k]
-        if i + o < n0:
-            for k in range(n2):
-                out[c, i, j, k] += w0 * u[c, i + o, j, k]
-        if j - o >= 0:
-            for k in range(n2):
-                out[c, i, j, k] += w1 * u[c, i, j - o, k]
-        if j + o < n1:
-            for k in range(n2):
-                out[c, i, j, k] += w1 * u[c, i, j + o, k]
-        for k in range(o, n2):
-            out[c, i, j, k] += w2 * u[c, i, j, k - o]
-        for k in range(n2 - o):
-            out[c, i, j, k] += w2 * u[c, i, j, k + o]
+def _stencil_kernel(scaled: bool) -> Any:
+    """The compiled line stencil, out[c, i, j, :] = (H w)[c, i, j, :] for u, out of shape
+    (m, n0, n1, n2) and w = s * u (s of shape (n0, n1, n2), broadcast over the columns)
+    when ``scaled``, else w = u (s unused): diag * w plus sum_axes sum_o coef[o] h2inv[axis]
+    (w shifted by +-o), zero outside. ``scaled`` is a compile-time constant, so both
+    variants have branch-free (vectorisable) loops over the contiguous last axis."""
+
+    @numba.njit(inline="always")
+    def line(u, s, c, i, j, diag, coef, h2inv, out):  # pragma: no cover - compiled
+        _, n0, n1, n2 = u.shape
+        for k in range(n2):
+            out[c, i, j, k] = diag[i, j, k] * u[c, i, j, k] * (s[i, j, k] if scaled else 1.0)
+        for o in range(1, coef.shape[0]):
+            w0, w1, w2 = coef[o] * h2inv[0], coef[o] * h2inv[1], coef[o] * h2inv[2]
+            if i - o >= 0:
+                for k in range(n2):
+                    out[c, i, j, k] += w0 * u[c, i - o, j, k] * (s[i - o, j, k] if scaled else 1.0)
+            if i + o < n0:
+                for k in range(n2):
+                    out[c, i, j, k] += w0 * u[c, i + o, j, k] * (s[i + o, j, k] if scaled else 1.0)
+            if j - o >= 0:
+                for k in range(n2):
+                    out[c, i, j, k] += w1 * u[c, i, j - o, k] * (s[i, j - o, k] if scaled else 1.0)
+            if j + o < n1:
+                for k in range(n2):
+                    out[c, i, j, k] += w1 * u[c, i, j + o, k] * (s[i, j + o, k] if scaled else 1.0)
+            for k in range(o, n2):
+                out[c, i, j, k] += w2 * u[c, i, j, k - o] * (s[i, j, k - o] if scaled else 1.0)
+            for k in range(n2 - o):
+                out[c, i, j, k] += w2 * u[c, i, j, k + o] * (s[i, j, k + o] if scaled else 1.0)
+
+    return line
 
 
-#: What a pass over the lines computes (``_lines``).
-_MATVEC, _RESIDUAL, _SMOOTH, _SMOOTH_FROM_ZERO = 0, 1, 2, 3
+_stencil_line, _scaled_stencil_line = _stencil_kernel(False), _stencil_kernel(True)
+
+
+#: What a pass over the lines computes (``_lines``), plus the flag _KEEP (write d).
+_MATVEC, _RESIDUAL, _SMOOTH, _FIRST_STEP, _FIRST_TWO_STEPS, _KEEP = 0, 1, 2, 3, 4, 8
 
 
 @numba.njit(cache=True)
-def _lines(start, stop, mode, u, b, d, diag, shift, dinv, coef, h2inv, alpha, beta, out):  # pragma: no cover
-    """Lines start..stop-1 (line = (c, i, j) of the (m, n0, n1, n2) arrays) of one pass:
-    _MATVEC: out = H u; _RESIDUAL: out = b - (H - shift) u; _SMOOTH: one step of a
-    polynomial smoother, d <- alpha d + beta dinv (b - (H - shift) u) and out = u + d
-    (out must not alias u); _SMOOTH_FROM_ZERO: its first step from u = 0, d = out =
-    beta dinv b (no matvec)."""
+def _lines(start, stop, mode, u, b, d, diag, shift, dinv, coef, h2inv, alpha, beta, gamma, out):  # pragma: no cover
+    """Lines start..stop-1 (line = (c, i, j) of the (m, n0, n1, n2) arrays) of one pass.
+    _MATVEC: out = H u; _RESIDUAL: out = b - (H - shift) u. Steps of a polynomial smoother
+    for (H - shift) x = b, d <- alpha d + beta dinv (b - (H - shift) x), x <- x + d (d is
+    written only with the _KEEP flag; out must not alias u or b): _SMOOTH: one step from
+    x = u, out = u + d (d is not read when alpha = 0); _FIRST_STEP: the first step from
+    x = 0, out = d = gamma dinv b (no matvec); _FIRST_TWO_STEPS: that step and the next
+    (alpha, beta) in one pass, x_1 = gamma dinv b computed where the stencil reads it."""
     _, n0, n1, n2 = u.shape
+    keep, kind = mode & _KEEP != 0, mode & ~_KEEP
     for line in range(start, stop):
         c, i, j = line // (n0 * n1), (line // n1) % n0, line % n1
-        if mode == _SMOOTH_FROM_ZERO:
+        if kind == _FIRST_STEP:
             for k in range(n2):
-                step = beta * dinv[i, j, k] * b[c, i, j, k]
-                d[c, i, j, k] = step
-                out[c, i, j, k] = step
+                out[c, i, j, k] = gamma * dinv[i, j, k] * b[c, i, j, k]
+                if keep:
+                    d[c, i, j, k] = out[c, i, j, k]
             continue
-        _stencil_line(u, c, i, j, diag, coef, h2inv, out)
-        if mode == _RESIDUAL:
+        if kind == _FIRST_TWO_STEPS:
+            _scaled_stencil_line(u, dinv, c, i, j, diag, coef, h2inv, out)
+        else:
+            _stencil_line(u, dinv, c, i, j, diag, coef, h2inv, out)
+        if kind == _RESIDUAL:
             for k in range(n2):
                 out[c, i, j, k] = b[c, i, j, k] - out[c, i, j, k] + shift * u[c, i, j, k]
-        elif mode == _SMOOTH:
+        elif kind == _FIRST_TWO_STEPS:
+            for k in range(n2):
+                x = gamma * dinv[i, j, k] * b[c, i, j, k]
+                r = b[c, i, j, k] - gamma * out[c, i, j, k] + shift * x
+                out[c, i, j, k] = (1.0 + alpha) * x + beta * dinv[i, j, k] * r
+            if keep:
+                for k in range(n2):
+                    d[c, i, j, k] = out[c, i, j, k] - gamma * dinv[i, j, k] * b[c, i, j, k]
+        elif kind == _SMOOTH and keep and alpha == 0.0:
+            for k in range(n2):
+                d[c, i, j, k] = beta * dinv[i, j, k] * (b[c, i, j, k] - out[c, i, j, k] + shift * u[c, i, j, k])
+                out[c, i, j, k] = u[c, i, j, k] + d[c, i, j, k]
+        elif kind == _SMOOTH and keep:
             for k in range(n2):
                 r = b[c, i, j, k] - out[c, i, j, k] + shift * u[c, i, j, k]
-                step = alpha * d[c, i, j, k] + beta * dinv[i, j, k] * r
-                d[c, i, j, k] = step
-                out[c, i, j, k] = u[c, i, j, k] + step
+                d[c, i, j, k] = alpha * d[c, i, j, k] + beta * dinv[i, j, k] * r
+                out[c, i, j, k] = u[c, i, j, k] + d[c, i, j, k]
+        elif kind == _SMOOTH and alpha != 0.0:
+            for k in range(n2):
+                r = b[c, i, j, k] - out[c, i, j, k] + shift * u[c, i, j, k]
+                out[c, i, j, k] = u[c, i, j, k] + alpha * d[c, i, j, k] + beta * dinv[i, j, k] * r
+        elif kind == _SMOOTH:
+            for k in range(n2):
+                r = b[c, i, j, k] - out[c, i, j, k] + shift * u[c, i, j, k]
+                out[c, i, j, k] = u[c, i, j, k] + beta * dinv[i, j, k] * r
 
 
 @numba.njit(parallel=True, cache=True)
-def _lines_parallel(chunks, mode, u, b, d, diag, shift, dinv, coef, h2inv, alpha, beta, out):  # pragma: no cover
+def _lines_parallel(chunks, mode, u, b, d, diag, shift, dinv, coef, h2inv, alpha, beta, gamma, out):  # pragma: no cover
     """``_lines`` over all lines, split into ``chunks`` parallel tasks."""
     m, n0, n1, _ = u.shape
     total = m * n0 * n1
     for chunk in numba.prange(chunks):
         _lines(chunk * total // chunks, (chunk + 1) * total // chunks, mode, u, b, d, diag, shift, dinv, coef,
-               h2inv, alpha, beta, out)
+               h2inv, alpha, beta, gamma, out)
 
 
 def log_density_on_grid(
@@ -411,7 +445,7 @@ class ScoreHamiltonian:
                                     and target.device == self.device and target.data_ptr() == out.data_ptr()):
             raise ValueError("matvec's out must be a column-major (N, m) tensor of the operator's dtype and device")
         if self.backend == "numba":
-            self._pass(_MATVEC, rows, rows, rows, 0.0, self._diag, 0.0, 0.0, target)
+            self._pass(_MATVEC, rows, rows, rows, 0.0, self._diag, target)
         else:
             u = rows.reshape(-1, *self.grid.n)
             weights = [(a + 1, o, w) for a, o, w in self._weights]
@@ -420,12 +454,13 @@ class ScoreHamiltonian:
         return target.T.reshape(v.shape) if out is None else out
 
     def _pass(self, mode: int, u: torch.Tensor, b: torch.Tensor, d: torch.Tensor, shift: float,
-              dinv: torch.Tensor, alpha: float, beta: float, out: torch.Tensor) -> None:
+              dinv: torch.Tensor, out: torch.Tensor, alpha: float = 0.0, beta: float = 0.0,
+              gamma: float = 0.0) -> None:
         """One numba pass (``_lines``) over contiguous (m, N) row blocks, on one thread when
         small, else in parallel chunks (a few per thread, for balance)."""
         arrays = [t.detach().numpy().reshape(t.shape[0], *self._n3) for t in (u, b, d, out)]
         diag, dinv = (t.numpy().reshape(self._n3) for t in (self._diag, dinv))
-        args = (mode, arrays[0], arrays[1], arrays[2], diag, shift, dinv, self._coef, self._h2inv, alpha, beta,
+        args = (mode, arrays[0], arrays[1], arrays[2], diag, shift, dinv, self._coef, self._h2inv, alpha, beta, gamma,
                 arrays[3])
         run_lines(_lines, _lines_parallel, u.numel(), u.shape[0] * self._n3[0] * self._n3[1], *args)
 
@@ -434,26 +469,49 @@ class ScoreHamiltonian:
         in one pass on the numba backend; written to ``out`` when given."""
         out = torch.empty_like(u) if out is None else out
         if self.backend == "numba":
-            self._pass(_RESIDUAL, u, b, u, shift, self._diag, 0.0, 0.0, out)
+            self._pass(_RESIDUAL, u, b, u, shift, self._diag, out)
             return out
         return torch.sub(b, self.matvec(u.T).T, out=out).add_(u, alpha=shift)
 
-    def smooth(self, u: torch.Tensor | None, b: torch.Tensor, d: torch.Tensor, shift: float, dinv: torch.Tensor,
-               alpha: float, beta: float, out: torch.Tensor) -> torch.Tensor:
+    def smooth(self, u: torch.Tensor, b: torch.Tensor, d: torch.Tensor, shift: float, dinv: torch.Tensor,
+               alpha: float, beta: float, out: torch.Tensor, keep: bool = True) -> torch.Tensor:
         """One step of a polynomial (Chebyshev / Jacobi) smoother for (H - shift) x = b, on
-        row blocks (m, N): d <- alpha d + beta dinv (b - (H - shift) u) (in place) and
-        out = u + d, in one pass on the numba backend (``out`` must not alias u). One matvec;
-        none for u = None (u = 0: d = out = beta dinv b)."""
+        row blocks (m, N): d <- alpha d + beta dinv (b - (H - shift) u) and out = u + d, in
+        one pass (one matvec) on the numba backend. ``out`` must not alias u or b. d is not
+        read when alpha = 0, and with ``keep=False`` it may be left as it was (no later step
+        needs it: one array less to write)."""
         if self.backend == "numba":
-            self._pass(_SMOOTH if u is not None else _SMOOTH_FROM_ZERO, b if u is None else u, b, d, shift, dinv,
-                       alpha, beta, out)
+            self._pass(_SMOOTH | (_KEEP if keep else 0), u, b, d, shift, dinv, out, alpha, beta)
             return out
-        if u is None:
-            torch.mul(b, dinv, out=d).mul_(beta)
-            return out.copy_(d)
+        return self._torch_step(u, b, d, shift, dinv, alpha, beta, out)
+
+    def _torch_step(self, u: torch.Tensor, b: torch.Tensor, d: torch.Tensor, shift: float, dinv: torch.Tensor,
+                    alpha: float, beta: float, out: torch.Tensor) -> torch.Tensor:
+        """:meth:`smooth`'s step in torch (``out`` may alias u)."""
         r = self.residual(u, b, shift)
-        d.mul_(alpha).addcmul_(r, dinv, value=beta)
+        if alpha == 0.0:
+            torch.mul(r, dinv, out=d).mul_(beta)
+        else:
+            d.mul_(alpha).addcmul_(r, dinv, value=beta)
         return torch.add(u, d, out=out)
+
+    def smooth_from_zero(self, b: torch.Tensor, d: torch.Tensor, shift: float, dinv: torch.Tensor,
+                         steps: list[tuple[float, float]], out: torch.Tensor, keep: bool = True) -> torch.Tensor:
+        """The first one or two steps (alpha_k, beta_k) of the smoother of :meth:`smooth` from
+        x = 0, in one pass: x_1 = d = beta_0 dinv b (no matvec; alpha_0 is not used), then
+        d <- alpha_1 d + beta_1 dinv (b - (H - shift) x_1), out = x_2 = x_1 + d (one matvec,
+        x_1 formed where the stencil reads it, never stored). ``keep`` as in :meth:`smooth`."""
+        if len(steps) not in (1, 2):
+            raise ValueError(f"smooth_from_zero takes one or two steps; got {len(steps)}")
+        gamma = steps[0][1]
+        if self.backend == "numba":
+            mode = (_FIRST_STEP if len(steps) == 1 else _FIRST_TWO_STEPS) | (_KEEP if keep else 0)
+            alpha, beta = steps[-1]
+            self._pass(mode, b, b, d, shift, dinv, out, alpha, beta, gamma)
+            return out
+        torch.mul(b, dinv, out=out).mul_(gamma)
+        d.copy_(out)
+        return out if len(steps) == 1 else self._torch_step(out, b, d, shift, dinv, *steps[1], out)
 
     def diagonal(self) -> torch.Tensor:
         """The diagonal of H, (N,)."""

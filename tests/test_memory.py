@@ -87,11 +87,13 @@ def test_estimate_is_within_20_percent_of_the_measured_peak(dim, n, k):
 def test_estimate_counts_the_block_size_and_the_operator_dtype():
     small, large = estimate_memory((255, 255), 1), estimate_memory((255, 255), 6)
     N = 255**2
-    # Each extra eigenvalue adds one vector to each of the 15 float64 LOBPCG rows, 3
-    # multigrid work rows per level above the coarsest (their sum N_l between N and 4N/3 in
-    # 2D) and 1 restricted-residual row per level below the finest (between N/5 and N/3).
+    # Each extra eigenvalue adds one vector to each of the 9 float64 LOBPCG rows, 2 x N / 8
+    # to the Rayleigh-Ritz update's buffer, 3 multigrid work rows per level above the
+    # coarsest (their sum N_l between N and 4N/3 in 2D) and 1 restricted-residual row per
+    # level below the finest (between N/5 and N/3); N / 8 rounds up, by at most 7 / 8 each.
     per_column = large.solver - small.solver
-    assert 5 * N * (15 * 8 + 3 * 8 + 8 / 5) < per_column < 5 * N * (15 * 8 + 3 * 8 * 4 / 3 + 8 / 3) + 1
+    rows = 9 * 8 + 2 * 8 / 8
+    assert 5 * N * (rows + 3 * 8 + 8 / 5) < per_column < 5 * N * (rows + 3 * 8 * 4 / 3 + 8 / 3) + 5 * 2 * 8
     assert estimate_memory((255, 255), 3, dtype=torch.float32).operator == N * (3 * 8 + 2 * 4)
     with pytest.raises(ValueError, match="n >= 1"):
         estimate_memory((0, 5))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -196,14 +197,25 @@ def test_residual_and_smoothing_step_in_one_pass_match_their_formulas(dim, n, or
         want_r = b.numpy() - u.numpy() @ A.T
         scale = np.abs(want_r).max()
         np.testing.assert_allclose(H.residual(u, b, shift).numpy(), want_r, rtol=0, atol=1e-12 * scale)
-        d_new, out = d.clone(), torch.empty_like(u)
-        H.smooth(u, b, d_new, shift, dinv, alpha, beta, out)
-        want_d = alpha * d.numpy() + beta * dinv.numpy() * want_r
-        np.testing.assert_allclose(d_new.numpy(), want_d, rtol=0, atol=1e-12 * scale)
-        np.testing.assert_allclose(out.numpy(), u.numpy() + want_d, rtol=0, atol=1e-12 * scale)
-        H.smooth(None, b, d_new, shift, dinv, alpha, beta, out)  # from u = 0: no matvec
-        np.testing.assert_allclose(d_new.numpy(), beta * dinv.numpy() * b.numpy(), rtol=1e-15, atol=0)
-        np.testing.assert_allclose(out.numpy(), d_new.numpy(), rtol=0, atol=0)
+        x1 = 0.8 * dinv.numpy() * b.numpy()  # the first step from u = 0
+        for a, keep in itertools.product((alpha, 0.0), (True, False)):  # alpha = 0: d is not read
+            d_new, out = d.clone(), torch.empty_like(u)
+            H.smooth(u, b, d_new, shift, dinv, a, beta, out, keep=keep)
+            want_d = a * d.numpy() + beta * dinv.numpy() * want_r
+            np.testing.assert_allclose(out.numpy(), u.numpy() + want_d, rtol=0, atol=1e-12 * scale)
+            if keep:
+                np.testing.assert_allclose(d_new.numpy(), want_d, rtol=0, atol=1e-12 * scale)
+            H.smooth_from_zero(b, d_new, shift, dinv, [(a, 0.8)], out, keep=keep)  # no matvec
+            np.testing.assert_allclose(out.numpy(), x1, rtol=1e-15, atol=0)
+            if keep:
+                np.testing.assert_allclose(d_new.numpy(), x1, rtol=1e-15, atol=0)
+            want_d = a * x1 + beta * dinv.numpy() * (b.numpy() - x1 @ A.T)  # and the next, in one pass
+            H.smooth_from_zero(b, d_new, shift, dinv, [(alpha, 0.8), (a, beta)], out, keep=keep)
+            np.testing.assert_allclose(out.numpy(), x1 + want_d, rtol=0, atol=1e-12 * scale)
+            if keep:
+                np.testing.assert_allclose(d_new.numpy(), want_d, rtol=0, atol=1e-12 * scale)
+        with pytest.raises(ValueError, match="one or two steps"):
+            H.smooth_from_zero(b, d_new, shift, dinv, [(alpha, beta)] * 3, out)
 
 
 def test_matvec_takes_column_major_blocks_in_place():
