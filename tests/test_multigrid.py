@@ -102,10 +102,10 @@ def test_transfers_add_into_out_and_interpolate_columns():
     torch.testing.assert_close(transfer.interpolate_columns(cols[:, 0], (5, 6), (11, 13)), moved[:, 0])
 
 
-def gaussian_operator(n: int, form: str = "potential") -> ScoreHamiltonian:
+def gaussian_operator(n: int, form: str = "potential", backend: str = "auto") -> ScoreHamiltonian:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ScoreHamiltonian(GAUSSIAN, 0.0, Grid(*BOX, n), form=form)
+        return ScoreHamiltonian(GAUSSIAN, 0.0, Grid(*BOX, n), form=form, backend=backend)
 
 
 def shift_for(H: ScoreHamiltonian) -> float:
@@ -146,21 +146,37 @@ def test_v_cycle_contracts_the_error_independently_of_the_grid(n, degree):
     assert factor < {2: 0.25, 4: 0.12}[degree]
 
 
-def test_v_cycle_is_symmetric_positive_definite_and_counts_its_work():
+@pytest.mark.parametrize("degree", [1, 2, 3, DEGREE])
+def test_v_cycle_is_symmetric_positive_definite_and_counts_its_work(degree):
     H = gaussian_operator(255)
-    mg = Multigrid(H, shift_for(H))
+    mg = Multigrid(H, shift_for(H), degree=degree)
     x, y = (torch.randn(H.shape[0], 3, dtype=torch.float64, generator=seeded(s)) for s in (6, 7))
     before = mg.work
     Bx = mg(x)
     # one cycle on m = 3 columns: 2 x degree level matvecs on each level above the coarsest
     # (degree - 1 pre-smoothing, 1 residual, degree post-smoothing), weighted by its
     # unknowns, plus the coarsest solve
-    per_column = sum(2 * DEGREE * lv.weight for lv in mg.levels[:-1]) + mg._solve_work
+    per_column = sum(2 * degree * lv.weight for lv in mg.levels[:-1]) + mg._solve_work
     assert mg.work - before == pytest.approx(3 * per_column, rel=1e-12)
     By = mg(y)
     cross = (Bx * y).sum(0) - (x * By).sum(0)
     assert float(cross.abs().max()) <= 1e-12 * float(Bx.norm() * y.norm())
     assert bool(((Bx * x).sum(0) > 0).all())
+
+
+@pytest.mark.parametrize("degree", [1, 2, DEGREE])
+def test_v_cycle_on_the_torch_path_equals_the_numba_kernels(monkeypatch, degree):
+    """The cycle other devices run (torch passes, the fused smoothing steps as separate
+    torch operations, torch transfers) against the numba kernels on the CPU: the same
+    arithmetic in another order, equal to round-off relative to the result."""
+    x = torch.randn(255**2, 3, dtype=torch.float64, generator=seeded(8))
+    numba_mg = Multigrid(gaussian_operator(255, backend="numba"), shift_for(gaussian_operator(255)), degree=degree)
+    kernels = numba_mg(x)
+    monkeypatch.setattr(transfer, "_numba_ok", lambda t: False)
+    torch_ops = [gaussian_operator(n, backend="torch") for n in (255, 127, 63)]
+    torch_mg = Multigrid(torch_ops[0], shift_for(gaussian_operator(255)), degree=degree, levels=torch_ops)
+    assert [lv.H.grid.n for lv in torch_mg.levels] == [lv.H.grid.n for lv in numba_mg.levels]
+    torch.testing.assert_close(torch_mg(x), kernels, rtol=0, atol=1e-12 * float(kernels.abs().max()))
 
 
 def test_coarsest_shift_is_lowered_until_the_factorisation_is_positive_definite():
