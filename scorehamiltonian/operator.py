@@ -22,8 +22,9 @@ psi^T H psi = -1/2 sum_{i != j} H_ij psi0_i psi0_j (f_i - f_j)^2 with f = psi / 
 Matvecs run in torch on any device (v of shape (N,) or (N, m)), or with a numba kernel on
 the CPU. ``to_scipy`` exports the same matrix for reference solvers. For multigrid
 (:mod:`.multigrid`): ``coarsen`` gives the same H_t on a coarser grid of the box (no score
-evaluations), and ``residual`` / ``smooth`` apply b - (H - shift) u and one polynomial
-smoothing step to row blocks in one pass each.
+evaluations), and ``residual`` / ``smooth`` / ``smooth_from_zero`` apply b - (H - shift) u,
+one polynomial smoothing step, and the first two steps from zero to row blocks in one pass
+each.
 """
 
 from __future__ import annotations
