@@ -10,7 +10,15 @@ import pytest
 import scipy.sparse.linalg as sla
 import torch
 
-from scorehamiltonian import ExactScore, GaussianMixture, Grid, ScoreHamiltonian, box_from_mixture, transfer
+from scorehamiltonian import (
+    ExactScore,
+    GaussianMixture,
+    Grid,
+    ScoreHamiltonian,
+    box_from_mixture,
+    eigensolvers,
+    transfer,
+)
 from scorehamiltonian.eigensolvers import spectrum
 from scorehamiltonian.examples import four_mode_benchmark
 from scorehamiltonian.multigrid import DEGREE, Multigrid, hierarchy, rayleigh_quotient
@@ -209,6 +217,18 @@ def test_nested_iteration_matches_a_cold_start_within_the_bounds():
         assert (np.abs(result.eigenvalues.numpy() - reference[:2]) <= result.eigenvalue_errors.numpy() + slack).all()
         assert result.work > result.n_matvec
     assert abs(nested.gap - cold.gap) <= nested.gap_error + cold.gap_error
+
+
+def test_the_in_place_rayleigh_ritz_update_does_not_depend_on_its_chunk(monkeypatch):
+    """LOBPCG writes each Rayleigh-Ritz update over its own blocks one column chunk at a time
+    (``_UPDATE_CHUNK``; 127^2 = 16129 columns fit in one): chunks of 1000 (16 of them and a
+    remainder) give the same iterations and the same eigenvalues to round-off."""
+    H = four_modes(127)
+    one = spectrum(H, k=2, tol=1e-7, generator=seeded())
+    monkeypatch.setattr(eigensolvers, "_UPDATE_CHUNK", 1000)
+    chunked = spectrum(H, k=2, tol=1e-7, generator=seeded())
+    assert chunked.n_matvec == one.n_matvec and chunked.converged.all()
+    torch.testing.assert_close(chunked.eigenvalues, one.eigenvalues, rtol=1e-12, atol=0)
 
 
 def test_a_warm_start_from_a_coarser_grid_replaces_nested_iteration():
