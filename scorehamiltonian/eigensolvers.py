@@ -558,8 +558,9 @@ class _Blocks:
             coefficients = torch.cat([coefficients, _orthonormal(old, against=coefficients)], 1)
         C = E @ Linv.T @ coefficients
         r = C.shape[1]
-        self._combine(C.T.contiguous(), S)
-        self._combine(C.T.contiguous(), HS)
+        CT = C.T.contiguous()
+        self._combine(CT, S)
+        self._combine(CT, HS)
         self.q, self.a = r, 0
         return theta[: self.m], r - self.m
 
@@ -773,8 +774,8 @@ def _random(op: _Counted, m: int, generator: torch.Generator | None) -> torch.Te
 def _start_block(op: _Counted, m: int, v0: torch.Tensor | None, ground_state: torch.Tensor | None,
                  grid: object | None, generator: torch.Generator | None) -> torch.Tensor:
     """m independent starting columns (column-major where assembled here): [v0, ground_state,
-    fill]. The ground state g is left out when v0 already holds it (less than half of its norm outside span(v0)). Without a
-    ground state the fill is random; with one, it is (x_a - <x_a>) g for each grid axis a
+    fill]. The ground state g is left out when v0 already holds it (less than half of its
+    norm outside span(v0)). Without a ground state the fill is random; with one, it is (x_a - <x_a>) g for each grid axis a
     (the first excited states of the harmonic approximation around each mode) and then
     random columns weighted by |g| + 1% of its maximum (localised where p lives, yet
     nonzero everywhere, so no eigenvector is excluded from the start)."""
@@ -784,17 +785,23 @@ def _start_block(op: _Counted, m: int, v0: torch.Tensor | None, ground_state: to
         g = ground_state.reshape(op.n, 1).to(_WORK_DTYPE).to(op.device)
         g = g / g.norm()
         if _outside_span(g, X) > 0.5:
-            X = torch.cat([X.T, g.T]).T
+            X = _beside(X, g)
     X = X[:, :m]
     if X.shape[1] == m and _independent(X):
         return X
     X = _orthonormal(X) if X.shape[1] else X
     if g is not None and X.shape[1] < m:
-        X = torch.cat([X.T, _orthonormal(_coordinate_modes(g, grid), X).T]).T[:, :m]
+        X = _beside(X, _orthonormal(_coordinate_modes(g, grid), X))[:, :m]
     weight = 1.0 if g is None else g.abs() + 0.01 * g.abs().max()
     while X.shape[1] < m:
-        X = torch.cat([X.T, _orthonormal(_random(op, m - X.shape[1], generator) * weight, X).T]).T
+        X = _beside(X, _orthonormal(_random(op, m - X.shape[1], generator) * weight, X))
     return X
+
+
+def _beside(X: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """[X, Y] (N, p + q) column-major, so that its rows are contiguous for ``_inner`` and
+    LOBPCG's row blocks."""
+    return torch.cat([X.T, Y.T]).T
 
 
 def _outside_span(g: torch.Tensor, X: torch.Tensor) -> float:
@@ -1017,7 +1024,7 @@ def spectrum(
     blocks = None
     if method in ("eigsh", "eigsh-sa"):
         X, name = _eigsh(op, H, m, tol, maxiter, v0, shift_invert=method == "eigsh")
-        X = torch.cat([X, _orthonormal(_random(op, m - X.shape[1], generator), X)], 1) if X.shape[1] < m else X
+        X = _beside(X, _orthonormal(_random(op, m - X.shape[1], generator), X)) if X.shape[1] < m else X
     else:
         ground_state = getattr(H, "ground_state", None) if deflate else None
         budget = maxiter if maxiter is not None else _DEFAULT_MAXITER["lanczos" if method == "lanczos" else "lobpcg"]

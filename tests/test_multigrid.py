@@ -178,11 +178,12 @@ def test_v_cycle_on_the_torch_path_equals_the_numba_kernels(monkeypatch, degree)
     torch operations, torch transfers) against the numba kernels on the CPU: the same
     arithmetic in another order, equal to round-off relative to the result."""
     x = torch.randn(255**2, 3, dtype=torch.float64, generator=seeded(8))
-    numba_mg = Multigrid(gaussian_operator(255, backend="numba"), shift_for(gaussian_operator(255)), degree=degree)
+    fine = gaussian_operator(255, backend="numba")
+    numba_mg = Multigrid(fine, shift_for(fine), degree=degree)
     kernels = numba_mg(x)
     monkeypatch.setattr(transfer, "_numba_ok", lambda t: False)
     torch_ops = [gaussian_operator(n, backend="torch") for n in (255, 127, 63)]
-    torch_mg = Multigrid(torch_ops[0], shift_for(gaussian_operator(255)), degree=degree, levels=torch_ops)
+    torch_mg = Multigrid(torch_ops[0], shift_for(fine), degree=degree, levels=torch_ops)
     assert [lv.H.grid.n for lv in torch_mg.levels] == [lv.H.grid.n for lv in numba_mg.levels]
     torch.testing.assert_close(torch_mg(x), kernels, rtol=0, atol=1e-12 * float(kernels.abs().max()))
 

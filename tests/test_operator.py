@@ -199,7 +199,7 @@ def test_residual_and_smoothing_step_in_one_pass_match_their_formulas(dim, n, or
         np.testing.assert_allclose(H.residual(u, b, shift).numpy(), want_r, rtol=0, atol=1e-12 * scale)
         x1 = 0.8 * dinv.numpy() * b.numpy()  # the first step from u = 0
         for a, keep in itertools.product((alpha, 0.0), (True, False)):  # alpha = 0: d is not read
-            d_new, out = d.clone(), torch.empty_like(u)
+            d_new, out = (d.clone() if a else torch.full_like(d, math.nan)), torch.empty_like(u)
             H.smooth(u, b, d_new, shift, dinv, a, beta, out, keep=keep)
             want_d = a * d.numpy() + beta * dinv.numpy() * want_r
             np.testing.assert_allclose(out.numpy(), u.numpy() + want_d, rtol=0, atol=1e-12 * scale)
