@@ -18,8 +18,10 @@ matvec count), peak RSS increase during the solve (sampled every 20 ms; glibc's 
 fixed by MALLOC_MMAP_THRESHOLD_ so that freed arrays leave RSS) next to our solver's
 :func:`~scorehamiltonian.memory.estimate_memory`, the gap
 lambda_1 - lambda_0 and its relative error bound (ours) or relative difference from ours,
-time / (work x one bare single-column matvec; the median over five separately allocated
-vectors, ``bare_matvec_seconds``), and the load average of the machine around
+time / (work x one bare single-column matvec: the median over ten separately allocated
+vectors, five timed just before the solve and five just after, so that a drift of the shared
+machine's speed during the run moves both sides, ``bare_matvec_samples``; the medians before
+and after are in results.json), and the load average of the machine around
 each run (other processes: the timings of a shared machine are only comparable within one
 run). ``--threads`` sets torch's and numba's threads (0: their defaults); SuperLU and
 ARPACK run on one thread.
@@ -83,13 +85,13 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
-def bare_matvec_seconds(H, pairs: int = 5, repeats: int = 11) -> float:
+def bare_matvec_samples(H, pairs: int = 5, repeats: int = 11) -> list[float]:
     """Seconds of one single-column matvec into a preallocated output, as the solver calls it
-    (a fresh output would add its page faults to the kernel's time): the median over
-    ``pairs`` separately allocated (input, output) pairs of the median of ``repeats`` calls.
-    On this benchmark's 2-core VM the speed of a pair depends on where its memory landed:
-    at 512^2, pairs in one process took 0.65-1.5 ms, so one pair is a lottery ticket while
-    the solver's many arrays see the typical speed."""
+    (a fresh output would add its page faults to the kernel's time): for each of ``pairs``
+    separately allocated (input, output) pairs, the median of ``repeats`` calls. On this
+    benchmark's 2-core VM the speed of a pair depends on where its memory landed: at 512^2,
+    pairs in one process took 0.65-1.5 ms, so one pair is a lottery ticket while the
+    solver's many arrays see the typical speed."""
     import torch
 
     medians = []
@@ -103,7 +105,11 @@ def bare_matvec_seconds(H, pairs: int = 5, repeats: int = 11) -> float:
             H.matvec(v, out=out)
             times.append(time.perf_counter() - start)
         medians.append(sorted(times)[repeats // 2])
-    return sorted(medians)[pairs // 2]
+    return medians
+
+
+def median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def shift_below(H) -> float:
@@ -181,10 +187,14 @@ def worker(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     H = build_operator(args.n, args.dim)
     build = time.perf_counter() - start
+    before = bare_matvec_samples(H)
     row = {"solver": args.worker, "n": args.n, "dim": args.dim, "N": H.shape[0], "build_seconds": build,
-           "bare_matvec_seconds": bare_matvec_seconds(H), "threads": torch.get_num_threads(),
-           "numba_threads": numba.get_num_threads(), "load_before": os.getloadavg()[0]}
+           "threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads(),
+           "load_before": os.getloadavg()[0]}
     row.update(solve(args.worker, H, args.tol))
+    after = bare_matvec_samples(H)
+    row["bare_matvec_seconds"] = median(before + after)
+    row["bare_matvec_before_after_seconds"] = [median(before), median(after)]
     if args.worker == "ours":
         from scorehamiltonian.memory import estimate_memory
 

@@ -16,12 +16,28 @@ from typing import Any
 import numba
 import torch
 
-__all__ = ["PARALLEL_MIN_SIZE", "run_lines"]
+__all__ = ["PARALLEL_MIN_SIZE", "run_lines", "run_parallel", "thread_count"]
 
 #: Passes over fewer values than this run on one thread (a parallel start costs more). On 2
 #: cores a smoothing pass over 4 x 63^2 values took 121 us on one thread and 107 us on two,
 #: over 4 x 127^2 308 against 214 us, and over 1 x 31^2 39 against 56 us.
 PARALLEL_MIN_SIZE = 1 << 14
+
+
+def thread_count() -> int:
+    """Threads for a parallel pass: torch's count, capped at numba's pool."""
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def run_parallel(threads: int, kernel: Callable[..., Any], *args: Any) -> None:
+    """``kernel(*args)`` (a numba parallel function) on ``threads`` threads, restoring torch's
+    thread count afterwards (module docstring)."""
+    before = torch.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        kernel(*args)
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_lines(serial: Callable[..., Any], parallel: Callable[..., Any], size: int, lines: int, *args: Any) -> None:
@@ -31,9 +47,5 @@ def run_lines(serial: Callable[..., Any], parallel: Callable[..., Any], size: in
     if size < PARALLEL_MIN_SIZE or lines < 2:
         serial(0, lines, *args)
         return
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        parallel(min(lines, 4 * numba.get_num_threads()), *args)
-    finally:
-        torch.set_num_threads(threads)
+    threads = thread_count()
+    run_parallel(threads, parallel, min(lines, 4 * threads), *args)

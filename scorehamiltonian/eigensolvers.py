@@ -95,7 +95,7 @@ _NEW_DIRECTION = 1.5e-8
 #: ``_inner`` sums its products over column chunks of this length (one batched GEMM).
 _INNER_CHUNK = 4096
 #: Columns per step of the in-place Rayleigh-Ritz update (``_Blocks._combine``) on the CPU,
-#: where its buffer (2m rows of this many) stays in cache; other devices take N / 8 per step
+#: where its buffer (up to 2m rows of this many) stays in cache; other devices take N / 8 per step
 #: (a few large GEMMs rather than many small launches, for a buffer of m / 4 rows).
 _UPDATE_CHUNK, _UPDATE_CHUNKS_GPU = 1 << 15, 8
 #: Nested iteration solves the multigrid levels that resolve p_t this well (points per
@@ -308,8 +308,7 @@ def _final_check(op: _Counted, X: torch.Tensor, diag: torch.Tensor, blocks: _Blo
     blocks.q = 0
     blocks.append(X.T)
     theta, _ = blocks.rayleigh_ritz(-1)
-    X, HX = blocks.S[: blocks.m], blocks.HS[: blocks.m]
-    rnorm = torch.addcmul(HX, X, theta[:, None], value=-1.0, out=blocks.R[: blocks.m]).norm(dim=1).cpu().numpy()
+    X, rnorm = blocks.S[: blocks.m], blocks.rnorm.cpu().numpy()
     th = theta.cpu().numpy()
     noise = _roundoff(th, X.T, diag, op.eps, blocks.scratch[: blocks.m].T)
     return _Check(th, X.T, rnorm, _error_bounds(th, rnorm) + noise, noise)
@@ -460,10 +459,12 @@ class _Blocks:
     """Row blocks S = [X; P; W] (each row one vector) and HS = H S, ``depth`` m rows each
     (3 for LOBPCG, 2 for a Rayleigh-Ritz on X alone), allocated once: a Rayleigh-Ritz update
     writes the new [X; P] and [HX; HP] over S and HS in place, one column chunk at a time
-    (``_UPDATE_CHUNK``), so no (N, m) block is ever concatenated, copied or double-buffered.
-    Between updates the rows past the basis are free: the residual R lives in HS's (it is
-    consumed by the preconditioner before H W is written there) and the round-off scratch
-    in S's (before the preconditioner writes W there).
+    (``_UPDATE_CHUNK``), so no (N, m) block is ever concatenated, copied or double-buffered,
+    and in the same pass the residuals R = HX - X diag(theta) of the new Ritz vectors and
+    their norms (``rnorm``), from the chunk just written. Between updates the rows past the
+    basis are free: R lives in HS's (it is consumed by the preconditioner before H W is
+    written there) and the round-off scratch in S's (before the preconditioner writes W
+    there).
 
     [X; P] is orthonormal; W is only projected off it (once, in place). Its normalisation
     and the choice of independent directions happen in coefficient space, from the exact
@@ -479,6 +480,8 @@ class _Blocks:
         self._update = torch.zeros(2 * m * self._chunk, dtype=_WORK_DTYPE, device=op.device)
         self.op, self.m, self.q, self.a = op, m, 0, 0
         self._before = torch.zeros(0, dtype=_WORK_DTYPE, device=op.device)
+        self._gram: torch.Tensor | None = None
+        self.rnorm = torch.zeros(0, dtype=_WORK_DTYPE, device=op.device)
 
     @property
     def R(self) -> torch.Tensor:
@@ -508,6 +511,7 @@ class _Blocks:
             new.copy_(W)
         products = _inner(self.S[: q + a], new)
         self._before = products[q:].diagonal()
+        self._gram = None if q else products  # appended to nothing: products is S's Gram matrix
         if q:
             new.addmm_(products[:q].T, self.S[:q], alpha=-1.0)
         self.op.rows(new, self.HS[q : q + a])
@@ -545,7 +549,7 @@ class _Blocks:
         coefficient space, Hetmaniuk and Lehoucq 2006). Returns the Ritz values and P's rows
         (-1 when no new direction came in: the caller stops)."""
         S, HS = self.S[: self.q], self.HS[: self.q]
-        M = _symmetric(_inner(S, S))
+        M = _symmetric(_inner(S, S) if self._gram is None else self._gram)
         E = self._reduced(M)
         if E.shape[1] == self.q - self.a and p_old >= 0:
             return torch.empty(0), -1
@@ -558,21 +562,28 @@ class _Blocks:
             coefficients = torch.cat([coefficients, _orthonormal(old, against=coefficients)], 1)
         C = E @ Linv.T @ coefficients
         r = C.shape[1]
-        CT = C.T.contiguous()
-        self._combine(CT, S)
-        self._combine(CT, HS)
+        self._combine(C.T.contiguous(), theta[: self.m])
         self.q, self.a = r, 0
         return theta[: self.m], r - self.m
 
-    def _combine(self, CT: torch.Tensor, rows: torch.Tensor) -> None:
-        """rows[:r] <- CT rows (CT of shape (r, q), rows (q, N)) in place, by column chunks
-        through a small buffer (each chunk is read before any of it is overwritten)."""
-        r, n = CT.shape[0], rows.shape[1]
+    def _combine(self, CT: torch.Tensor, theta: torch.Tensor) -> None:
+        """S[:r] <- CT S[:q] and HS[:r] <- CT HS[:q] in place (CT of shape (r, q)), then
+        R = HS[:m] - S[:m] diag(theta) into HS[r:r + m] and its row norms into ``rnorm``,
+        by column chunks through a small buffer: each chunk of the q rows is read before
+        any of it is overwritten, and R is formed while the chunk is in cache."""
+        r, q, m, n = CT.shape[0], CT.shape[1], self.m, self.S.shape[1]
+        squares = torch.zeros(m, dtype=_WORK_DTYPE, device=self.S.device)
         for a in range(0, n, self._chunk):
             b = min(a + self._chunk, n)
             chunk = self._update[: r * (b - a)].view(r, b - a)
-            torch.matmul(CT, rows[:, a:b], out=chunk)
-            rows[:r, a:b].copy_(chunk)
+            for rows in (self.S, self.HS):
+                torch.matmul(CT, rows[:q, a:b], out=chunk)
+                rows[:r, a:b].copy_(chunk)
+            R = torch.addcmul(self.HS[:m, a:b], self.S[:m, a:b], theta[:, None], value=-1.0,
+                              out=self.HS[r : r + m, a:b])
+            norms = torch.linalg.vector_norm(R, dim=1)
+            squares.addcmul_(norms, norms)
+        self.rnorm = squares.sqrt()
 
 
 def _whitening(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -641,9 +652,7 @@ def _lobpcg(op: _Counted, X0: torch.Tensor, precond: Preconditioner, k: int, tol
     theta, p = blocks.rayleigh_ritz(-1)
     descent, previous = descent_first, math.inf
     for step in range(maxiter):
-        X, HX = blocks.S[: blocks.m], blocks.HS[: blocks.m]
-        R = torch.addcmul(HX, X, theta[:, None], value=-1.0, out=blocks.R[: blocks.m])
-        rnorm = R.norm(dim=1)
+        X, R, rnorm = blocks.S[: blocks.m], blocks.R[: blocks.m], blocks.rnorm
         passed, stuck = _passed(theta, X.T, rnorm, diag, op.eps, tol, blocks.scratch[: blocks.m].T)
         active = torch.as_tensor(~passed, device=X.device)
         done = not bool(active[:k].any()) or (passed | stuck)[:k].all()

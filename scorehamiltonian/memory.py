@@ -16,11 +16,15 @@ axis while N_l > ``COARSEST_SIZE``):
   and the buffer of the in-place Rayleigh-Ritz update, 2m rows of N / 8 on a GPU (counted
   on every device: on the CPU it is 2m rows of 2^15, so the count is m / 4 rows over
   there); per multigrid level the inverse diagonal and, below the coarsest, the smoother's
-  three m-row work blocks, N_l b (3m + 1); the coarser levels' operators and the m rows of
-  the restricted residual each solves for, N_l (3 w + 2 b + m b).
+  work blocks counted as three of m rows, N_l b (3m + 1) (the numba sweep holds two, the
+  iterate and the residual, and small rings of planes; the torch path of other devices
+  allocates two more per smoothing call, for the direction and each step's residual); the
+  coarser levels' operators and the m rows of the restricted residual each solves for,
+  N_l (3 w + 2 b + m b).
 
-The blocks are allocated zero-filled, so the resident memory of a run is what is counted and
-not an accident of which rows an iteration touched. Peak = operator + max(build, solver).
+The LOBPCG blocks are allocated zero-filled, so the resident memory of a run is what is
+counted and not an accident of which rows an iteration touched (the multigrid blocks are
+written whole in every cycle). Peak = operator + max(build, solver).
 Measured (peak RSS over a whole job, 2 cores, float64): 0-10% over on 2D 383^2 - 1023^2 and
 3D 63^3 and 127^3 grids for k = 1, 3, 6 (1023^2, k = 3: 566 B per unknown measured, 614
 estimated; 127^3, k = 3: 524 against 575), 4% under on 95^3 (k = 2) and 33% under on 255^2

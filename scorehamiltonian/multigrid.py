@@ -8,8 +8,7 @@ for A_0 x = b, A_l = H_l - sigma_l I:
 - pre-smoothing: ``degree`` steps of the Chebyshev polynomial smoother in D_l^{-1} A_l
   (D_l the diagonal of A_l) on the interval [upper / ratio, upper], upper the Gershgorin
   bound of the spectrum of D_l^{-1} A_l and ratio = 2^d (the high frequencies of a
-  factor-2 coarsening); the first step from x = 0 needs no matvec, and runs fused with the
-  second in one pass (:meth:`ScoreHamiltonian.smooth_from_zero`);
+  factor-2 coarsening), from x = 0 (the first step needs no matvec), then the residual;
 - coarse-grid correction: the residual b - A_l x restricted (transpose of linear
   interpolation, averaging), the cycle on level l + 1, the correction interpolated back;
 - post-smoothing: the same polynomial (so the cycle is a symmetric operator);
@@ -28,9 +27,11 @@ on m columns counts m N_l / N_0, the coarsest solve m (nnz(L) + nnz(U)) / nnz(A_
 flops against those of a fine matvec). Transfers are not counted (their time is what the
 benchmark's time / (work x bare matvec) ratio measures, together with the rest).
 
-Vectors are row blocks: (m, N) contiguous, one column of the (N, m) block per row; the
-smoothing steps run as one fused pass per step on the operator's numba backend
-(:meth:`ScoreHamiltonian.smooth`), in torch on other devices.
+Vectors are row blocks: (m, N) contiguous, one column of the (N, m) block per row. On the
+operator's numba backend the pre-smoothing steps and the residual run in one sweep over the
+level, and so do the post-smoothing steps (:meth:`ScoreHamiltonian.smooth`: each plane of b
+and of the coefficients is read from memory once, not once per step); in torch on other
+devices, one step after another.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def rayleigh_quotient(H: Any) -> float:
 @dataclass
 class _Level:
     """One level: operator, shift, 1 / diagonal of H - shift, Chebyshev coefficients, weight
-    (unknowns over the finest level's), work rows (x, y, d) and, below the finest level, the
+    (unknowns over the finest level's), work rows (x, r) and, below the finest level, the
     rows of the restricted residual it solves for, each for up to m columns."""
 
     H: Any
@@ -98,16 +99,18 @@ class _Level:
     rhs: torch.Tensor | None = None
 
     def workspace(self, m: int) -> tuple[torch.Tensor, ...]:
-        """Three (m, N) row blocks reused by every cycle: two for the iterate (the smoother
-        alternates between them; the free one holds the residual) and the smoother's d."""
+        """Two (m, N) row blocks reused by every cycle: the pre-smoothed iterate (then the
+        coarse correction added to it) and the residual (then the post-smoothed result),
+        both written whole before they are read (so not zero-filled)."""
         if self.rows is None or self.rows.shape[1] < m:
-            self.rows = torch.zeros(3, m, self.H.shape[0], dtype=self.H.dtype, device=self.H.device)
+            self.rows = torch.empty(2, m, self.H.shape[0], dtype=self.H.dtype, device=self.H.device)
         return tuple(block[:m] for block in self.rows)
 
     def right_hand_side(self, m: int) -> torch.Tensor:
-        """An (m, N) row block reused by every cycle: the restricted residual of the finer level."""
+        """An (m, N) row block reused by every cycle: the restricted residual of the finer
+        level (written whole by the restriction before it is read)."""
         if self.rhs is None or self.rhs.shape[0] < m:
-            self.rhs = torch.zeros(m, self.H.shape[0], dtype=self.H.dtype, device=self.H.device)
+            self.rhs = torch.empty(m, self.H.shape[0], dtype=self.H.dtype, device=self.H.device)
         return self.rhs[:m]
 
 
@@ -224,29 +227,15 @@ class Multigrid:
             x = self._lu.solve(b.cpu().numpy().astype(np.float64).T)
             x = torch.from_numpy(np.ascontiguousarray(x.T)).to(dtype=b.dtype, device=b.device)
             return x if out is None else out.copy_(x)
-        first, second, d = level.workspace(m)
+        x, spare = level.workspace(m)
         n, coarse = level.H.grid.n, self.levels[i + 1].H.grid.n
-        level.H.smooth_from_zero(b, d, level.shift, level.dinv, level.steps[:2], first, keep=len(level.steps) > 2)
-        self.work += min(len(level.steps) - 1, 1) * m * level.weight
-        x = self._smooth(level, b, level.steps[2:], first, second, d)
-        spare = second if x is first else first
-        level.H.residual(x, b, level.shift, out=spare)
-        self.work += m * level.weight
+        level.H.smooth(b, level.shift, level.dinv, level.steps, x, residual=spare)
+        self.work += len(level.steps) * m * level.weight  # the first step needs no matvec; + the residual
         rhs = self.levels[i + 1].right_hand_side(m)
         restrict(spare.reshape(m, *n), coarse, out=rhs.reshape(m, *coarse))
         xc = self._cycle(i + 1, rhs)
         prolong(xc.reshape(m, *coarse), n, out=x.reshape(m, *n))
-        return self._smooth(level, b, level.steps, x, spare, d, out)
-
-    def _smooth(self, level: _Level, b: torch.Tensor, steps: list[tuple[float, float]], x: torch.Tensor,
-                spare: torch.Tensor, d: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """``steps`` of the Chebyshev smoother from x, alternating between x and ``spare``,
-        the last step into ``out`` when given (d is not kept after it); returns the tensor
-        holding the result."""
-        for number, (alpha, beta) in enumerate(steps, start=1):
-            last = number == len(steps)
-            target = out if out is not None and last else spare
-            level.H.smooth(x, b, d, level.shift, level.dinv, alpha, beta, target, keep=not last)
-            x, spare = target, x
-        self.work += len(steps) * b.shape[0] * level.weight
-        return x
+        target = spare if out is None else out
+        level.H.smooth(b, level.shift, level.dinv, level.steps, target, x0=x)
+        self.work += len(level.steps) * m * level.weight
+        return target

@@ -22,9 +22,9 @@ psi^T H psi = -1/2 sum_{i != j} H_ij psi0_i psi0_j (f_i - f_j)^2 with f = psi / 
 Matvecs run in torch on any device (v of shape (N,) or (N, m)), or with a numba kernel on
 the CPU. ``to_scipy`` exports the same matrix for reference solvers. For multigrid
 (:mod:`.multigrid`): ``coarsen`` gives the same H_t on a coarser grid of the box (no score
-evaluations), and ``residual`` / ``smooth`` / ``smooth_from_zero`` apply b - (H - shift) u,
-one polynomial smoothing step, and the first two steps from zero to row blocks in one pass
-each.
+evaluations), ``residual`` applies b - (H - shift) u to row blocks, and ``smooth`` the steps
+of a polynomial smoother (and the residual after them), all in one sweep over the grid on
+the numba backend.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import scipy.fft
 import scipy.sparse as sp
 import torch
 
-from ._threads import run_lines
+from ._threads import PARALLEL_MIN_SIZE, run_lines, run_parallel, thread_count
 from .derivatives import DivergenceMethod
 from .errors import InputShapeError, ResolutionError
 from .grid import Grid
@@ -90,108 +90,131 @@ def _shifted_sum(u: torch.Tensor, weights: list[tuple[int, int, float]]) -> torc
     return out
 
 
-def _stencil_kernel(scaled: bool) -> Any:
-    """The compiled line stencil, out[c, i, j, :] = (H w)[c, i, j, :] for u, out of shape
-    (m, n0, n1, n2) and w = s * u (s of shape (n0, n1, n2), broadcast over the columns)
-    when ``scaled``, else w = u (s unused): diag * w plus sum_axes sum_o coef[o] h2inv[axis]
-    (w shifted by +-o), zero outside. ``scaled`` is a compile-time constant, so both
-    variants have branch-free (vectorisable) loops over the contiguous last axis."""
-
-    @numba.njit(inline="always")
-    def line(u, s, c, i, j, diag, coef, h2inv, out):  # pragma: no cover - compiled
-        _, n0, n1, n2 = u.shape
-        for k in range(n2):
-            out[c, i, j, k] = diag[i, j, k] * u[c, i, j, k] * (s[i, j, k] if scaled else 1.0)
-        for o in range(1, coef.shape[0]):
-            w0, w1, w2 = coef[o] * h2inv[0], coef[o] * h2inv[1], coef[o] * h2inv[2]
-            if i - o >= 0:
-                for k in range(n2):
-                    out[c, i, j, k] += w0 * u[c, i - o, j, k] * (s[i - o, j, k] if scaled else 1.0)
-            if i + o < n0:
-                for k in range(n2):
-                    out[c, i, j, k] += w0 * u[c, i + o, j, k] * (s[i + o, j, k] if scaled else 1.0)
-            if j - o >= 0:
-                for k in range(n2):
-                    out[c, i, j, k] += w1 * u[c, i, j - o, k] * (s[i, j - o, k] if scaled else 1.0)
-            if j + o < n1:
-                for k in range(n2):
-                    out[c, i, j, k] += w1 * u[c, i, j + o, k] * (s[i, j + o, k] if scaled else 1.0)
-            for k in range(o, n2):
-                out[c, i, j, k] += w2 * u[c, i, j, k - o] * (s[i, j, k - o] if scaled else 1.0)
-            for k in range(n2 - o):
-                out[c, i, j, k] += w2 * u[c, i, j, k + o] * (s[i, j, k + o] if scaled else 1.0)
-
-    return line
-
-
-_stencil_line, _scaled_stencil_line = _stencil_kernel(False), _stencil_kernel(True)
-
-
-#: What a pass over the lines computes (``_lines``), plus the flag _KEEP (write d).
-_MATVEC, _RESIDUAL, _SMOOTH, _FIRST_STEP, _FIRST_TWO_STEPS, _KEEP = 0, 1, 2, 3, 4, 8
+@numba.njit(inline="always")
+def _stencil_line(x, wrap, q, planes, j, diag, coef, h2inv, out):  # pragma: no cover - compiled
+    """out[:] = (H x)[q, j, :], the line (q, j) of H applied to one column x of shape
+    (planes, n1, n2), whose plane p (first axis) is stored at x[p % wrap] (wrap = planes for
+    a whole column, the ring size for a ring of recent planes, :func:`_sweep_task`): diag * x
+    plus sum_axes sum_o coef[o] h2inv[axis] (x shifted by +-o), zero outside the grid."""
+    n1, n2 = x.shape[1], x.shape[2]
+    here = q % wrap
+    for k in range(n2):
+        out[k] = diag[q, j, k] * x[here, j, k]
+    for o in range(1, coef.shape[0]):
+        w0, w1, w2 = coef[o] * h2inv[0], coef[o] * h2inv[1], coef[o] * h2inv[2]
+        if q - o >= 0:
+            below = (q - o) % wrap
+            for k in range(n2):
+                out[k] += w0 * x[below, j, k]
+        if q + o < planes:
+            above = (q + o) % wrap
+            for k in range(n2):
+                out[k] += w0 * x[above, j, k]
+        if j - o >= 0:
+            for k in range(n2):
+                out[k] += w1 * x[here, j - o, k]
+        if j + o < n1:
+            for k in range(n2):
+                out[k] += w1 * x[here, j + o, k]
+        for k in range(o, n2):
+            out[k] += w2 * x[here, j, k - o]
+        for k in range(n2 - o):
+            out[k] += w2 * x[here, j, k + o]
 
 
 @numba.njit(cache=True)
-def _lines(start, stop, mode, u, b, d, diag, shift, dinv, coef, h2inv, alpha, beta, gamma, out):  # pragma: no cover
-    """Lines start..stop-1 (line = (c, i, j) of the (m, n0, n1, n2) arrays) of one pass.
-    _MATVEC: out = H u; _RESIDUAL: out = b - (H - shift) u. Steps of a polynomial smoother
-    for (H - shift) x = b, d <- alpha d + beta dinv (b - (H - shift) x), x <- x + d (d is
-    written only with the _KEEP flag; out must not alias u or b): _SMOOTH: one step from
-    x = u, out = u + d (d is not read when alpha = 0); _FIRST_STEP: the first step from
-    x = 0, out = d = gamma dinv b (no matvec); _FIRST_TWO_STEPS: that step and the next
-    (alpha, beta) in one pass, x_1 = gamma dinv b computed where the stencil reads it."""
-    _, n0, n1, n2 = u.shape
-    keep, kind = mode & _KEEP != 0, mode & ~_KEEP
+def _lines(start, stop, u, diag, coef, h2inv, out):  # pragma: no cover - compiled
+    """out = H u on lines start..stop-1 (line = (c, i, j) of the (m, n0, n1, n2) arrays)."""
+    _, n0, n1, _ = u.shape
     for line in range(start, stop):
         c, i, j = line // (n0 * n1), (line // n1) % n0, line % n1
-        if kind == _FIRST_STEP:
-            for k in range(n2):
-                out[c, i, j, k] = gamma * dinv[i, j, k] * b[c, i, j, k]
-                if keep:
-                    d[c, i, j, k] = out[c, i, j, k]
-            continue
-        if kind == _FIRST_TWO_STEPS:
-            _scaled_stencil_line(u, dinv, c, i, j, diag, coef, h2inv, out)
-        else:
-            _stencil_line(u, dinv, c, i, j, diag, coef, h2inv, out)
-        if kind == _RESIDUAL:
-            for k in range(n2):
-                out[c, i, j, k] = b[c, i, j, k] - out[c, i, j, k] + shift * u[c, i, j, k]
-        elif kind == _FIRST_TWO_STEPS:
-            for k in range(n2):
-                x = gamma * dinv[i, j, k] * b[c, i, j, k]
-                r = b[c, i, j, k] - gamma * out[c, i, j, k] + shift * x
-                out[c, i, j, k] = (1.0 + alpha) * x + beta * dinv[i, j, k] * r
-            if keep:
-                for k in range(n2):
-                    d[c, i, j, k] = out[c, i, j, k] - gamma * dinv[i, j, k] * b[c, i, j, k]
-        elif kind == _SMOOTH and keep and alpha == 0.0:
-            for k in range(n2):
-                d[c, i, j, k] = beta * dinv[i, j, k] * (b[c, i, j, k] - out[c, i, j, k] + shift * u[c, i, j, k])
-                out[c, i, j, k] = u[c, i, j, k] + d[c, i, j, k]
-        elif kind == _SMOOTH and keep:
-            for k in range(n2):
-                r = b[c, i, j, k] - out[c, i, j, k] + shift * u[c, i, j, k]
-                d[c, i, j, k] = alpha * d[c, i, j, k] + beta * dinv[i, j, k] * r
-                out[c, i, j, k] = u[c, i, j, k] + d[c, i, j, k]
-        elif kind == _SMOOTH and alpha != 0.0:
-            for k in range(n2):
-                r = b[c, i, j, k] - out[c, i, j, k] + shift * u[c, i, j, k]
-                out[c, i, j, k] = u[c, i, j, k] + alpha * d[c, i, j, k] + beta * dinv[i, j, k] * r
-        elif kind == _SMOOTH:
-            for k in range(n2):
-                r = b[c, i, j, k] - out[c, i, j, k] + shift * u[c, i, j, k]
-                out[c, i, j, k] = u[c, i, j, k] + beta * dinv[i, j, k] * r
+        _stencil_line(u[c], n0, i, n0, j, diag, coef, h2inv, out[c, i, j])
 
 
 @numba.njit(parallel=True, cache=True)
-def _lines_parallel(chunks, mode, u, b, d, diag, shift, dinv, coef, h2inv, alpha, beta, gamma, out):  # pragma: no cover
+def _lines_parallel(chunks, u, diag, coef, h2inv, out):  # pragma: no cover - compiled
     """``_lines`` over all lines, split into ``chunks`` parallel tasks."""
     m, n0, n1, _ = u.shape
     total = m * n0 * n1
     for chunk in numba.prange(chunks):
-        _lines(chunk * total // chunks, (chunk + 1) * total // chunks, mode, u, b, d, diag, shift, dinv, coef,
-               h2inv, alpha, beta, gamma, out)
+        _lines(chunk * total // chunks, (chunk + 1) * total // chunks, u, diag, coef, h2inv, out)
+
+
+@numba.njit(cache=True)
+def _sweep_task(lo, hi, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas, betas, out, r,
+                xring, dring, line):  # pragma: no cover - compiled
+    """Planes lo..hi-1 of one column of :meth:`ScoreHamiltonian.smooth`, all its steps in one
+    sweep over the first axis (arrays of shape (planes, n1, n2)): step t of the polynomial
+    smoother, d_t = alpha_t d_{t-1} + beta_t dinv (b - (H - shift) x_{t-1}) (d_{t-1} not read
+    when alpha_t = 0), x_t = x_{t-1} + d_t, x_0 = x0 (or 0 when ``from_zero``: x_1 = d_1 =
+    beta_0 dinv b), runs R = len(coef) - 1 planes behind step t - 1, which has by then
+    produced the planes it reads. x_t lives in a ring of 2R + 1 planes (xring[t]), d_t in one
+    of R + 1 (dring[t]), so each plane of b, dinv and diag is read from memory once for all
+    steps. The last step writes planes lo..hi-1 of ``out``; with ``residual``, one more stage
+    writes b - (H - shift) out to ``r``. To produce planes lo..hi-1, step t computes the
+    planes up to (stages - t) R beyond them (recomputed by the neighbouring task)."""
+    planes, n1, n2 = b.shape
+    reach = coef.shape[0] - 1
+    steps = alphas.shape[0]
+    stages = steps + 1 if residual else steps
+    xwrap, dwrap = 2 * reach + 1, reach + 1
+    for front in range(max(0, lo - (stages - 1) * reach), hi + (stages - 1) * reach):
+        for t in range(stages):
+            q = front - t * reach
+            if q < max(0, lo - (stages - 1 - t) * reach) or q >= min(planes, hi + (stages - 1 - t) * reach):
+                continue
+            if t == steps:
+                for j in range(n1):
+                    _stencil_line(xring[t - 1], xwrap, q, planes, j, diag, coef, h2inv, line)
+                    last = xring[t - 1, q % xwrap, j]
+                    for k in range(n2):
+                        r[q, j, k] = b[q, j, k] - line[k] + shift * last[k]
+                continue
+            x, d = xring[t, q % xwrap], dring[t, q % dwrap]
+            if t == 0 and from_zero:
+                for j in range(n1):
+                    for k in range(n2):
+                        d[j, k] = betas[0] * dinv[q, j, k] * b[q, j, k]
+                        x[j, k] = d[j, k]
+            else:
+                source, wrap = (x0, planes) if t == 0 else (xring[t - 1], xwrap)
+                before, previous = source[q % wrap], dring[t - 1, q % dwrap]
+                alpha, beta = alphas[t], betas[t]
+                for j in range(n1):
+                    _stencil_line(source, wrap, q, planes, j, diag, coef, h2inv, line)
+                    if alpha == 0.0:
+                        for k in range(n2):
+                            d[j, k] = beta * dinv[q, j, k] * (b[q, j, k] - line[k] + shift * before[j, k])
+                            x[j, k] = before[j, k] + d[j, k]
+                    else:
+                        for k in range(n2):
+                            step = b[q, j, k] - line[k] + shift * before[j, k]
+                            d[j, k] = alpha * previous[j, k] + beta * dinv[q, j, k] * step
+                            x[j, k] = before[j, k] + d[j, k]
+            if t == steps - 1 and lo <= q < hi:
+                out[q] = x
+
+
+@numba.njit(cache=True)
+def _sweep_worker(worker, workers, pieces, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas, betas,
+                  out, r, xring, dring, line):  # pragma: no cover - compiled
+    """The sweeps (tasks = columns x ``pieces`` plane ranges) numbered worker, worker +
+    workers, ...: :func:`_sweep_task` with the worker's own rings."""
+    m, planes = b.shape[0], b.shape[1]
+    for task in range(worker, m * pieces, workers):
+        c, piece = task // pieces, task % pieces
+        _sweep_task(piece * planes // pieces, (piece + 1) * planes // pieces, from_zero, residual, x0[c], b[c], diag,
+                    shift, dinv, coef, h2inv, alphas, betas, out[c], r[c], xring[worker], dring[worker],
+                    line[worker])
+
+
+@numba.njit(parallel=True, cache=True)
+def _sweep_parallel(workers, pieces, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas, betas, out, r,
+                    xring, dring, line):  # pragma: no cover - compiled
+    """:func:`_sweep_worker` for every worker, in parallel."""
+    for worker in numba.prange(workers):
+        _sweep_worker(worker, workers, pieces, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas,
+                      betas, out, r, xring, dring, line)
 
 
 def log_density_on_grid(
@@ -348,12 +371,14 @@ class ScoreHamiltonian:
         half = 0.5 * (log_density - log_density.max())
         self.ground_state = (torch.exp(half) / torch.exp(half).norm()).to(self.dtype).to(self.device)
         self._diag = (potential + center).to(self.dtype).to(self.device)
-        pad = 3 - grid.dim
-        self._n3 = (1,) * pad + tuple(grid.n)
-        h2 = np.zeros(3)
-        h2[pad:] = h2inv
+        # The numba kernels see the grid as (planes, n1, n2), planes along its first axis (the
+        # smoothing sweep's): 1D (1, 1, n), 2D (n0, 1, n1), 3D as it is; h^-2 zero on unit axes.
+        axes = {1: (None, None, 0), 2: (0, None, 1), 3: (0, 1, 2)}[grid.dim]
+        self._n3 = tuple(1 if a is None else grid.n[a] for a in axes)
+        h2 = np.array([0.0 if a is None else h2inv[a] for a in axes])
         self._h2inv = h2.astype(np.float64 if self.dtype == torch.float64 else np.float32)
         self._coef = np.asarray(self.coef, dtype=self._h2inv.dtype)
+        self._rings: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
 
     def _neighbour_ratios(self, log_density: torch.Tensor) -> torch.Tensor:
         """sum_nb H_i,nb psi0_nb / psi0_i = sum_nb w_nb exp((phi_nb - phi_i) / 2) at every node.
@@ -446,7 +471,7 @@ class ScoreHamiltonian:
                                     and target.device == self.device and target.data_ptr() == out.data_ptr()):
             raise ValueError("matvec's out must be a column-major (N, m) tensor of the operator's dtype and device")
         if self.backend == "numba":
-            self._pass(_MATVEC, rows, rows, rows, 0.0, self._diag, target)
+            self._pass(rows, target)
         else:
             u = rows.reshape(-1, *self.grid.n)
             weights = [(a + 1, o, w) for a, o, w in self._weights]
@@ -454,65 +479,83 @@ class ScoreHamiltonian:
                       out=target.reshape(u.shape))
         return target.T.reshape(v.shape) if out is None else out
 
-    def _pass(self, mode: int, u: torch.Tensor, b: torch.Tensor, d: torch.Tensor, shift: float,
-              dinv: torch.Tensor, out: torch.Tensor, alpha: float = 0.0, beta: float = 0.0,
-              gamma: float = 0.0) -> None:
-        """One numba pass (``_lines``) over contiguous (m, N) row blocks, on one thread when
-        small, else in parallel chunks (a few per thread, for balance)."""
-        arrays = [t.detach().numpy().reshape(t.shape[0], *self._n3) for t in (u, b, d, out)]
-        diag, dinv = (t.numpy().reshape(self._n3) for t in (self._diag, dinv))
-        args = (mode, arrays[0], arrays[1], arrays[2], diag, shift, dinv, self._coef, self._h2inv, alpha, beta, gamma,
-                arrays[3])
-        run_lines(_lines, _lines_parallel, u.numel(), u.shape[0] * self._n3[0] * self._n3[1], *args)
+    def _pass(self, u: torch.Tensor, out: torch.Tensor) -> None:
+        """out = H u for contiguous (m, N) row blocks: one numba pass (``_lines``), on one
+        thread when small, else in parallel chunks (a few per thread, for balance)."""
+        arrays = [t.detach().numpy().reshape(t.shape[0], *self._n3) for t in (u, out)]
+        run_lines(_lines, _lines_parallel, u.numel(), u.shape[0] * self._n3[0] * self._n3[1], arrays[0],
+                  self._diag.numpy().reshape(self._n3), self._coef, self._h2inv, arrays[1])
 
     def residual(self, u: torch.Tensor, b: torch.Tensor, shift: float, out: torch.Tensor | None = None) -> torch.Tensor:
-        """b - (H - shift) u for row blocks u, b of shape (m, N) (one column per row, contiguous),
-        in one pass on the numba backend; written to ``out`` when given."""
+        """b - (H - shift) u for row blocks u, b of shape (m, N) (one column per row,
+        contiguous); written to ``out`` when given."""
         out = torch.empty_like(u) if out is None else out
-        if self.backend == "numba":
-            self._pass(_RESIDUAL, u, b, u, shift, self._diag, out)
-            return out
         return torch.sub(b, self.matvec(u.T).T, out=out).add_(u, alpha=shift)
 
-    def smooth(self, u: torch.Tensor, b: torch.Tensor, d: torch.Tensor, shift: float, dinv: torch.Tensor,
-               alpha: float, beta: float, out: torch.Tensor, keep: bool = True) -> torch.Tensor:
-        """One step of a polynomial (Chebyshev / Jacobi) smoother for (H - shift) x = b, on
-        row blocks (m, N): d <- alpha d + beta dinv (b - (H - shift) u) and out = u + d, in
-        one pass (one matvec) on the numba backend. ``out`` must not alias u or b. d is not
-        read when alpha = 0, and with ``keep=False`` it may be left as it was (no later step
-        needs it: one array less to write)."""
+    def smooth(self, b: torch.Tensor, shift: float, dinv: torch.Tensor, steps: list[tuple[float, float]],
+               out: torch.Tensor, x0: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``len(steps)`` steps (alpha_t, beta_t) of a polynomial (Chebyshev / Jacobi) smoother
+        for (H - shift) x = b, on row blocks (m, N) (one column per row, contiguous):
+        d_t = alpha_t d_{t-1} + beta_t dinv (b - (H - shift) x_{t-1}), x_t = x_{t-1} + d_t,
+        from x_0 = x0 (alpha_0 must be 0: there is no d_{-1}), or from x_0 = 0 when x0 is None
+        (x_1 = d_1 = beta_0 dinv b, no matvec; alpha_0 unused). The last iterate is written to
+        ``out``; with ``residual``, b - (H - shift) out is written there too. On the numba
+        backend every step and the residual run in one sweep over the grid
+        (:func:`_sweep_task`: b, dinv and the diagonal are read from memory once, not once
+        per step); in torch, one step after another. ``out`` and ``residual`` must not alias
+        x0, b or each other. Returns ``out``."""
+        if not steps or (x0 is not None and steps[0][0] != 0.0):
+            raise ValueError(f"smooth needs at least one step, the first with alpha = 0 from a given x0; got {steps}")
+        written = [t.data_ptr() for t in (out, residual) if t is not None]
+        if len(set(written)) < len(written) or set(written) & {t.data_ptr() for t in (b, x0) if t is not None}:
+            raise ValueError("smooth's out and residual must not alias x0, b or each other")
         if self.backend == "numba":
-            self._pass(_SMOOTH | (_KEEP if keep else 0), u, b, d, shift, dinv, out, alpha, beta)
+            self._sweep(b, shift, dinv, steps, out, x0, residual)
             return out
-        return self._torch_step(u, b, d, shift, dinv, alpha, beta, out)
-
-    def _torch_step(self, u: torch.Tensor, b: torch.Tensor, d: torch.Tensor, shift: float, dinv: torch.Tensor,
-                    alpha: float, beta: float, out: torch.Tensor) -> torch.Tensor:
-        """:meth:`smooth`'s step in torch (``out`` may alias u)."""
-        r = self.residual(u, b, shift)
-        if alpha == 0.0:
-            torch.mul(r, dinv, out=d).mul_(beta)
+        d = torch.empty_like(b)
+        if x0 is None:
+            torch.mul(b, dinv, out=out).mul_(steps[0][1])
+            d.copy_(out)
         else:
-            d.mul_(alpha).addcmul_(r, dinv, value=beta)
-        return torch.add(u, d, out=out)
+            out.copy_(x0)
+        for alpha, beta in steps[1 if x0 is None else 0:]:
+            r = self.residual(out, b, shift)
+            if alpha == 0.0:
+                torch.mul(r, dinv, out=d).mul_(beta)
+            else:
+                d.mul_(alpha).addcmul_(r, dinv, value=beta)
+            out.add_(d)
+        if residual is not None:
+            self.residual(out, b, shift, out=residual)
+        return out
 
-    def smooth_from_zero(self, b: torch.Tensor, d: torch.Tensor, shift: float, dinv: torch.Tensor,
-                         steps: list[tuple[float, float]], out: torch.Tensor, keep: bool = True) -> torch.Tensor:
-        """The first one or two steps (alpha_k, beta_k) of the smoother of :meth:`smooth` from
-        x = 0, in one pass: x_1 = d = beta_0 dinv b (no matvec; alpha_0 is not used), then
-        d <- alpha_1 d + beta_1 dinv (b - (H - shift) x_1), out = x_2 = x_1 + d (one matvec,
-        x_1 formed where the stencil reads it, never stored). ``keep`` as in :meth:`smooth`."""
-        if len(steps) not in (1, 2):
-            raise ValueError(f"smooth_from_zero takes one or two steps; got {len(steps)}")
-        gamma = steps[0][1]
-        if self.backend == "numba":
-            mode = (_FIRST_STEP if len(steps) == 1 else _FIRST_TWO_STEPS) | (_KEEP if keep else 0)
-            alpha, beta = steps[-1]
-            self._pass(mode, b, b, d, shift, dinv, out, alpha, beta, gamma)
-            return out
-        torch.mul(b, dinv, out=out).mul_(gamma)
-        d.copy_(out)
-        return out if len(steps) == 1 else self._torch_step(out, b, d, shift, dinv, *steps[1], out)
+    def _sweep(self, b: torch.Tensor, shift: float, dinv: torch.Tensor, steps: list[tuple[float, float]],
+               out: torch.Tensor, x0: torch.Tensor | None, residual: torch.Tensor | None) -> None:
+        """:meth:`smooth` on the numba backend: tasks of (column, range of planes), a range per
+        worker or fewer (halos are recomputed, so ranges stay long against them), spread
+        over the workers (one thread when small), each with its own rings (kept between
+        calls)."""
+        m, planes, n1, n2 = b.shape[0], *self._n3
+        reach = len(self.coef) - 1
+        workers = thread_count() if b.numel() >= PARALLEL_MIN_SIZE else 1
+        pieces = max(1, min(workers // math.gcd(m, workers), planes // (4 * (len(steps) + 1) * reach)))
+        key = (workers, len(steps))
+        if key not in self._rings:
+            dtype = self._h2inv.dtype
+            self._rings[key] = (np.empty((workers, len(steps), 2 * reach + 1, n1, n2), dtype),
+                                np.empty((workers, len(steps), reach + 1, n1, n2), dtype), np.empty((workers, n2), dtype))
+
+        def view(t: torch.Tensor) -> np.ndarray:
+            return t.detach().numpy().reshape(m, *self._n3)
+
+        alphas, betas = (np.array(column, dtype=self._h2inv.dtype) for column in zip(*steps))
+        args = (pieces, x0 is None, residual is not None, view(b if x0 is None else x0), view(b),
+                self._diag.numpy().reshape(self._n3), shift, dinv.numpy().reshape(self._n3), self._coef, self._h2inv,
+                alphas, betas, view(out), view(out if residual is None else residual), *self._rings[key])
+        if workers == 1:
+            _sweep_worker(0, 1, *args)
+        else:
+            run_parallel(workers, _sweep_parallel, workers, *args)
 
     def diagonal(self) -> torch.Tensor:
         """The diagonal of H, (N,)."""
@@ -524,18 +567,21 @@ class ScoreHamiltonian:
         return float(self._diag.min()) - off, float(self._diag.max()) + off
 
     def to_scipy(self) -> sp.csr_matrix:
-        """The same matrix as a scipy CSR matrix (float64)."""
-        mats = []
-        for a, (m, h) in enumerate(zip(self.grid.n, self.grid.h)):
-            offsets = list(range(1, len(self.coef)))
-            band = sp.diags([self.coef[o] / h**2 * np.ones(m - o) for o in offsets]
-                            + [self.coef[o] / h**2 * np.ones(m - o) for o in offsets],
-                            offsets + [-o for o in offsets], shape=(m, m))
-            left = sp.identity(math.prod(self.grid.n[:a]), format="csr")
-            right = sp.identity(math.prod(self.grid.n[a + 1:]), format="csr")
-            mats.append(sp.kron(sp.kron(left, band), right))
-        total = sum(mats) + sp.diags(self._diag.detach().cpu().double().numpy())
-        return sp.csr_matrix(total)
+        """The same matrix as a scipy CSR matrix (float64): one diagonal per axis and
+        offset o, at o times the axis' stride (C order), zero where the neighbour lies
+        beyond the axis' last node."""
+        n = self.grid.size
+        index = np.arange(n)
+        diagonals, offsets = [self._diag.detach().cpu().double().numpy()], [0]
+        for a, o, w in self._weights:
+            stride = math.prod(self.grid.n[a + 1:])
+            if o >= self.grid.n[a]:
+                continue
+            inside = (index[: n - o * stride] // stride) % self.grid.n[a] + o < self.grid.n[a]
+            band = np.where(inside, w, 0.0)
+            diagonals += [band, band]
+            offsets += [o * stride, -o * stride]
+        return sp.diags(diagonals, offsets, shape=(n, n), format="csr")
 
     def dirichlet_form(self, v: torch.Tensor) -> torch.Tensor:
         """v^T H v / v^T v for columns v (N,) or (N, m) orthogonal to ``ground_state``,

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 import torch
 
@@ -181,41 +182,82 @@ def test_box_over_times_holds_the_mass_at_every_time():
         assert lo[a] in [b[0][a] for b in own] and hi[a] in [b[1][a] for b in own]
 
 
+def smoothing_by_formula(A: sp.csr_matrix, b: np.ndarray, dinv: np.ndarray, steps: list[tuple[float, float]],
+                         x0: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The smoother of ScoreHamiltonian.smooth step by step in numpy, A = H - shift (sparse),
+    on row blocks: x_t = x_{t-1} + d_t, d_t = alpha_t d_{t-1} + beta_t dinv (b - x_{t-1} A^T)."""
+    x, d = (np.zeros_like(b) if x0 is None else x0.copy()), np.zeros_like(b)
+    for alpha, beta in steps:
+        d = alpha * d + beta * dinv * (b - (A @ x.T).T)
+        x = x + d
+    return x, b - (A @ x.T).T
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("dim, n", [(1, 37), (2, 13), (3, 7)])
+@pytest.mark.parametrize("dim, n, m", [(1, 37, 3), (2, 13, 3), (3, 7, 3), (2, 129, 3), (3, 41, 1)])
 @pytest.mark.parametrize("order", [2, 4])
-def test_residual_and_smoothing_step_in_one_pass_match_their_formulas(dim, n, order):
+def test_smoothing_sweep_matches_the_step_by_step_formulas(dim, n, m, order):
+    """All steps (and the residual) in one sweep over the grid, on both backends: from zero
+    and from x0, at degrees 1 to 4, against the steps one by one with the sparse matrix. The
+    larger grids run in parallel tasks that split the planes (their halos recomputed), and
+    give the same bits on one thread as on two."""
     score = ExactScore(GaussianMixture([0.4, 0.6], [[-1.0] * dim, [1.0] * dim], [1.0, 2.0]))
     grid = Grid([-4.0] * dim, [4.0] * dim, n)
     gen = torch.Generator().manual_seed(2)
-    u, b, d = (torch.randn(3, grid.size, dtype=torch.float64, generator=gen) for _ in range(3))
+    x0, b = (torch.randn(m, grid.size, dtype=torch.float64, generator=gen) for _ in range(2))
     dinv = torch.rand(grid.size, dtype=torch.float64, generator=gen)
-    shift, alpha, beta = -0.7, 0.3, 1.9
+    shift = -0.7
+    chebyshev = [(0.0, 0.8), (0.3, 1.9), (0.45, 1.7), (0.5, 1.6)]
     for backend in ("torch", "numba"):
         H = ScoreHamiltonian(score, 0.3, grid, order=order, backend=backend)
-        A = H.to_scipy().toarray() - shift * np.eye(grid.size)
-        want_r = b.numpy() - u.numpy() @ A.T
-        scale = np.abs(want_r).max()
-        np.testing.assert_allclose(H.residual(u, b, shift).numpy(), want_r, rtol=0, atol=1e-12 * scale)
-        x1 = 0.8 * dinv.numpy() * b.numpy()  # the first step from u = 0
-        for a, keep in itertools.product((alpha, 0.0), (True, False)):  # alpha = 0: d is not read
-            d_new, out = (d.clone() if a else torch.full_like(d, math.nan)), torch.empty_like(u)
-            H.smooth(u, b, d_new, shift, dinv, a, beta, out, keep=keep)
-            want_d = a * d.numpy() + beta * dinv.numpy() * want_r
-            np.testing.assert_allclose(out.numpy(), u.numpy() + want_d, rtol=0, atol=1e-12 * scale)
-            if keep:
-                np.testing.assert_allclose(d_new.numpy(), want_d, rtol=0, atol=1e-12 * scale)
-            H.smooth_from_zero(b, d_new, shift, dinv, [(a, 0.8)], out, keep=keep)  # no matvec
-            np.testing.assert_allclose(out.numpy(), x1, rtol=1e-15, atol=0)
-            if keep:
-                np.testing.assert_allclose(d_new.numpy(), x1, rtol=1e-15, atol=0)
-            want_d = a * x1 + beta * dinv.numpy() * (b.numpy() - x1 @ A.T)  # and the next, in one pass
-            H.smooth_from_zero(b, d_new, shift, dinv, [(alpha, 0.8), (a, beta)], out, keep=keep)
-            np.testing.assert_allclose(out.numpy(), x1 + want_d, rtol=0, atol=1e-12 * scale)
-            if keep:
-                np.testing.assert_allclose(d_new.numpy(), want_d, rtol=0, atol=1e-12 * scale)
-        with pytest.raises(ValueError, match="one or two steps"):
-            H.smooth_from_zero(b, d_new, shift, dinv, [(alpha, beta)] * 3, out)
+        A = (H.to_scipy() - shift * sp.identity(grid.size)).tocsr()
+        for degree, start in itertools.product((1, 2, 4), (None, x0)):
+            steps = chebyshev[:degree]
+            want_x, want_r = smoothing_by_formula(A, b.numpy(), dinv.numpy(), steps,
+                                                  None if start is None else start.numpy())
+            out, r = torch.full_like(b, math.nan), torch.full_like(b, math.nan)
+            assert H.smooth(b, shift, dinv, steps, out, x0=start, residual=r) is out
+            scale = np.abs(want_r).max() + np.abs(want_x).max()
+            np.testing.assert_allclose(out.numpy(), want_x, rtol=0, atol=1e-12 * scale)
+            np.testing.assert_allclose(r.numpy(), want_r, rtol=0, atol=1e-12 * scale)
+            alone = torch.full_like(b, math.nan)
+            H.smooth(b, shift, dinv, steps, alone, x0=start)
+            assert torch.equal(alone, out)
+            before = torch.get_num_threads()
+            try:
+                torch.set_num_threads(1)
+                H.smooth(b, shift, dinv, steps, alone, x0=start)
+            finally:
+                torch.set_num_threads(before)
+            assert torch.equal(alone, out)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_smoothing_refuses_aliased_blocks_and_a_first_step_that_reads_d():
+    score = ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [1.0]))
+    H = ScoreHamiltonian(score, 0.3, Grid([-5.0, -5.0], [5.0, 5.0], 15))
+    b, x0, out = (torch.rand(2, H.shape[0], dtype=torch.float64) for _ in range(3))
+    dinv = torch.ones(H.shape[0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="must not alias"):
+        H.smooth(b, 0.0, dinv, [(0.0, 1.0)], x0, x0=x0)
+    with pytest.raises(ValueError, match="must not alias"):
+        H.smooth(b, 0.0, dinv, [(0.0, 1.0)], out, residual=out)
+    with pytest.raises(ValueError, match="alpha = 0"):
+        H.smooth(b, 0.0, dinv, [(0.5, 1.0)], out, x0=x0)
+    with pytest.raises(ValueError, match="at least one step"):
+        H.smooth(b, 0.0, dinv, [], out)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_residual_matches_its_formula():
+    score = ExactScore(GaussianMixture([0.4, 0.6], [[-1.0, -1.0], [1.0, 1.0]], [1.0, 2.0]))
+    grid = Grid([-4.0, -4.0], [4.0, 4.0], 257)  # numba backend
+    gen = torch.Generator().manual_seed(3)
+    u, b = (torch.randn(2, grid.size, dtype=torch.float64, generator=gen) for _ in range(2))
+    H = ScoreHamiltonian(score, 0.3, grid)
+    assert H.backend == "numba"
+    want = b.numpy() - (H.to_scipy() @ u.numpy().T).T - 0.7 * u.numpy()
+    np.testing.assert_allclose(H.residual(u, b, -0.7).numpy(), want, rtol=0, atol=1e-12 * np.abs(want).max())
 
 
 def test_matvec_takes_column_major_blocks_in_place():
