@@ -506,6 +506,11 @@ class ScoreHamiltonian:
         x0, b or each other. Returns ``out``."""
         if not steps or (x0 is not None and steps[0][0] != 0.0):
             raise ValueError(f"smooth needs at least one step, the first with alpha = 0 from a given x0; got {steps}")
+        blocks = [t for t in (b, out, x0, residual) if t is not None]
+        if not all(t.shape == b.shape and t.ndim == 2 and t.shape[1] == self.shape[0] and t.is_contiguous()
+                   and t.dtype == self.dtype and t.device == self.device for t in blocks):
+            raise ValueError(f"smooth takes contiguous (m, {self.shape[0]}) row blocks of the operator's dtype and "
+                             f"device; got {[(tuple(t.shape), t.dtype, str(t.device)) for t in blocks]}")
         written = [t.data_ptr() for t in (out, residual) if t is not None]
         if len(set(written)) < len(written) or set(written) & {t.data_ptr() for t in (b, x0) if t is not None}:
             raise ValueError("smooth's out and residual must not alias x0, b or each other")

@@ -174,8 +174,8 @@ def test_v_cycle_is_symmetric_positive_definite_and_counts_its_work(degree):
 
 @pytest.mark.parametrize("degree", [1, 2, DEGREE])
 def test_v_cycle_on_the_torch_path_equals_the_numba_kernels(monkeypatch, degree):
-    """The cycle other devices run (torch passes, the fused smoothing steps as separate
-    torch operations, torch transfers) against the numba kernels on the CPU: the same
+    """The cycle other devices run (torch passes, the smoothing steps one after another
+    instead of one sweep, torch transfers) against the numba kernels on the CPU: the same
     arithmetic in another order, equal to round-off relative to the result."""
     x = torch.randn(255**2, 3, dtype=torch.float64, generator=seeded(8))
     fine = gaussian_operator(255, backend="numba")

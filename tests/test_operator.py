@@ -233,7 +233,7 @@ def test_smoothing_sweep_matches_the_step_by_step_formulas(dim, n, m, order):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_smoothing_refuses_aliased_blocks_and_a_first_step_that_reads_d():
+def test_smoothing_refuses_aliased_or_strided_blocks_and_a_first_step_that_reads_d():
     score = ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [1.0]))
     H = ScoreHamiltonian(score, 0.3, Grid([-5.0, -5.0], [5.0, 5.0], 15))
     b, x0, out = (torch.rand(2, H.shape[0], dtype=torch.float64) for _ in range(3))
@@ -246,6 +246,10 @@ def test_smoothing_refuses_aliased_blocks_and_a_first_step_that_reads_d():
         H.smooth(b, 0.0, dinv, [(0.5, 1.0)], out, x0=x0)
     with pytest.raises(ValueError, match="at least one step"):
         H.smooth(b, 0.0, dinv, [], out)
+    with pytest.raises(ValueError, match="contiguous"):
+        H.smooth(b, 0.0, dinv, [(0.0, 1.0)], out.T.contiguous().T)  # column-major: its rows are not contiguous
+    with pytest.raises(ValueError, match="contiguous"):
+        H.smooth(b, 0.0, dinv, [(0.0, 1.0)], out.float())
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
