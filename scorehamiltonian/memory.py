@@ -25,12 +25,12 @@ axis while N_l > ``COARSEST_SIZE``):
 The LOBPCG blocks are allocated zero-filled, so the resident memory of a run is what is
 counted and not an accident of which rows an iteration touched (the multigrid blocks are
 written whole in every cycle). Peak = operator + max(build, solver).
-Measured (peak RSS over a whole job, 2 cores, float64): 0-10% over on 2D 383^2 - 1023^2 and
-3D 63^3 and 127^3 grids for k = 1, 3, 6 (1023^2, k = 3: 566 B per unknown measured, 614
-estimated; 127^3, k = 3: 524 against 575), 4% under on 95^3 (k = 2) and 33% under on 255^2
-(k = 1), where fixed overheads (about 12 MiB) weigh (tests/test_memory.py checks 20% on
-383^2, 511^2 and 63^3). Other solver methods (eigsh's factorisation, Lanczos' basis) are
-not counted.
+Measured (peak RSS over a whole job, 2 cores, float64): 3-20% over on 2D 383^2 - 1023^2 and
+3D 63^3 and 95^3 grids (1023^2, k = 3: 512 B per unknown measured, 614 estimated; 63^3,
+k = 3: 502 against 572; 95^3, k = 2: 459 against 472), most of it the third smoothing block
+per level that the numba sweep does not hold, and 34% under on 255^2 (k = 1), where fixed
+overheads (about 12 MiB) weigh (tests/test_memory.py checks 20% on 383^2, 511^2 and 63^3).
+Other solver methods (eigsh's factorisation, Lanczos' basis) are not counted.
 
 :func:`check_memory` compares an estimate with what the device has free (``MemAvailable`` of
 /proc/meminfo on the CPU, ``torch.cuda.mem_get_info`` on a GPU) and raises

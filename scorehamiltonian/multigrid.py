@@ -54,10 +54,11 @@ __all__ = ["COARSEST_SIZE", "DEGREE", "Multigrid", "hierarchy", "rayleigh_quotie
 #: Levels are added until one has at most this many unknowns (the sparse direct solve).
 COARSEST_SIZE = 4096
 #: Chebyshev smoothing steps before and after the coarse correction. On the benchmark's
-#: four-mode mixture (``analysis/bench_gap.py``, k = 2, tol 5e-7) degree 4 solves fastest:
-#: 1024^2 1.46 / 1.43 / 1.34 / 1.46 / 1.60 s and 128^3 4.38 / 3.66 / 3.32 / 3.71 / 3.63 s
-#: at degrees 2 / 3 / 4 / 5 / 6 (fewer LOBPCG iterations, each with its Rayleigh-Ritz
-#: algebra, for a little more smoothing).
+#: four-mode mixture (``analysis/bench_gap.py``, k = 2, tol 5e-7; smoothing in one sweep)
+#: degree 4 solves fastest: 1024^2 1.13 / 1.05 / 1.14 / 1.19 s and 128^3 4.98 / 3.70 /
+#: 3.75 / 4.69 s at degrees 3 / 4 / 5 / 6; at 512^2 degrees 3-6 are within noise (0.40-0.43 s)
+#: and degree 2 is slower (0.51 s): fewer LOBPCG iterations, each with its Rayleigh-Ritz
+#: algebra, for a little more smoothing.
 DEGREE = 4
 #: Multigrid levels may resolve p_t this coarsely (points per width of its sharpest mode):
 #: they only need to approximate the smooth eigenvectors, and the shifts absorb the rest.

@@ -378,7 +378,6 @@ class ScoreHamiltonian:
         h2 = np.array([0.0 if a is None else h2inv[a] for a in axes])
         self._h2inv = h2.astype(np.float64 if self.dtype == torch.float64 else np.float32)
         self._coef = np.asarray(self.coef, dtype=self._h2inv.dtype)
-        self._rings: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
 
     def _neighbour_ratios(self, log_density: torch.Tensor) -> torch.Tensor:
         """sum_nb H_i,nb psi0_nb / psi0_i = sum_nb w_nb exp((phi_nb - phi_i) / 2) at every node.
@@ -538,17 +537,15 @@ class ScoreHamiltonian:
                out: torch.Tensor, x0: torch.Tensor | None, residual: torch.Tensor | None) -> None:
         """:meth:`smooth` on the numba backend: tasks of (column, range of planes), a range per
         worker or fewer (halos are recomputed, so ranges stay long against them), spread
-        over the workers (one thread when small), each with its own rings (kept between
-        calls)."""
+        over the workers (one thread when small), each with its own rings (allocated per
+        call, so that concurrent calls on one operator share nothing)."""
         m, planes, n1, n2 = b.shape[0], *self._n3
         reach = len(self.coef) - 1
         workers = thread_count() if b.numel() >= PARALLEL_MIN_SIZE else 1
         pieces = max(1, min(workers // math.gcd(m, workers), planes // (4 * (len(steps) + 1) * reach)))
-        key = (workers, len(steps))
-        if key not in self._rings:
-            dtype = self._h2inv.dtype
-            self._rings[key] = (np.empty((workers, len(steps), 2 * reach + 1, n1, n2), dtype),
-                                np.empty((workers, len(steps), reach + 1, n1, n2), dtype), np.empty((workers, n2), dtype))
+        dtype = self._h2inv.dtype
+        rings = (np.empty((workers, len(steps), 2 * reach + 1, n1, n2), dtype),
+                 np.empty((workers, len(steps), reach + 1, n1, n2), dtype), np.empty((workers, n2), dtype))
 
         def view(t: torch.Tensor) -> np.ndarray:
             return t.detach().numpy().reshape(m, *self._n3)
@@ -556,7 +553,7 @@ class ScoreHamiltonian:
         alphas, betas = (np.array(column, dtype=self._h2inv.dtype) for column in zip(*steps))
         args = (pieces, x0 is None, residual is not None, view(b if x0 is None else x0), view(b),
                 self._diag.numpy().reshape(self._n3), shift, dinv.numpy().reshape(self._n3), self._coef, self._h2inv,
-                alphas, betas, view(out), view(out if residual is None else residual), *self._rings[key])
+                alphas, betas, view(out), view(out if residual is None else residual), *rings)
         if workers == 1:
             _sweep_worker(0, 1, *args)
         else:
