@@ -144,15 +144,17 @@ def _lines_parallel(chunks, u, diag, coef, h2inv, out):  # pragma: no cover - co
 def _sweep_task(lo, hi, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas, betas, out, r,
                 xring, dring, line):  # pragma: no cover - compiled
     """Planes lo..hi-1 of one column of :meth:`ScoreHamiltonian.smooth`, all its steps in one
-    sweep over the first axis (arrays of shape (planes, n1, n2)): step t of the polynomial
-    smoother, d_t = alpha_t d_{t-1} + beta_t dinv (b - (H - shift) x_{t-1}) (d_{t-1} not read
-    when alpha_t = 0), x_t = x_{t-1} + d_t, x_0 = x0 (or 0 when ``from_zero``: x_1 = d_1 =
-    beta_0 dinv b), runs R = len(coef) - 1 planes behind step t - 1, which has by then
-    produced the planes it reads. x_t lives in a ring of 2R + 1 planes (xring[t]), d_t in one
-    of R + 1 (dring[t]), so each plane of b, dinv and diag is read from memory once for all
-    steps. The last step writes planes lo..hi-1 of ``out``; with ``residual``, one more stage
-    writes b - (H - shift) out to ``r``. To produce planes lo..hi-1, step t computes the
-    planes up to (stages - t) R beyond them (recomputed by the neighbouring task)."""
+    sweep over the first axis (arrays of shape (planes, n1, n2)). Step t = 0, 1, ...
+    (coefficients alpha_t, beta_t) forms d = alpha_t d_prev + beta_t dinv (b - (H - shift)
+    x_prev) (d_prev not read when alpha_t = 0) and x = x_prev + d, from x_prev = x0 at t = 0
+    (or, ``from_zero``, d = x = beta_0 dinv b without a matvec). It runs R = len(coef) - 1
+    planes behind step t - 1, which has by then produced the planes it reads; its x lives in
+    a ring of 2R + 1 planes (xring[t]) and its d in one of R + 1 (dring[t]), so each plane of
+    b, dinv and diag is read from memory once for all steps. The last step's x goes to planes
+    lo..hi-1 of ``out``; with ``residual``, one more stage writes b - (H - shift) out to
+    ``r``. To produce planes lo..hi-1, stage t (the residual is the last) computes the
+    planes up to (stages - 1 - t) R beyond them on each side (recomputed by the neighbouring
+    task)."""
     planes, n1, n2 = b.shape
     reach = coef.shape[0] - 1
     steps = alphas.shape[0]
