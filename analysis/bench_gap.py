@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -104,12 +105,8 @@ def bare_matvec_samples(H, pairs: int = 5, repeats: int = 11) -> list[float]:
             start = time.perf_counter()
             H.matvec(v, out=out)
             times.append(time.perf_counter() - start)
-        medians.append(sorted(times)[repeats // 2])
+        medians.append(statistics.median_high(times))
     return medians
-
-
-def median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
 
 
 def shift_below(H) -> float:
@@ -193,8 +190,8 @@ def worker(args: argparse.Namespace) -> None:
            "load_before": os.getloadavg()[0]}
     row.update(solve(args.worker, H, args.tol))
     after = bare_matvec_samples(H)
-    row["bare_matvec_seconds"] = median(before + after)
-    row["bare_matvec_before_after_seconds"] = [median(before), median(after)]
+    row["bare_matvec_seconds"] = statistics.median_high(before + after)
+    row["bare_matvec_before_after_seconds"] = [statistics.median_high(before), statistics.median_high(after)]
     if args.worker == "ours":
         from scorehamiltonian.memory import estimate_memory
 

@@ -16,7 +16,7 @@ from typing import Any
 import numba
 import torch
 
-__all__ = ["PARALLEL_MIN_SIZE", "run_lines", "run_parallel", "thread_count"]
+__all__ = ["PARALLEL_MIN_SIZE", "run_lines", "run_parallel", "workers"]
 
 #: Passes over fewer values than this run on one thread (a parallel start costs more). On 2
 #: cores one smoothing step over 4 x 63^2 values took 121 us on one thread and 107 us on
@@ -24,8 +24,11 @@ __all__ = ["PARALLEL_MIN_SIZE", "run_lines", "run_parallel", "thread_count"]
 PARALLEL_MIN_SIZE = 1 << 14
 
 
-def thread_count() -> int:
-    """Threads for a parallel pass: torch's count, capped at numba's pool."""
+def workers(size: int) -> int:
+    """Threads for a pass over ``size`` values: 1 below ``PARALLEL_MIN_SIZE``, else torch's
+    count, capped at numba's pool."""
+    if size < PARALLEL_MIN_SIZE:
+        return 1
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
 
 
@@ -44,8 +47,8 @@ def run_lines(serial: Callable[..., Any], parallel: Callable[..., Any], size: in
     """``serial(0, lines, *args)`` for a pass over fewer than ``PARALLEL_MIN_SIZE`` values (or
     one line), else ``parallel(chunks, *args)`` with a few chunks per thread, on torch's
     thread count (module docstring)."""
-    if size < PARALLEL_MIN_SIZE or lines < 2:
+    threads = workers(size)
+    if threads == 1 or lines < 2:
         serial(0, lines, *args)
         return
-    threads = thread_count()
     run_parallel(threads, parallel, min(lines, 4 * threads), *args)

@@ -784,10 +784,11 @@ def _start_block(op: _Counted, m: int, v0: torch.Tensor | None, ground_state: to
                  grid: object | None, generator: torch.Generator | None) -> torch.Tensor:
     """m independent starting columns (column-major where assembled here): [v0, ground_state,
     fill]. The ground state g is left out when v0 already holds it (less than half of its
-    norm outside span(v0)). Without a ground state the fill is random; with one, it is (x_a - <x_a>) g for each grid axis a
-    (the first excited states of the harmonic approximation around each mode) and then
-    random columns weighted by |g| + 1% of its maximum (localised where p lives, yet
-    nonzero everywhere, so no eigenvector is excluded from the start)."""
+    norm outside span(v0)). Without a ground state the fill is random; with one, it is
+    (x_a - <x_a>) g for each grid axis a (the first excited states of the harmonic
+    approximation around each mode) and then random columns weighted by |g| + 1% of its
+    maximum (localised where p lives, yet nonzero everywhere, so no eigenvector is excluded
+    from the start)."""
     X = _random(op, 0, generator) if v0 is None else v0.reshape(op.n, -1).to(_WORK_DTYPE).to(op.device)
     g = None
     if ground_state is not None:

@@ -40,7 +40,7 @@ import scipy.fft
 import scipy.sparse as sp
 import torch
 
-from ._threads import PARALLEL_MIN_SIZE, run_lines, run_parallel, thread_count
+from ._threads import run_lines, run_parallel, workers
 from .derivatives import DivergenceMethod
 from .errors import InputShapeError, ResolutionError
 from .grid import Grid
@@ -518,14 +518,14 @@ class ScoreHamiltonian:
         if self.backend == "numba":
             self._sweep(b, shift, dinv, steps, out, x0, residual)
             return out
-        d = torch.empty_like(b)
+        d, r = torch.empty_like(b), torch.empty_like(b)
         if x0 is None:
             torch.mul(b, dinv, out=out).mul_(steps[0][1])
             d.copy_(out)
         else:
             out.copy_(x0)
         for alpha, beta in steps[1 if x0 is None else 0:]:
-            r = self.residual(out, b, shift)
+            self.residual(out, b, shift, out=r)
             if alpha == 0.0:
                 torch.mul(r, dinv, out=d).mul_(beta)
             else:
@@ -543,23 +543,23 @@ class ScoreHamiltonian:
         call, so that concurrent calls on one operator share nothing)."""
         m, planes, n1, n2 = b.shape[0], *self._n3
         reach = len(self.coef) - 1
-        workers = thread_count() if b.numel() >= PARALLEL_MIN_SIZE else 1
-        pieces = max(1, min(workers // math.gcd(m, workers), planes // (4 * (len(steps) + 1) * reach)))
+        threads = workers(b.numel())
+        pieces = max(1, min(threads // math.gcd(m, threads), planes // (4 * (len(steps) + 1) * reach)))
         dtype = self._h2inv.dtype
-        rings = (np.empty((workers, len(steps), 2 * reach + 1, n1, n2), dtype),
-                 np.empty((workers, len(steps), reach + 1, n1, n2), dtype), np.empty((workers, n2), dtype))
+        rings = (np.empty((threads, len(steps), 2 * reach + 1, n1, n2), dtype),
+                 np.empty((threads, len(steps), reach + 1, n1, n2), dtype), np.empty((threads, n2), dtype))
 
         def view(t: torch.Tensor) -> np.ndarray:
             return t.detach().numpy().reshape(m, *self._n3)
 
-        alphas, betas = (np.array(column, dtype=self._h2inv.dtype) for column in zip(*steps))
+        alphas, betas = (np.array(column, dtype=dtype) for column in zip(*steps))
         args = (pieces, x0 is None, residual is not None, view(b if x0 is None else x0), view(b),
                 self._diag.numpy().reshape(self._n3), shift, dinv.numpy().reshape(self._n3), self._coef, self._h2inv,
                 alphas, betas, view(out), view(out if residual is None else residual), *rings)
-        if workers == 1:
+        if threads == 1:
             _sweep_worker(0, 1, *args)
         else:
-            run_parallel(workers, _sweep_parallel, workers, *args)
+            run_parallel(threads, _sweep_parallel, threads, *args)
 
     def diagonal(self) -> torch.Tensor:
         """The diagonal of H, (N,)."""
