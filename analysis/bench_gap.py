@@ -10,7 +10,10 @@ and peak memory is its own; ours after one warm-up solve on a small grid, which 
 compiled kernels): ``spectrum(H, k=2)`` (our default), scipy eigsh shift-invert
 (SuperLU of H - sigma I, sigma just below lambda_0: the ground state's Rayleigh quotient
 minus max(residual, 1% of its distance to the Gershgorin bound)), and eigsh(which="SA").
-Reported: wall time and CPU time of the solve (operator build excluded), matvec count
+Reported: wall time and CPU time of the solve (operator build excluded; ours: the solve with
+the median time of ``--repeats``, default 3, in the same process, all times in results.json;
+the others once: they take seconds to minutes, and their timings vary far less than their
+distance from ours), matvec count
 (solves for shift-invert), work in fine-matvec equivalents (ours: the multigrid
 preconditioner's level matvecs and coarse solves and nested iteration's coarse grids
 included, each weighted by its unknowns, ``SpectrumResult.work``; the others: their
@@ -18,13 +21,22 @@ matvec count), peak RSS increase during the solve (sampled every 20 ms; glibc's 
 fixed by MALLOC_MMAP_THRESHOLD_ so that freed arrays leave RSS) next to our solver's
 :func:`~scorehamiltonian.memory.estimate_memory`, the gap
 lambda_1 - lambda_0 and its relative error bound (ours) or relative difference from ours,
-time / (work x one bare single-column matvec: the median over ten separately allocated
-vectors, five timed just before the solve and five just after, so that a drift of the shared
-machine's speed during the run moves both sides, ``bare_matvec_samples``; the medians before
-and after are in results.json), and the load average of the machine around
+time / (work x one bare single-column matvec), and the load average of the machine around
 each run (other processes: the timings of a shared machine are only comparable within one
 run). ``--threads`` sets torch's and numba's threads (0: their defaults); SuperLU and
 ARPACK run on one thread.
+
+One bare matvec, the reference of that ratio, is timed the way the solver meets it: cold,
+its operands not in cache (``cold_matvec_samples``: single-column matvecs round-robin over
+separately allocated vector pairs that together hold four times the last-level cache, each
+call timed alone). Every matvec of the solver, and every smoothing sweep its work counts,
+reads vectors that blocks of m columns have pushed out of cache since they were written; a
+matvec repeated on one vector pair (``warm_matvec_samples``, the median of 11 calls on each of
+5 pairs) instead reads them from the L3 cache when its arrays fit there (512^2: three arrays of
+2 MiB against the 8 MiB of the machine this was written on), which makes it up to twice as fast, by an amount that changes from one
+process to the next with where the pages land. Both are reported, each the median of samples
+taken just before and just after the solve (so that a drift of the shared machine's speed
+moves both sides), and so are both ratios.
 
 Usage: python analysis/bench_gap.py --sizes 256 512 1024 [--dim3 128] [--out DIR]
 Writes results.json and results.md into --out (default analysis/out/bench_gap/).
@@ -86,13 +98,10 @@ class PeakRSS:
         return (self.peak - self.base) / 2**20
 
 
-def bare_matvec_samples(H, pairs: int = 5, repeats: int = 11) -> list[float]:
-    """Seconds of one single-column matvec into a preallocated output, as the solver calls it
-    (a fresh output would add its page faults to the kernel's time): for each of ``pairs``
-    separately allocated (input, output) pairs, the median of ``repeats`` calls. On this
-    benchmark's 2-core VM the speed of a pair depends on where its memory landed: at 512^2,
-    pairs in one process took 0.65-1.5 ms, so one pair is a lottery ticket while the
-    solver's many arrays see the typical speed."""
+def warm_matvec_samples(H, pairs: int = 5, repeats: int = 11) -> list[float]:
+    """Seconds of one single-column matvec into a preallocated output, repeated on one vector
+    pair (its operands cache-resident when they fit): for each of ``pairs`` separately
+    allocated (input, output) pairs, the median of ``repeats`` calls."""
     import torch
 
     medians = []
@@ -109,6 +118,42 @@ def bare_matvec_samples(H, pairs: int = 5, repeats: int = 11) -> list[float]:
     return medians
 
 
+def last_level_cache_bytes() -> int:
+    """The last-level cache's size (L3, else L2) from sysconf; 32 MiB when it does not say."""
+    for name in ("SC_LEVEL3_CACHE_SIZE", "SC_LEVEL2_CACHE_SIZE"):
+        size = os.sysconf(name) if name in os.sysconf_names else 0
+        if size > 0:
+            return size
+    return 32 * 2**20
+
+
+def cold_matvec_samples(H, rounds: int = 5) -> list[float]:
+    """Seconds of single-column matvecs into preallocated outputs with operands out of
+    cache: (input, output) pairs that together hold four times the last-level cache (at
+    least 4 pairs), each called once per round, round-robin, each call timed alone; after a
+    first round that faults the pages in, ``rounds`` rounds."""
+    import torch
+
+    pair_bytes = 2 * H.shape[0] * 8
+    count = max(4, -(-4 * last_level_cache_bytes() // pair_bytes))
+    pairs = [(torch.randn(H.shape[0], dtype=torch.float64), torch.empty(H.shape[0], dtype=torch.float64))
+             for _ in range(count)]
+    for v, out in pairs:
+        H.matvec(v, out=out)
+    times = []
+    for _ in range(rounds):
+        for v, out in pairs:
+            start = time.perf_counter()
+            H.matvec(v, out=out)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def bare_matvec_samples(H) -> dict[str, list[float]]:
+    """Cold and warm single-column matvec times (seconds) of H (module docstring)."""
+    return {"cold": cold_matvec_samples(H), "warm": warm_matvec_samples(H)}
+
+
 def shift_below(H) -> float:
     """sigma just below lambda_0 from the ground state (the same rule as our solver)."""
     g = H.ground_state.double()
@@ -118,8 +163,9 @@ def shift_below(H) -> float:
     return rho - max(float((Hg - rho * g).norm()), 0.01 * (rho - lo))
 
 
-def solve(solver: str, H, tol: float) -> dict:
-    """Run one solver on H; return its figures (gap, matvecs, seconds, memory)."""
+def solve(solver: str, H, tol: float, repeats: int = 1) -> dict:
+    """Run one solver on H (ours ``repeats`` times, the figures of the solve with the median
+    time reported); return its figures (gap, matvecs, seconds, memory)."""
     import numpy as np
     import scipy.sparse as sp
     import scipy.sparse.linalg as spla
@@ -127,12 +173,16 @@ def solve(solver: str, H, tol: float) -> dict:
     from scorehamiltonian.eigensolvers import spectrum
 
     if solver == "ours":
+        runs = []
         with PeakRSS() as mem:
-            cpu = time.process_time()
-            r = spectrum(H, k=2, tol=tol)
-            cpu = time.process_time() - cpu
-        return {"seconds": r.wall_time, "cpu_seconds": cpu, "matvecs": r.n_matvec, "work": r.work, "gap": r.gap,
-                "gap_error": r.gap_error, "converged": bool(r.converged.all()), "method": r.method,
+            for _ in range(repeats):
+                cpu = time.process_time()
+                r = spectrum(H, k=2, tol=tol)
+                runs.append((r.wall_time, time.process_time() - cpu, r))
+        seconds, cpu, r = sorted(runs, key=lambda run: run[0])[(len(runs) - 1) // 2]
+        return {"seconds": seconds, "seconds_each": [run[0] for run in runs], "cpu_seconds": cpu,
+                "matvecs": r.n_matvec, "work": r.work, "gap": r.gap, "gap_error": r.gap_error,
+                "converged": all(bool(run[2].converged.all()) for run in runs), "method": r.method,
                 "memory_mib": mem.increase_mib, "eigenvalues": r.eigenvalues.tolist()}
     A = H.to_scipy()
     count = [0]
@@ -188,16 +238,19 @@ def worker(args: argparse.Namespace) -> None:
     row = {"solver": args.worker, "n": args.n, "dim": args.dim, "N": H.shape[0], "build_seconds": build,
            "threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads(),
            "load_before": os.getloadavg()[0]}
-    row.update(solve(args.worker, H, args.tol))
+    row.update(solve(args.worker, H, args.tol, args.repeats))
     after = bare_matvec_samples(H)
-    row["bare_matvec_seconds"] = statistics.median_high(before + after)
-    row["bare_matvec_before_after_seconds"] = [statistics.median_high(before), statistics.median_high(after)]
+    for kind, name in (("cold", "bare_matvec"), ("warm", "bare_matvec_warm")):
+        row[f"{name}_seconds"] = statistics.median_high(before[kind] + after[kind])
+        row[f"{name}_before_after_seconds"] = [statistics.median_high(before[kind]),
+                                               statistics.median_high(after[kind])]
     if args.worker == "ours":
         from scorehamiltonian.memory import estimate_memory
 
         row["memory_estimate_mib"] = estimate_memory(H.grid.n, k=2).solver / 2**20
     row["load_after"] = os.getloadavg()[0]
     row["time_per_matvec_ratio"] = row["seconds"] / (row["work"] * row["bare_matvec_seconds"])
+    row["time_per_warm_matvec_ratio"] = row["seconds"] / (row["work"] * row["bare_matvec_warm_seconds"])
     Path(args.result).write_text(json.dumps(row))
 
 
@@ -206,7 +259,7 @@ def run_one(solver: str, n: int, dim: int, args: argparse.Namespace) -> dict:
     result = Path(args.out) / f"_{solver}_{dim}d_{n}.json"
     result.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--worker", solver, "--n", str(n), "--dim", str(dim), "--result", str(result),
-           "--tol", str(args.tol), "--threads", str(args.threads)]
+           "--tol", str(args.tol), "--threads", str(args.threads), "--repeats", str(args.repeats)]
     budget = args.time_limit + args.build_allowance * (n**dim / 2**20)
     try:
         subprocess.run(cmd, check=True, timeout=budget, cwd=ROOT, env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536"))
@@ -222,8 +275,9 @@ def run_one(solver: str, n: int, dim: int, args: argparse.Namespace) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| grid | solver | time (s) | CPU (s) | matvecs | work | bare matvec (ms) | peak RSS + (MiB) | "
-            "estimate (MiB) | gap | rel. gap error | time / (work x bare matvec) | load | note |\n"
+    head = ("| grid | solver | time (s) | CPU (s) | matvecs | work | bare matvec, cold / warm (ms) | "
+            "peak RSS + (MiB) | estimate (MiB) | gap | rel. gap error | time / (work x bare matvec), cold / warm | "
+            "load | note |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     ours = {(r["n"], r["dim"]): r for r in rows if r["solver"] == "ours" and r.get("finished")}
     lines = []
@@ -240,8 +294,9 @@ def markdown(rows: list[dict]) -> str:
         estimate = f"{r['memory_estimate_mib']:.0f}" if "memory_estimate_mib" in r else "-"
         lines.append(
             f"| {grid} | {r['solver']} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} | {r['matvecs']} | "
-            f"{r['work']:.0f} | {1e3 * r['bare_matvec_seconds']:.2f} | {r['memory_mib']:.0f} | {estimate} | "
-            f"{r['gap']:.10e} | {err:.1e} | {r['time_per_matvec_ratio']:.1f} | "
+            f"{r['work']:.0f} | {1e3 * r['bare_matvec_seconds']:.2f} / {1e3 * r['bare_matvec_warm_seconds']:.2f} | "
+            f"{r['memory_mib']:.0f} | {estimate} | {r['gap']:.10e} | {err:.1e} | "
+            f"{r['time_per_matvec_ratio']:.1f} / {r['time_per_warm_matvec_ratio']:.1f} | "
             f"{r['load_before']:.1f}-{r['load_after']:.1f} | {note} |"
         )
     return head + "\n".join(lines) + "\n"
@@ -256,6 +311,7 @@ def main() -> None:
     parser.add_argument("--build-allowance", type=float, default=90.0, help="extra seconds per 2^20 nodes for the build")
     parser.add_argument("--tol", type=float, default=5e-7, help="our tol: the gap comes with relative error <= 2 tol")
     parser.add_argument("--threads", type=int, default=0, help="torch and numba threads (0: their defaults)")
+    parser.add_argument("--repeats", type=int, default=3, help="solves of ours per grid (the median reported)")
     parser.add_argument("--out", default=str(ROOT / "analysis" / "out" / "bench_gap"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)

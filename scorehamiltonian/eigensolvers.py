@@ -58,6 +58,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
+from ._ritz_update import update_rows
 from .errors import ConvergenceError, InputDtypeError, InputShapeError
 from .memory import check_memory, estimate_memory
 from .multigrid import COARSEST_SIZE, Multigrid
@@ -94,10 +95,11 @@ _DROP = 1e-10
 _NEW_DIRECTION = 1.5e-8
 #: ``_inner`` sums its products over column chunks of this length (one batched GEMM).
 _INNER_CHUNK = 4096
-#: Columns per step of the in-place Rayleigh-Ritz update (``_Blocks._combine``) on the CPU,
-#: where its buffer (up to 2m rows of this many) stays in cache; other devices take N / 8 per step
-#: (a few large GEMMs rather than many small launches, for a buffer of m / 4 rows).
-_UPDATE_CHUNK, _UPDATE_CHUNKS_GPU = 1 << 15, 8
+#: The in-place Rayleigh-Ritz update (``_Blocks._combine``) runs as one numba pass on the CPU
+#: (:mod:`._ritz_update`; at 512^2 with 4 rows 5-7 ms against 9-12 ms for the torch path, which
+#: runs its small GEMMs on one core); other devices take the torch path in ``_UPDATE_CHUNKS``
+#: column chunks (a few large GEMMs rather than many small launches, for a buffer of m / 4 rows).
+_NUMBA_UPDATE, _UPDATE_CHUNKS = True, 8
 #: Nested iteration solves the multigrid levels that resolve p_t this well (points per
 #: width of its sharpest mode), each to relative accuracy NESTED_TOL (or the asked tol if
 #: looser) within NESTED_MAXITER LOBPCG iterations.
@@ -458,8 +460,8 @@ def _passed(theta: torch.Tensor, X: torch.Tensor, rnorm: torch.Tensor, diag: tor
 class _Blocks:
     """Row blocks S = [X; P; W] (each row one vector) and HS = H S, ``depth`` m rows each
     (3 for LOBPCG, 2 for a Rayleigh-Ritz on X alone), allocated once: a Rayleigh-Ritz update
-    writes the new [X; P] and [HX; HP] over S and HS in place, one column chunk at a time
-    (``_UPDATE_CHUNK``), so no (N, m) block is ever concatenated, copied or double-buffered,
+    writes the new [X; P] and [HX; HP] over S and HS in place, one column tile or chunk at a
+    time (``_NUMBA_UPDATE``), so no (N, m) block is ever concatenated, copied or double-buffered,
     and in the same pass the residuals R = HX - X diag(theta) of the new Ritz vectors and
     their norms (``rnorm``), from the chunk just written. Between updates the rows past the
     basis are free: R lives in HS's (it is consumed by the preconditioner before H W is
@@ -475,9 +477,9 @@ class _Blocks:
             return torch.zeros(rows, op.n, dtype=_WORK_DTYPE, device=op.device)
 
         self.S, self.HS = block(depth * m), block(depth * m)
-        on_cpu = torch.device(op.device).type == "cpu"
-        self._chunk = min(op.n, _UPDATE_CHUNK if on_cpu else -(-op.n // _UPDATE_CHUNKS_GPU))
-        self._update = torch.zeros(2 * m * self._chunk, dtype=_WORK_DTYPE, device=op.device)
+        self._numba = _NUMBA_UPDATE and torch.device(op.device).type == "cpu"
+        self._chunk = -(-op.n // _UPDATE_CHUNKS)
+        self._update = None if self._numba else torch.zeros(2 * m * self._chunk, dtype=_WORK_DTYPE, device=op.device)
         self.op, self.m, self.q, self.a = op, m, 0, 0
         self._before = torch.zeros(0, dtype=_WORK_DTYPE, device=op.device)
         self._gram: torch.Tensor | None = None
@@ -568,10 +570,14 @@ class _Blocks:
 
     def _combine(self, CT: torch.Tensor, theta: torch.Tensor) -> None:
         """S[:r] <- CT S[:q] and HS[:r] <- CT HS[:q] in place (CT of shape (r, q)), then
-        R = HS[:m] - S[:m] diag(theta) into HS[r:r + m] and its row norms into ``rnorm``,
-        by column chunks through a small buffer: each chunk of the q rows is read before
-        any of it is overwritten, and R is formed while the chunk is in cache."""
+        R = HS[:m] - S[:m] diag(theta) into HS[r:r + m] and its row norms into ``rnorm``:
+        on the CPU by :func:`~._ritz_update.update_rows`, elsewhere by column chunks through
+        a small buffer. Each tile or chunk of the q rows is read before any of it is
+        overwritten, and R is formed while it is in cache."""
         r, q, m, n = CT.shape[0], CT.shape[1], self.m, self.S.shape[1]
+        if self._numba:
+            self.rnorm = update_rows(CT, self.S, self.HS, theta.contiguous()).sqrt()
+            return
         squares = torch.zeros(m, dtype=_WORK_DTYPE, device=self.S.device)
         for a in range(0, n, self._chunk):
             b = min(a + self._chunk, n)

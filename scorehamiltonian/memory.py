@@ -14,7 +14,7 @@ axis while N_l > ``COARSEST_SIZE``):
 - solver: the LOBPCG row blocks S and HS (2 x 3m rows), the starting block, the
   nested-iteration start and one transient block (3m rows), the diagonal (1 row), all N w,
   and the buffer of the in-place Rayleigh-Ritz update, 2m rows of N / 8 on a GPU (counted
-  on every device: on the CPU it is 2m rows of 2^15, so the count is m / 4 rows over
+  on every device: the CPU's numba pass needs none, so the count is m / 4 rows over
   there); per multigrid level the inverse diagonal and, below the coarsest, the smoother's
   work blocks counted as three of m rows, N_l b (3m + 1) (the numba sweep holds two, the
   iterate and the residual, and small rings of planes; the torch path of other devices
@@ -91,7 +91,7 @@ def estimate_memory(n: Sequence[int] | int, k: int = 3, dim: int | None = None,
     bytes (module docstring for the count). ``dtype``: the operator's."""
     from .eigensolvers import (  # here: eigensolvers imports this module
         _GUARD,
-        _UPDATE_CHUNKS_GPU,
+        _UPDATE_CHUNKS,
         _WORK_DTYPE,
     )
 
@@ -106,7 +106,7 @@ def estimate_memory(n: Sequence[int] | int, k: int = 3, dim: int | None = None,
     build = N * w * (4 * d + 5)
     smoothed = sum(sizes[:-1]) * 3 * m * b
     multigrid = sum(sizes) * b + smoothed + sum(sizes[1:]) * (3 * w + 2 * b + m * b)
-    solver = N * w * (6 * m + 3 * m + 1) + 2 * m * -(-N // _UPDATE_CHUNKS_GPU) * w + multigrid
+    solver = N * w * (6 * m + 3 * m + 1) + 2 * m * -(-N // _UPDATE_CHUNKS) * w + multigrid
     return MemoryEstimate(n, k, operator, build, solver)
 
 

@@ -10,6 +10,8 @@ code with the grid operator.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.linalg
 
@@ -31,13 +33,23 @@ def _basis_1d(x: np.ndarray, lo: float, hi: float, degree: int) -> tuple[np.ndar
     return np.stack(values, -1), np.stack(derivs, -1)
 
 
+@functools.lru_cache(maxsize=8)
+def _gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss-Legendre nodes and weights on [-1, 1] (read-only), computed once per n: numpy's
+    leggauss solves an n x n eigenproblem (3 s at n = 2500), and the tests ask for the same n
+    again and again."""
+    nodes, weights = np.polynomial.legendre.leggauss(n)
+    nodes.flags.writeable = weights.flags.writeable = False
+    return nodes, weights
+
+
 def galerkin_levels(log_p, lo, hi, degree: int, n_quad: int, k: int = 3) -> np.ndarray:
     """The k lowest non-zero Dirichlet-form Ritz values of p on the box [lo, hi] (1D or 2D).
 
     log_p maps points (n, d) to log p (unnormalised is fine).
     """
     lo, hi = np.atleast_1d(lo).astype(float), np.atleast_1d(hi).astype(float)
-    nodes, weights = np.polynomial.legendre.leggauss(n_quad)
+    nodes, weights = _gauss_legendre(n_quad)
     axes = [0.5 * (b - a) * nodes + 0.5 * (a + b) for a, b in zip(lo, hi)]
     wts = [0.5 * (b - a) * weights for a, b in zip(lo, hi)]
     mesh = np.meshgrid(*axes, indexing="ij")

@@ -15,6 +15,7 @@ from scorehamiltonian import (
     GaussianMixture,
     Grid,
     ScoreHamiltonian,
+    _ritz_update,
     box_from_mixture,
     eigensolvers,
     transfer,
@@ -220,16 +221,52 @@ def test_nested_iteration_matches_a_cold_start_within_the_bounds():
     assert abs(nested.gap - cold.gap) <= nested.gap_error + cold.gap_error
 
 
-def test_the_in_place_rayleigh_ritz_update_does_not_depend_on_its_chunk(monkeypatch):
-    """LOBPCG writes each Rayleigh-Ritz update over its own blocks one column chunk at a time
-    (``_UPDATE_CHUNK``; 127^2 = 16129 columns fit in one): chunks of 1000 (16 of them and a
-    remainder) give the same iterations and the same eigenvalues to round-off."""
+def test_the_in_place_rayleigh_ritz_update_is_the_same_on_both_paths(monkeypatch):
+    """LOBPCG writes each Rayleigh-Ritz update over its own blocks in place: on the CPU in one
+    numba pass (``_ritz_update``), on other devices by torch in ``_UPDATE_CHUNKS`` column
+    chunks. The torch path, in one chunk and in 16 (127^2 = 16129 columns, a remainder
+    included), gives the numba path's iterations and eigenvalues to round-off."""
     H = four_modes(127)
-    one = spectrum(H, k=2, tol=1e-7, generator=seeded())
-    monkeypatch.setattr(eigensolvers, "_UPDATE_CHUNK", 1000)
-    chunked = spectrum(H, k=2, tol=1e-7, generator=seeded())
-    assert chunked.n_matvec == one.n_matvec and chunked.converged.all()
-    torch.testing.assert_close(chunked.eigenvalues, one.eigenvalues, rtol=1e-12, atol=0)
+    fused = spectrum(H, k=2, tol=1e-7, generator=seeded())
+    monkeypatch.setattr(eigensolvers, "_NUMBA_UPDATE", False)
+    for chunks in (1, 16):
+        monkeypatch.setattr(eigensolvers, "_UPDATE_CHUNKS", chunks)
+        chunked = spectrum(H, k=2, tol=1e-7, generator=seeded())
+        assert chunked.n_matvec == fused.n_matvec and chunked.converged.all()
+        torch.testing.assert_close(chunked.eigenvalues, fused.eigenvalues, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("q, r", [(4, 4), (12, 8), (9, 3)])
+def test_the_numba_rayleigh_ritz_update_is_the_formula_on_any_thread_count(q, r):
+    """update_rows against the dense formula (S[:r] <- CT S[:q], HS[:r] <- CT HS[:q],
+    R = HS[:m] - diag(theta) S[:m] below them, and R's squared row norms) on a width that
+    is no multiple of its tile or chunk and large enough for the parallel pass, with the
+    same bits on one thread as on two."""
+    m, n = 3, 3 * _ritz_update.CHUNK + 77
+    g = seeded(q)
+    S0, HS0 = (torch.randn(r + q + m, n, dtype=torch.float64, generator=g) for _ in range(2))
+    CT = torch.randn(r, q, dtype=torch.float64, generator=g)
+    theta = torch.randn(m, dtype=torch.float64, generator=g)
+    S_new, HS_new = CT @ S0[:q], CT @ HS0[:q]
+    R = HS_new[:m] - theta[:, None] * S_new[:m]
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            S, HS = S0.clone(), HS0.clone()
+            squares = _ritz_update.update_rows(CT, S, HS, theta)
+            results.append((S, HS, squares))
+    finally:
+        torch.set_num_threads(before)
+    S, HS, squares = results[0]
+    torch.testing.assert_close(S[:r], S_new, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(HS[:r], HS_new, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(HS[r : r + m], R, rtol=1e-13, atol=1e-13)
+    torch.testing.assert_close(squares, (R**2).sum(1), rtol=1e-13, atol=0)
+    assert torch.equal(S[r:], S0[r:]) and torch.equal(HS[r + m :], HS0[r + m :])
+    for a, b in zip(results[0], results[1]):
+        assert torch.equal(a, b)
 
 
 def test_a_warm_start_from_a_coarser_grid_replaces_nested_iteration():
