@@ -30,13 +30,14 @@ One bare matvec, the reference of that ratio, is timed the way the solver meets 
 its operands not in cache (``cold_matvec_samples``: single-column matvecs round-robin over
 separately allocated vector pairs that together hold four times the last-level cache, each
 call timed alone). Every matvec of the solver, and every smoothing sweep its work counts,
-reads vectors that blocks of m columns have pushed out of cache since they were written; a
-matvec repeated on one vector pair (``warm_matvec_samples``, the median of 11 calls on each of
-5 pairs) instead reads them from the L3 cache when its arrays fit there (512^2: three arrays of
-2 MiB against the 8 MiB of the machine this was written on), which makes it up to twice as fast, by an amount that changes from one
-process to the next with where the pages land. Both are reported, each the median of samples
-taken just before and just after the solve (so that a drift of the shared machine's speed
-moves both sides), and so are both ratios.
+reads vectors that blocks of m columns have pushed out of cache since they were written. A
+matvec repeated on one vector pair (``warm_matvec_samples``, the median of 11 calls on each
+of 5 pairs) reads them from the last-level cache instead when its arrays fit there (at 512^2
+three arrays of 2 MiB, against the 8 MiB L3 of the machine this was written on), which made
+it up to twice as fast, by an amount that changed from one process to the next with where
+the pages landed. Both are reported, each the median of samples taken just before and just
+after the solve (so that a drift of the shared machine's speed moves both sides), and so are
+both ratios.
 
 Usage: python analysis/bench_gap.py --sizes 256 512 1024 [--dim3 128] [--out DIR]
 Writes results.json and results.md into --out (default analysis/out/bench_gap/).

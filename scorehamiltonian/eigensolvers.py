@@ -96,9 +96,9 @@ _NEW_DIRECTION = 1.5e-8
 #: ``_inner`` sums its products over column chunks of this length (one batched GEMM).
 _INNER_CHUNK = 4096
 #: The in-place Rayleigh-Ritz update (``_Blocks._combine``) runs as one numba pass on the CPU
-#: (:mod:`._ritz_update`; at 512^2 with 4 rows 5-7 ms against 9-12 ms for the torch path, which
-#: runs its small GEMMs on one core); other devices take the torch path in ``_UPDATE_CHUNKS``
-#: column chunks (a few large GEMMs rather than many small launches, for a buffer of m / 4 rows).
+#: (:mod:`._ritz_update`; at 512^2 with 4 rows 6.5 ms against 9.3 ms for the torch path, medians
+#: of interleaved calls); other devices take the torch path in ``_UPDATE_CHUNKS`` column chunks
+#: (a few large GEMMs rather than many small launches, for a buffer of m / 4 rows).
 _NUMBA_UPDATE, _UPDATE_CHUNKS = True, 8
 #: Nested iteration solves the multigrid levels that resolve p_t this well (points per
 #: width of its sharpest mode), each to relative accuracy NESTED_TOL (or the asked tol if
