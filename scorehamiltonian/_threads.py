@@ -19,8 +19,9 @@ import torch
 __all__ = ["PARALLEL_MIN_SIZE", "run_lines", "run_parallel", "workers"]
 
 #: Passes over fewer values than this run on one thread (a parallel start costs more). On 2
-#: cores one smoothing step over 4 x 63^2 values took 121 us on one thread and 107 us on
-#: two, over 4 x 127^2 308 against 214 us, and over 1 x 31^2 39 against 56 us.
+#: cores a call of one smoothing step (the fused stencil kernel) over 4 x 63^2 values took
+#: 169-173 us on one thread and 159-163 us on two, over 4 x 127^2 385-445 against 268-298
+#: us, and over 1 x 31^2 76-84 against 100-106 us.
 PARALLEL_MIN_SIZE = 1 << 14
 
 

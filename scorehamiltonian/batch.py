@@ -408,6 +408,7 @@ class _Solver:
     def __init__(self, batch: HamiltonianBatch, ops: list[_Counted], diag: torch.Tensor,
                  precond: _Preconditioner, k: int, tol: float) -> None:
         self.batch, self.ops, self.diag, self.precond, self.k, self.tol = batch, ops, diag, precond, k, tol
+        self.diag_max = diag.abs().amax(-1).tolist()
 
     def run(self, X0: torch.Tensor, maxiter: int) -> torch.Tensor:
         """The m lowest Ritz vectors of every member, rows (B, m, N), from the start X0."""
@@ -473,8 +474,8 @@ class _Solver:
             self.p_valid[index] = p_valid
         theta_cpu, rnorm_cpu = theta.cpu(), R.norm(dim=-1).cpu()
         for j, b in enumerate(index.tolist()):
-            passed, stuck = _passed(theta_cpu[j], XP[j, :m].T, rnorm_cpu[j], self.diag[b], self.ops[b].eps,
-                                    self.tol, self.scratch.T)
+            passed, stuck = _passed(theta_cpu[j], XP[j, :m].T, rnorm_cpu[j], self.diag[b], self.diag_max[b],
+                                    self.ops[b].eps, self.tol, self.scratch.T)
             if p_valid is not None and (not (~passed)[: self.k].any() or (passed | stuck)[: self.k].all()):
                 self.running[b] = False
             self.active[b] = torch.as_tensor(~passed, device=self.active.device)

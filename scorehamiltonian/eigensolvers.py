@@ -440,16 +440,17 @@ def amg_preconditioner(H: SymmetricOperator, shift: float) -> Preconditioner:
 # ---------------------------------------------------------------------------------------
 
 
-def _passed(theta: torch.Tensor, X: torch.Tensor, rnorm: torch.Tensor, diag: torch.Tensor, eps: float,
-            tol: float, scratch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def _passed(theta: torch.Tensor, X: torch.Tensor, rnorm: torch.Tensor, diag: torch.Tensor, diag_max: float,
+            eps: float, tol: float, scratch: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Whether each Ritz pair meets ``tol`` (error bound plus the round-off term), and whether
     it is stuck: its residual bound is already below the round-off term and the round-off
     term alone exceeds tol (no iteration can pass it). The round-off term (one pass over X in
     ``scratch``) is computed only when some bound is below tol or below its ceiling
-    2 eps max|diag(H)| + the projection term (unit columns), i.e. when it can decide either."""
+    2 eps max|diag(H)| (``diag_max``) + the projection term (unit columns), i.e. when it can
+    decide either."""
     th = theta.cpu().numpy()
     errors = _error_bounds(th, rnorm.cpu().numpy())
-    ceiling = 2 * eps * max(float(diag.max()), -float(diag.min())) + _projection_roundoff(th, X.shape[0])
+    ceiling = 2 * eps * diag_max + _projection_roundoff(th, X.shape[0])
     if not (errors <= np.maximum(tol * _scales(th), ceiling)).any():
         return np.zeros(len(th), dtype=bool), np.zeros(len(th), dtype=bool)
     noise = _roundoff(th, X, diag, eps, scratch)
@@ -657,9 +658,10 @@ def _lobpcg(op: _Counted, X0: torch.Tensor, precond: Preconditioner, k: int, tol
     blocks.append(X0.T)
     theta, p = blocks.rayleigh_ritz(-1)
     descent, previous = descent_first, math.inf
+    diag_max = float(diag.abs().max())
     for step in range(maxiter):
         X, R, rnorm = blocks.S[: blocks.m], blocks.R[: blocks.m], blocks.rnorm
-        passed, stuck = _passed(theta, X.T, rnorm, diag, op.eps, tol, blocks.scratch[: blocks.m].T)
+        passed, stuck = _passed(theta, X.T, rnorm, diag, diag_max, op.eps, tol, blocks.scratch[: blocks.m].T)
         active = torch.as_tensor(~passed, device=X.device)
         done = not bool(active[:k].any()) or (passed | stuck)[:k].all()
         if (done and step) or not bool(active.any()):
