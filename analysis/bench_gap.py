@@ -5,9 +5,10 @@ diag(0.3^2, 0.6^2), equal weights, at t = 0 under OU; H = -Laplacian_h + V (orde
 potential form) on the box holding all but 1e-12 of the mass, n^2 nodes. In 3D (ours only)
 the modes sit at (+-1.5, +-1.5, 0) with covariance diag(0.3^2, 0.6^2, 0.45^2).
 
-Solvers, each in its own process (so that one can be abandoned after --time-limit seconds
+Solvers, each in its own processes (so that one can be abandoned after --time-limit seconds
 and peak memory is its own; ours after one warm-up solve on a small grid, which loads numba's
-compiled kernels): ``spectrum(H, k=2)`` (our default), scipy eigsh shift-invert
+compiled kernels), one that times it and, when that finished, one that measures its memory
+(``run_phase``): ``spectrum(H, k=2)`` (our default), scipy eigsh shift-invert
 (SuperLU of H - sigma I, sigma just below lambda_0: the ground state's Rayleigh quotient
 minus max(residual, 1% of its distance to the Gershgorin bound)), and eigsh(which="SA").
 Reported: wall time and CPU time of the solve (operator build excluded; ours: the solve with
@@ -17,8 +18,10 @@ distance from ours), matvec count
 (solves for shift-invert), work in fine-matvec equivalents (ours: the multigrid
 preconditioner's level matvecs and coarse solves and nested iteration's coarse grids
 included, each weighted by its unknowns, ``SpectrumResult.work``; the others: their
-matvec count), peak RSS increase during the solve (sampled every 20 ms; glibc's mmap threshold
-fixed by MALLOC_MMAP_THRESHOLD_ so that freed arrays leave RSS) next to our solver's
+matvec count), peak RSS increase during one solve in the memory process (sampled every 20
+ms; glibc's mmap threshold fixed by MALLOC_MMAP_THRESHOLD_ so that freed arrays leave RSS;
+the timing process keeps the allocator's defaults, which reuse freed arrays as a user's run
+does, and has no sampling thread; results.json keeps the memory run's time too) next to our solver's
 :func:`~scorehamiltonian.memory.estimate_memory`, the gap
 lambda_1 - lambda_0 and its relative error bound (ours) or relative difference from ours,
 time / (work x one bare single-column matvec), and the load average of the machine around
@@ -166,7 +169,7 @@ def shift_below(H) -> float:
 
 def solve(solver: str, H, tol: float, repeats: int = 1) -> dict:
     """Run one solver on H (ours ``repeats`` times, the figures of the solve with the median
-    time reported); return its figures (gap, matvecs, seconds, memory)."""
+    time reported); return its figures (gap, matvecs, seconds)."""
     import numpy as np
     import scipy.sparse as sp
     import scipy.sparse.linalg as spla
@@ -175,41 +178,39 @@ def solve(solver: str, H, tol: float, repeats: int = 1) -> dict:
 
     if solver == "ours":
         runs = []
-        with PeakRSS() as mem:
-            for _ in range(repeats):
-                cpu = time.process_time()
-                r = spectrum(H, k=2, tol=tol)
-                runs.append((r.wall_time, time.process_time() - cpu, r))
+        for _ in range(repeats):
+            cpu = time.process_time()
+            r = spectrum(H, k=2, tol=tol)
+            runs.append((r.wall_time, time.process_time() - cpu, r))
         seconds, cpu, r = sorted(runs, key=lambda run: run[0])[(len(runs) - 1) // 2]
         return {"seconds": seconds, "seconds_each": [run[0] for run in runs], "cpu_seconds": cpu,
                 "matvecs": r.n_matvec, "work": r.work, "gap": r.gap, "gap_error": r.gap_error,
                 "converged": all(bool(run[2].converged.all()) for run in runs), "method": r.method,
-                "memory_mib": mem.increase_mib, "eigenvalues": r.eigenvalues.tolist()}
+                "eigenvalues": r.eigenvalues.tolist()}
     A = H.to_scipy()
     count = [0]
-    with PeakRSS() as mem:
-        start, cpu = time.perf_counter(), time.process_time()
-        if solver == "eigsh-shift-invert":
-            sigma = shift_below(H)
-            lu = spla.splu((A - sigma * sp.identity(A.shape[0], format="csc")).tocsc())
+    start, cpu = time.perf_counter(), time.process_time()
+    if solver == "eigsh-shift-invert":
+        sigma = shift_below(H)
+        lu = spla.splu((A - sigma * sp.identity(A.shape[0], format="csc")).tocsc())
 
-            def solve_once(x):
-                count[0] += 1
-                return lu.solve(x)
+        def solve_once(x):
+            count[0] += 1
+            return lu.solve(x)
 
-            opinv = spla.LinearOperator(A.shape, matvec=solve_once, dtype=np.float64)
-            w = spla.eigsh(A, k=2, sigma=sigma, which="LM", OPinv=opinv, return_eigenvectors=False)
-        else:
-            def product(x):
-                count[0] += 1
-                return A @ x
+        opinv = spla.LinearOperator(A.shape, matvec=solve_once, dtype=np.float64)
+        w = spla.eigsh(A, k=2, sigma=sigma, which="LM", OPinv=opinv, return_eigenvectors=False)
+    else:
+        def product(x):
+            count[0] += 1
+            return A @ x
 
-            w = spla.eigsh(spla.LinearOperator(A.shape, matvec=product, dtype=np.float64), k=2, which="SA",
-                           return_eigenvectors=False)
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        w = spla.eigsh(spla.LinearOperator(A.shape, matvec=product, dtype=np.float64), k=2, which="SA",
+                       return_eigenvectors=False)
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     w = np.sort(w)
     return {"seconds": seconds, "cpu_seconds": cpu, "matvecs": count[0], "work": count[0], "gap": float(w[1] - w[0]),
-            "converged": True, "method": solver, "memory_mib": mem.increase_mib, "eigenvalues": w.tolist()}
+            "converged": True, "method": solver, "eigenvalues": w.tolist()}
 
 
 def warm_up(dim: int) -> None:
@@ -222,7 +223,9 @@ def warm_up(dim: int) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
-    """Child process: build H, time one bare matvec, run one solver, write JSON."""
+    """Child process: build H, then either (``--phase time``) time the bare matvec before and
+    after the solver's runs, or (``--phase memory``) run the solver once inside
+    :class:`PeakRSS`; write JSON."""
     import numba
     import torch
 
@@ -235,6 +238,16 @@ def worker(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     H = build_operator(args.n, args.dim)
     build = time.perf_counter() - start
+    if args.phase == "memory":
+        with PeakRSS() as mem:
+            seconds = solve(args.worker, H, args.tol)["seconds"]
+        row = {"memory_mib": mem.increase_mib, "seconds_memory_run": seconds}
+        if args.worker == "ours":
+            from scorehamiltonian.memory import estimate_memory
+
+            row["memory_estimate_mib"] = estimate_memory(H.grid.n, k=2).solver / 2**20
+        Path(args.result).write_text(json.dumps(row))
+        return
     before = bare_matvec_samples(H)
     row = {"solver": args.worker, "n": args.n, "dim": args.dim, "N": H.shape[0], "build_seconds": build,
            "threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads(),
@@ -245,32 +258,43 @@ def worker(args: argparse.Namespace) -> None:
         row[f"{name}_seconds"] = statistics.median_high(before[kind] + after[kind])
         row[f"{name}_before_after_seconds"] = [statistics.median_high(before[kind]),
                                                statistics.median_high(after[kind])]
-    if args.worker == "ours":
-        from scorehamiltonian.memory import estimate_memory
-
-        row["memory_estimate_mib"] = estimate_memory(H.grid.n, k=2).solver / 2**20
     row["load_after"] = os.getloadavg()[0]
     row["time_per_matvec_ratio"] = row["seconds"] / (row["work"] * row["bare_matvec_seconds"])
     row["time_per_warm_matvec_ratio"] = row["seconds"] / (row["work"] * row["bare_matvec_warm_seconds"])
     Path(args.result).write_text(json.dumps(row))
 
 
-def run_one(solver: str, n: int, dim: int, args: argparse.Namespace) -> dict:
-    """Run ``solver`` in a child process, abandoned after the time limit (+ build time)."""
-    result = Path(args.out) / f"_{solver}_{dim}d_{n}.json"
+def run_phase(solver: str, n: int, dim: int, phase: str, args: argparse.Namespace) -> dict | str:
+    """One phase of ``solver`` in a child process, abandoned after the time limit (+ build
+    time): its JSON row, or why there is none. The memory phase runs with glibc's mmap
+    threshold fixed (MALLOC_MMAP_THRESHOLD_, so that freed arrays leave RSS); the time phase
+    with the allocator's defaults, as a user runs it (every array of 64 KiB or more a fresh
+    mapping cost our solver 6-17 % of its time)."""
+    result = Path(args.out) / f"_{solver}_{dim}d_{n}_{phase}.json"
     result.unlink(missing_ok=True)
-    cmd = [sys.executable, __file__, "--worker", solver, "--n", str(n), "--dim", str(dim), "--result", str(result),
-           "--tol", str(args.tol), "--threads", str(args.threads), "--repeats", str(args.repeats)]
+    cmd = [sys.executable, __file__, "--worker", solver, "--phase", phase, "--n", str(n), "--dim", str(dim),
+           "--result", str(result), "--tol", str(args.tol), "--threads", str(args.threads),
+           "--repeats", str(args.repeats)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536") if phase == "memory" else None
     budget = args.time_limit + args.build_allowance * (n**dim / 2**20)
     try:
-        subprocess.run(cmd, check=True, timeout=budget, cwd=ROOT, env=dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536"))
+        subprocess.run(cmd, check=True, timeout=budget, cwd=ROOT, env=env)
     except subprocess.TimeoutExpired:
-        return {"solver": solver, "n": n, "dim": dim, "N": n**dim, "finished": False,
-                "note": f"did not finish within {args.time_limit:.0f} s (killed)"}
+        return f"did not finish within {args.time_limit:.0f} s (killed)"
     except subprocess.CalledProcessError as exc:
-        return {"solver": solver, "n": n, "dim": dim, "N": n**dim, "finished": False, "note": f"failed: {exc}"}
+        return f"failed: {exc}"
     row = json.loads(result.read_text())
     result.unlink()
+    return row
+
+
+def run_one(solver: str, n: int, dim: int, args: argparse.Namespace) -> dict:
+    """``solver``'s time phase, then (when that finished) its memory phase, merged."""
+    row = run_phase(solver, n, dim, "time", args)
+    if isinstance(row, str):
+        return {"solver": solver, "n": n, "dim": dim, "N": n**dim, "finished": False, "note": row}
+    memory = run_phase(solver, n, dim, "memory", args)
+    row.update(memory if isinstance(memory, dict) else {"memory_mib": float("nan"), "memory_note": memory})
     row["finished"] = True
     return row
 
@@ -315,6 +339,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="solves of ours per grid (the median reported)")
     parser.add_argument("--out", default=str(ROOT / "analysis" / "out" / "bench_gap"))
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--phase", choices=("time", "memory"), default="time", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dim", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
