@@ -39,6 +39,7 @@ import numpy as np
 import scipy.fft
 import scipy.sparse as sp
 import torch
+from numba.extending import overload
 
 from ._threads import run_lines, run_parallel, workers
 from .derivatives import DivergenceMethod
@@ -110,10 +111,11 @@ def _neighbour(slot, line, n1, weight, here, j):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
-def _interior_reach1(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
-    """out[k] = (H x)[q, j, k] on the line's interior nodes 1 <= k < n2 - 1, order 2, in one
-    fused pass. (The kernel before it, a pass per neighbour with the order's reach known only
-    at run time, took 10-13 cycles a node on one thread at 128^3, this one 4-6.)"""
+def _line_reach1(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
+    """:func:`_stencil_line` at order 2: the interior nodes 1 <= k < n2 - 1 in one fused pass
+    (the kernel before it, a pass per neighbour with the order's reach known only at run
+    time, took 10-13 cycles a node on one thread at 128^3, this one 4-6), then the two end
+    nodes with their k-neighbours checked."""
     n1, n2, s = x.shape[1], x.shape[2], slots[1]
     w0, w1, w2 = coef[1] * h2inv[0], coef[1] * h2inv[1], coef[1] * h2inv[2]
     sa, ja, wa = _neighbour(slots[0], j, n1, w0, s, j)
@@ -123,12 +125,21 @@ def _interior_reach1(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cove
     for k in range(1, n2 - 1):
         out[k] = (diag[q, j, k] * x[s, j, k] + (wa * x[sa, ja, k] + wb * x[sb, jb, k])
                   + (wc * x[sc, jc, k] + wd * x[sd, jd, k]) + w2 * (x[s, j, k - 1] + x[s, j, k + 1]))
+    for k in (0, n2 - 1):
+        value = (diag[q, j, k] * x[s, j, k] + (wa * x[sa, ja, k] + wb * x[sb, jb, k])
+                 + (wc * x[sc, jc, k] + wd * x[sd, jd, k]))
+        if k >= 1:
+            value += w2 * x[s, j, k - 1]
+        if k + 1 < n2:
+            value += w2 * x[s, j, k + 1]
+        out[k] = value
 
 
 @numba.njit(inline="always")
-def _interior_reach2(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
-    """out[k] = (H x)[q, j, k] on the line's interior nodes 2 <= k < n2 - 2, order 4, in one
-    fused pass."""
+def _line_reach2(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
+    """:func:`_stencil_line` at order 4: the interior nodes 2 <= k < n2 - 2 in one fused pass,
+    then the four end nodes with their k-neighbours checked (lines shorter than the stencil
+    repeat some of them, writing the same value)."""
     n1, n2, s = x.shape[1], x.shape[2], slots[2]
     u0, u1, u2 = coef[1] * h2inv[0], coef[1] * h2inv[1], coef[1] * h2inv[2]
     v0, v1, v2 = coef[-1] * h2inv[0], coef[-1] * h2inv[1], coef[-1] * h2inv[2]
@@ -145,50 +156,34 @@ def _interior_reach2(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cove
                   + ((wa * x[sa, ja, k] + wb * x[sb, jb, k]) + (wc * x[sc, jc, k] + wd * x[sd, jd, k]))
                   + ((we * x[se, je, k] + wf * x[sf, jf, k]) + (wg * x[sg, jg, k] + wh * x[sh, jh, k]))
                   + (u2 * (x[s, j, k - 1] + x[s, j, k + 1]) + v2 * (x[s, j, k - 2] + x[s, j, k + 2])))
+    for k in (0, 1, n2 - 2, n2 - 1):
+        if not 0 <= k < n2:
+            continue
+        value = (diag[q, j, k] * x[s, j, k]
+                 + ((wa * x[sa, ja, k] + wb * x[sb, jb, k]) + (wc * x[sc, jc, k] + wd * x[sd, jd, k]))
+                 + ((we * x[se, je, k] + wf * x[sf, jf, k]) + (wg * x[sg, jg, k] + wh * x[sh, jh, k])))
+        for o, w in ((1, u2), (2, v2)):
+            if k - o >= 0:
+                value += w * x[s, j, k - o]
+            if k + o < n2:
+                value += w * x[s, j, k + o]
+        out[k] = value
 
 
-@numba.njit(inline="always")
-def _edge_node(x, slots, j, k, diag, q, coef, h2inv):  # pragma: no cover - compiled
-    """(H x)[q, j, k] with every neighbour checked against the grid (the nodes near a line's
-    ends; x and slots as in :func:`_stencil_line`)."""
-    reach, n1, n2 = len(coef) - 1, x.shape[1], x.shape[2]
-    s = slots[reach]
-    value = diag[q, j, k] * x[s, j, k]
-    for o in range(1, reach + 1):
-        w0, w1, w2 = coef[o] * h2inv[0], coef[o] * h2inv[1], coef[o] * h2inv[2]
-        if slots[reach - o] >= 0:
-            value += w0 * x[slots[reach - o], j, k]
-        if slots[reach + o] >= 0:
-            value += w0 * x[slots[reach + o], j, k]
-        if j - o >= 0:
-            value += w1 * x[s, j - o, k]
-        if j + o < n1:
-            value += w1 * x[s, j + o, k]
-        if k - o >= 0:
-            value += w2 * x[s, j, k - o]
-        if k + o < n2:
-            value += w2 * x[s, j, k + o]
-    return value
-
-
-@numba.njit(inline="always")
 def _stencil_line(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
     """out[:] = (H x)[q, j, :], line j of plane q of H applied to one column x of shape
     (wrap, n1, n2) whose planes q + o (first axis) lie at x[slots[reach + o]] (slots from
     :func:`_plane_slots`, reach = len(coef) - 1): diag * x plus sum_axes sum_o coef[o]
-    h2inv[axis] (x shifted by +-o), zero outside the grid. ``coef`` is a tuple, so that its
-    length is fixed when the kernel compiles and the fused pass for the order is chosen
-    then, not per line. The interior runs that pass; the reach nodes at each end of the
-    line take the general form (:func:`_edge_node`)."""
-    reach, n2 = len(coef) - 1, x.shape[2]
-    if reach == 1:
-        _interior_reach1(x, slots, j, diag, q, coef, h2inv, out)
-    else:
-        _interior_reach2(x, slots, j, diag, q, coef, h2inv, out)
-    for k in range(min(reach, n2)):
-        out[k] = _edge_node(x, slots, j, k, diag, q, coef, h2inv)
-    for k in range(max(reach, n2 - reach), n2):
-        out[k] = _edge_node(x, slots, j, k, diag, q, coef, h2inv)
+    h2inv[axis] (x shifted by +-o), zero outside the grid. Compiled code only: ``coef`` is
+    a tuple, and :func:`_stencil_line_for_order` picks the pass for its length when the
+    caller compiles (so the other order's pass is neither compiled nor tested per line)."""
+    raise NotImplementedError("_stencil_line runs inside numba-compiled kernels only")
+
+
+@overload(_stencil_line, inline="always")
+def _stencil_line_for_order(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
+    """:func:`_stencil_line`'s implementation for the length of the tuple type ``coef``."""
+    return (_line_reach1 if coef.count == 2 else _line_reach2).py_func
 
 
 @numba.njit(cache=True)
@@ -242,15 +237,8 @@ def _sweep_task(lo, hi, from_zero, residual, x0, b, diag, shift, dinv, coef, h2i
             q = front - t * reach
             if q < max(0, lo - (stages - 1 - t) * reach) or q >= min(planes, hi + (stages - 1 - t) * reach):
                 continue
-            if t == steps:
-                _plane_slots(q, planes, xwrap, reach, slots)
-                last = xring[t - 1, slots[reach]]
-                for j in range(n1):
-                    _stencil_line(xring[t - 1], slots, j, diag, q, coef, h2inv, line)
-                    for k in range(n2):
-                        r[q, j, k] = b[q, j, k] - line[k] + shift * last[j, k]
-                continue
-            x, d = xring[t, q % xwrap], dring[t, q % dwrap]
+            stage = min(t, steps - 1)  # the residual stage (t = steps) writes r, not rings
+            x, d = xring[stage, q % xwrap], dring[stage, q % dwrap]
             if t == 0 and from_zero:
                 for j in range(n1):
                     for k in range(n2):
@@ -258,12 +246,15 @@ def _sweep_task(lo, hi, from_zero, residual, x0, b, diag, shift, dinv, coef, h2i
                         x[j, k] = d[j, k]
             else:
                 source, wrap = (x0, planes) if t == 0 else (xring[t - 1], xwrap)
-                before, previous = source[q % wrap], dring[t - 1, q % dwrap]
-                alpha, beta = alphas[t], betas[t]
+                before, previous = source[q % wrap], dring[max(t - 1, 0), q % dwrap]
+                alpha, beta = alphas[stage], betas[stage]
                 _plane_slots(q, planes, wrap, reach, slots)
                 for j in range(n1):
                     _stencil_line(source, slots, j, diag, q, coef, h2inv, line)
-                    if alpha == 0.0:
+                    if t == steps:
+                        for k in range(n2):
+                            r[q, j, k] = b[q, j, k] - line[k] + shift * before[j, k]
+                    elif alpha == 0.0:
                         for k in range(n2):
                             d[j, k] = beta * dinv[q, j, k] * (b[q, j, k] - line[k] + shift * before[j, k])
                             x[j, k] = before[j, k] + d[j, k]

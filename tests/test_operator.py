@@ -237,6 +237,49 @@ def test_smoothing_sweep_matches_the_step_by_step_formulas(dim, n, m, order):
             assert torch.equal(alone, out)
 
 
+def float32_operator(order: int) -> tuple[ScoreHamiltonian, np.ndarray]:
+    """A float32 operator on the numba backend (3D, 9^3) and its own matrix in float64."""
+    dim = 3
+    score = ExactScore(GaussianMixture([0.4, 0.6], [[-1.0] * dim, [1.0] * dim], [1.0, 2.0]))
+    H = ScoreHamiltonian(score, 0.3, Grid([-4.0] * dim, [4.0] * dim, 9), order=order, backend="numba",
+                         dtype=torch.float32)
+    return H, H.to_scipy().astype(np.float64)
+
+
+def float32_bound(order: int, size: np.ndarray, extra: int = 0) -> np.ndarray:
+    """A sum of at most 1 + 2 dim reach (+ extra) products in float32 errs by at most that
+    many float32 epsilons times the sum of their magnitudes, ``size`` (Higham's gamma_n)."""
+    return (1 + 2 * 3 * (order // 2) + extra) * float(torch.finfo(torch.float32).eps) * size
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("order", [2, 4])
+def test_numba_matvec_in_float32_rounds_only_at_float32(order):
+    """The numba kernel compiled for a float32 operator (its coefficients float32 scalars)
+    against the operator's own float32 matrix applied in float64."""
+    H, A = float32_operator(order)
+    x = torch.randn(2, H.shape[0], generator=torch.Generator().manual_seed(3)).to(torch.float32)
+    y = H.matvec(x.T.contiguous())
+    assert y.dtype == torch.float32
+    X = x.double().numpy().T
+    assert (np.abs(y.double().numpy() - A @ X) <= float32_bound(order, abs(A) @ np.abs(X))).all()
+
+
+@pytest.mark.slow  # compiling the sweep for float32 takes about 30 s
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_numba_sweep_in_float32_rounds_only_at_float32():
+    """The float32 sweep's residual b - (A - shift) x against the same in float64 from its x:
+    the matvec's bound with two more terms (b and shift x)."""
+    H, A = float32_operator(2)
+    b = torch.randn(2, H.shape[0], generator=torch.Generator().manual_seed(4)).to(torch.float32)
+    shift, dinv = -0.5, torch.full((H.shape[0],), 0.01, dtype=torch.float32)
+    out, r = torch.empty_like(b), torch.empty_like(b)
+    H.smooth(b, shift, dinv, [(0.0, 0.8), (0.3, 1.9)], out, residual=r)
+    X, B = out.double().numpy().T, b.double().numpy().T
+    size = np.abs(B) + abs(A) @ np.abs(X) + abs(shift) * np.abs(X)
+    assert (np.abs(r.double().numpy().T - (B - A @ X + shift * X)) <= float32_bound(2, size, extra=2)).all()
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_smoothing_refuses_aliased_or_strided_blocks_and_a_first_step_that_reads_d():
     score = ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [1.0]))
