@@ -92,10 +92,11 @@ def _shifted_sum(u: torch.Tensor, weights: list[tuple[int, int, float]]) -> torc
 
 
 @numba.njit(inline="always")
-def _plane_slots(q, planes, wrap, reach, slots):  # pragma: no cover - compiled
+def _plane_slots(q, planes, wrap, slots):  # pragma: no cover - compiled
     """slots[reach + o] = (q + o) % wrap, where plane q + o of a column (planes first) is
     stored (wrap = planes for a whole column, the ring size for a ring of recent planes),
-    or -1 where q + o lies outside the grid, for |o| <= reach."""
+    or -1 where q + o lies outside the grid, for |o| <= reach = len(slots) // 2."""
+    reach = slots.shape[0] // 2
     for o in range(-reach, reach + 1):
         slots[reach + o] = (q + o) % wrap if 0 <= q + o < planes else -1
 
@@ -122,12 +123,14 @@ def _line_reach1(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cover - 
     sb, jb, wb = _neighbour(slots[2], j, n1, w0, s, j)
     sc, jc, wc = _neighbour(s, j - 1, n1, w1, s, j)
     sd, jd, wd = _neighbour(s, j + 1, n1, w1, s, j)
+
+    def across(k):  # diag x plus the neighbours off the line's axis, at node k
+        return diag[q, j, k] * x[s, j, k] + (wa * x[sa, ja, k] + wb * x[sb, jb, k]) + (wc * x[sc, jc, k] + wd * x[sd, jd, k])
+
     for k in range(1, n2 - 1):
-        out[k] = (diag[q, j, k] * x[s, j, k] + (wa * x[sa, ja, k] + wb * x[sb, jb, k])
-                  + (wc * x[sc, jc, k] + wd * x[sd, jd, k]) + w2 * (x[s, j, k - 1] + x[s, j, k + 1]))
+        out[k] = across(k) + w2 * (x[s, j, k - 1] + x[s, j, k + 1])
     for k in (0, n2 - 1):
-        value = (diag[q, j, k] * x[s, j, k] + (wa * x[sa, ja, k] + wb * x[sb, jb, k])
-                 + (wc * x[sc, jc, k] + wd * x[sd, jd, k]))
+        value = across(k)
         if k >= 1:
             value += w2 * x[s, j, k - 1]
         if k + 1 < n2:
@@ -151,17 +154,18 @@ def _line_reach2(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cover - 
     sf, jf, wf = _neighbour(slots[4], j, n1, v0, s, j)
     sg, jg, wg = _neighbour(s, j - 2, n1, v1, s, j)
     sh, jh, wh = _neighbour(s, j + 2, n1, v1, s, j)
+
+    def across(k):  # diag x plus the neighbours off the line's axis, at node k
+        return (diag[q, j, k] * x[s, j, k]
+                + ((wa * x[sa, ja, k] + wb * x[sb, jb, k]) + (wc * x[sc, jc, k] + wd * x[sd, jd, k]))
+                + ((we * x[se, je, k] + wf * x[sf, jf, k]) + (wg * x[sg, jg, k] + wh * x[sh, jh, k])))
+
     for k in range(2, n2 - 2):
-        out[k] = (diag[q, j, k] * x[s, j, k]
-                  + ((wa * x[sa, ja, k] + wb * x[sb, jb, k]) + (wc * x[sc, jc, k] + wd * x[sd, jd, k]))
-                  + ((we * x[se, je, k] + wf * x[sf, jf, k]) + (wg * x[sg, jg, k] + wh * x[sh, jh, k]))
-                  + (u2 * (x[s, j, k - 1] + x[s, j, k + 1]) + v2 * (x[s, j, k - 2] + x[s, j, k + 2])))
+        out[k] = across(k) + (u2 * (x[s, j, k - 1] + x[s, j, k + 1]) + v2 * (x[s, j, k - 2] + x[s, j, k + 2]))
     for k in (0, 1, n2 - 2, n2 - 1):
         if not 0 <= k < n2:
             continue
-        value = (diag[q, j, k] * x[s, j, k]
-                 + ((wa * x[sa, ja, k] + wb * x[sb, jb, k]) + (wc * x[sc, jc, k] + wd * x[sd, jd, k]))
-                 + ((we * x[se, je, k] + wf * x[sf, jf, k]) + (wg * x[sg, jg, k] + wh * x[sh, jh, k])))
+        value = across(k)
         for o, w in ((1, u2), (2, v2)):
             if k - o >= 0:
                 value += w * x[s, j, k - o]
@@ -196,7 +200,7 @@ def _lines(start, stop, u, diag, coef, h2inv, out):  # pragma: no cover - compil
     while line < stop:
         c, i, first = line // (n0 * n1), (line // n1) % n0, line % n1
         last = min(n1, first + stop - line)
-        _plane_slots(i, n0, n0, reach, slots)
+        _plane_slots(i, n0, n0, slots)
         for j in range(first, last):
             _stencil_line(u[c], slots, j, diag, i, coef, h2inv, out[c, i, j])
         line += last - first
@@ -248,7 +252,7 @@ def _sweep_task(lo, hi, from_zero, residual, x0, b, diag, shift, dinv, coef, h2i
                 source, wrap = (x0, planes) if t == 0 else (xring[t - 1], xwrap)
                 before, previous = source[q % wrap], dring[max(t - 1, 0), q % dwrap]
                 alpha, beta = alphas[stage], betas[stage]
-                _plane_slots(q, planes, wrap, reach, slots)
+                _plane_slots(q, planes, wrap, slots)
                 for j in range(n1):
                     _stencil_line(source, slots, j, diag, q, coef, h2inv, line)
                     if t == steps:
