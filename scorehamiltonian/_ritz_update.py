@@ -12,7 +12,12 @@ once per update (the torch path in :mod:`.eigensolvers` does the same through a 
 block and column chunk, plus separate passes for R and its norms).
 
 Columns are cut into chunks of ``CHUNK`` whose squared norms are summed separately and then
-added in chunk order, so the result has the same bits on any number of threads.
+added in chunk order, so the result has the same bits on any number of threads. Within a
+chunk the squares are summed one by one in column order (each tile's sum, then tiles in
+order): the kernel is compiled without fast-math, as fast here (the pass is bound by memory)
+and the same on every call. With reassociation allowed, LLVM's vectorised sum or its scalar
+fallback was taken depending on where the buffers lay, so the norms' last bits, and with
+them the same seed's solves, changed from call to call.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ CHUNK = 1 << 13
 TILE = 256
 
 
-@numba.njit(fastmath={"contract", "reassoc"}, cache=True)
+@numba.njit(cache=True)
 def _update_lines(start, stop, CT, S, HS, theta, squares):  # pragma: no cover - compiled
     """Column chunks start..stop-1 of the update (module docstring); squares[c, i] gets
     the squared norm of R's row i over chunk c."""

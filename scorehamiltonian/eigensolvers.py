@@ -422,10 +422,15 @@ def amg_preconditioner(H: SymmetricOperator, shift: float) -> Preconditioner:
     """R -> one smoothed-aggregation V-cycle (pyamg) for H - shift I, column by column.
 
     ``shift`` must lie below the spectrum (H - shift I positive definite), e.g. the
-    Gershgorin bound of ``spectral_bounds``. Runs on the CPU (columns are moved there).
+    Gershgorin bound of ``spectral_bounds``. Runs on the CPU (columns are moved there). The
+    prolongation smoother's weight comes from local (Gershgorin) bounds, not pyamg's default
+    spectral radius estimate, whose power iteration starts from numpy's global random
+    state: with it every call built a different preconditioner, and the same seed gave
+    eigenvalues differing at 1e-14 (same matvec counts and times either way, 1D and 2D).
     """
     A = (H.to_scipy() - shift * sp.identity(H.shape[0], format="csr")).tocsr()
-    cycle = pyamg.smoothed_aggregation_solver(A).aspreconditioner()
+    smoother = ("jacobi", {"omega": 4.0 / 3.0, "weighting": "local"})
+    cycle = pyamg.smoothed_aggregation_solver(A, smooth=smoother).aspreconditioner()
 
     def apply(R: torch.Tensor) -> torch.Tensor:
         cols = R.cpu().numpy()
@@ -752,11 +757,14 @@ def _thick_restart(Q: torch.Tensor, T: torch.Tensor, theta: torch.Tensor, S: tor
 
 
 def _eigsh(op: _Counted, H: SymmetricOperator, m: int, tol: float, maxiter: int | None,
-           v0: torch.Tensor | None, shift_invert: bool) -> tuple[torch.Tensor, str]:
+           v0: torch.Tensor | None, shift_invert: bool, generator: torch.Generator | None) -> tuple[torch.Tensor, str]:
     """scipy's ARPACK on ``H.to_scipy()``: shift-invert (sigma = the Gershgorin lower bound
     of ``spectral_bounds``, minus a hair so that H - sigma I is nonsingular; SuperLU
-    factorisation, each solve counted as a matvec) or which="SA" (sparse matvecs counted).
-    A run that does not converge returns the pairs ARPACK has (the final check flags them)."""
+    factorisation, each solve counted as a matvec) or which="SA" (sparse matvecs counted),
+    started from v0's first column, else from a random column drawn with ``generator``
+    (ARPACK's own random start continues one sequence across calls, so the same seed would
+    not repeat a solve). A run that does not converge returns the pairs ARPACK has (the
+    final check flags them)."""
     A = H.to_scipy().astype(np.float64)
 
     def counted(apply: Callable[[np.ndarray], np.ndarray]) -> spla.LinearOperator:
@@ -775,7 +783,7 @@ def _eigsh(op: _Counted, H: SymmetricOperator, m: int, tol: float, maxiter: int 
     else:
         name = "eigsh (which='SA')"
         operator, mode = counted(A.__matmul__), {"which": "SA"}
-    start = None if v0 is None else v0.reshape(op.n, -1)[:, 0].to(_WORK_DTYPE).cpu().numpy()
+    start = (_random(op, 1, generator) if v0 is None else v0.reshape(op.n, -1))[:, 0].to(_WORK_DTYPE).cpu().numpy()
     try:
         _, vectors = spla.eigsh(operator, k=m, tol=tol * 1e-2, maxiter=maxiter, v0=start, **mode)
     except spla.ArpackNoConvergence as exc:
@@ -1012,7 +1020,8 @@ def spectrum(
       ~ 1/h^2). ``maxiter`` counts matvecs (default 20000).
     - "eigsh": scipy ARPACK in shift-invert mode around the Gershgorin lower bound
       (a SuperLU factorisation of H - sigma I); "eigsh-sa": ARPACK with which="SA".
-      ``maxiter`` is ARPACK's; ``deflate`` and ``generator`` are not used.
+      ``maxiter`` is ARPACK's; ``deflate`` is not used, and ARPACK starts from v0's first
+      column, else from one random column drawn with ``generator``.
 
     ``tol``: relative accuracy from the ground level (module docstring); at least 100 eps of
     the operator's dtype, else :class:`InputDtypeError`. ``v0``: starting vector(s) (N,) or
@@ -1041,7 +1050,7 @@ def spectrum(
     diag = H.diagonal().to(_WORK_DTYPE).to(op.device)
     blocks = None
     if method in ("eigsh", "eigsh-sa"):
-        X, name = _eigsh(op, H, m, tol, maxiter, v0, shift_invert=method == "eigsh")
+        X, name = _eigsh(op, H, m, tol, maxiter, v0, shift_invert=method == "eigsh", generator=generator)
         X = _beside(X, _orthonormal(_random(op, m - X.shape[1], generator), X)) if X.shape[1] < m else X
     else:
         ground_state = getattr(H, "ground_state", None) if deflate else None

@@ -62,6 +62,15 @@ _MIN_POINTS_PER_WIDTH, _WARN_POINTS_PER_WIDTH = 1.0, 4.0
 _CHUNK = 1 << 16
 #: Below this many unknowns the torch matvec is as fast as the numba kernel (thread start-up).
 _NUMBA_MIN_SIZE = 1 << 16
+#: Lines per band of the 3D smoothing sweep (``_sweep_task``): its rings then hold about
+#: (32 + halos) x n2 values a plane, stored together, and stay in cache where whole planes
+#: do not. On 2 threads at 128^3 (4 columns, 4 steps and the residual, order 2) the sweep
+#: took 120-180 ms in whole planes, 97-100 ms in bands of 32-48 lines and 118 ms in bands
+#: of 24; at 256^3 (1 column) 340 ms whole, 280 ms in bands of 64, 200-220 ms in bands of
+#: 32 or 16. Order 4 (more arithmetic a node) gained nothing and lost nothing. Bands kept
+#: in whole-plane rings were erratic: their rows sat at the same offset of planes 128 KiB
+#: apart, and the gain came and went between processes.
+_SWEEP_BAND = 32
 
 
 class ResolutionWarning(UserWarning):
@@ -102,82 +111,83 @@ def _plane_slots(q, planes, wrap, slots):  # pragma: no cover - compiled
 
 
 @numba.njit(inline="always")
-def _neighbour(slot, line, n1, weight, here, j):  # pragma: no cover - compiled
-    """(slot, line, weight) of a neighbour line, or (here, j, 0.0) where it lies outside the
-    grid: the line itself with weight zero, which adds exactly nothing, so that the fused
-    loop needs no boundary branch."""
+def _neighbour(slot, line, n1, weight, here, j, row):  # pragma: no cover - compiled
+    """(slot, row, weight) of the neighbour line ``line`` of line j (stored at ``row``), or
+    (here, row, 0.0) where it lies outside the grid: the line itself with weight zero, which
+    adds exactly nothing, so that the fused loop needs no boundary branch."""
     if slot >= 0 and 0 <= line < n1:
-        return slot, line, weight
-    return here, j, 0.0
+        return slot, row + line - j, weight
+    return here, row, 0.0
 
 
 @numba.njit(inline="always")
-def _line_reach1(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
+def _line_reach1(x, slots, j, row, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
     """:func:`_stencil_line` at order 2: the interior nodes 1 <= k < n2 - 1 in one fused pass
     (the kernel before it, a pass per neighbour with the order's reach known only at run
     time, took 10-13 cycles a node on one thread at 128^3, this one 4-6), then the two end
     nodes with their k-neighbours checked."""
-    n1, n2, s = x.shape[1], x.shape[2], slots[1]
+    n1, n2, s = diag.shape[1], x.shape[2], slots[1]
     w0, w1, w2 = coef[1] * h2inv[0], coef[1] * h2inv[1], coef[1] * h2inv[2]
-    sa, ja, wa = _neighbour(slots[0], j, n1, w0, s, j)
-    sb, jb, wb = _neighbour(slots[2], j, n1, w0, s, j)
-    sc, jc, wc = _neighbour(s, j - 1, n1, w1, s, j)
-    sd, jd, wd = _neighbour(s, j + 1, n1, w1, s, j)
+    sa, ra, wa = _neighbour(slots[0], j, n1, w0, s, j, row)
+    sb, rb, wb = _neighbour(slots[2], j, n1, w0, s, j, row)
+    sc, rc, wc = _neighbour(s, j - 1, n1, w1, s, j, row)
+    sd, rd, wd = _neighbour(s, j + 1, n1, w1, s, j, row)
 
     def across(k):  # diag x plus the neighbours off the line's axis, at node k
-        return diag[q, j, k] * x[s, j, k] + (wa * x[sa, ja, k] + wb * x[sb, jb, k]) + (wc * x[sc, jc, k] + wd * x[sd, jd, k])
+        return diag[q, j, k] * x[s, row, k] + (wa * x[sa, ra, k] + wb * x[sb, rb, k]) + (wc * x[sc, rc, k] + wd * x[sd, rd, k])
 
     for k in range(1, n2 - 1):
-        out[k] = across(k) + w2 * (x[s, j, k - 1] + x[s, j, k + 1])
+        out[k] = across(k) + w2 * (x[s, row, k - 1] + x[s, row, k + 1])
     for k in (0, n2 - 1):
         value = across(k)
         if k >= 1:
-            value += w2 * x[s, j, k - 1]
+            value += w2 * x[s, row, k - 1]
         if k + 1 < n2:
-            value += w2 * x[s, j, k + 1]
+            value += w2 * x[s, row, k + 1]
         out[k] = value
 
 
 @numba.njit(inline="always")
-def _line_reach2(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
+def _line_reach2(x, slots, j, row, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
     """:func:`_stencil_line` at order 4: the interior nodes 2 <= k < n2 - 2 in one fused pass,
     then the four end nodes with their k-neighbours checked (lines shorter than the stencil
     repeat some of them, writing the same value)."""
-    n1, n2, s = x.shape[1], x.shape[2], slots[2]
+    n1, n2, s = diag.shape[1], x.shape[2], slots[2]
     u0, u1, u2 = coef[1] * h2inv[0], coef[1] * h2inv[1], coef[1] * h2inv[2]
     v0, v1, v2 = coef[-1] * h2inv[0], coef[-1] * h2inv[1], coef[-1] * h2inv[2]
-    sa, ja, wa = _neighbour(slots[1], j, n1, u0, s, j)
-    sb, jb, wb = _neighbour(slots[3], j, n1, u0, s, j)
-    sc, jc, wc = _neighbour(s, j - 1, n1, u1, s, j)
-    sd, jd, wd = _neighbour(s, j + 1, n1, u1, s, j)
-    se, je, we = _neighbour(slots[0], j, n1, v0, s, j)
-    sf, jf, wf = _neighbour(slots[4], j, n1, v0, s, j)
-    sg, jg, wg = _neighbour(s, j - 2, n1, v1, s, j)
-    sh, jh, wh = _neighbour(s, j + 2, n1, v1, s, j)
+    sa, ra, wa = _neighbour(slots[1], j, n1, u0, s, j, row)
+    sb, rb, wb = _neighbour(slots[3], j, n1, u0, s, j, row)
+    sc, rc, wc = _neighbour(s, j - 1, n1, u1, s, j, row)
+    sd, rd, wd = _neighbour(s, j + 1, n1, u1, s, j, row)
+    se, re, we = _neighbour(slots[0], j, n1, v0, s, j, row)
+    sf, rf, wf = _neighbour(slots[4], j, n1, v0, s, j, row)
+    sg, rg, wg = _neighbour(s, j - 2, n1, v1, s, j, row)
+    sh, rh, wh = _neighbour(s, j + 2, n1, v1, s, j, row)
 
     def across(k):  # diag x plus the neighbours off the line's axis, at node k
-        return (diag[q, j, k] * x[s, j, k]
-                + ((wa * x[sa, ja, k] + wb * x[sb, jb, k]) + (wc * x[sc, jc, k] + wd * x[sd, jd, k]))
-                + ((we * x[se, je, k] + wf * x[sf, jf, k]) + (wg * x[sg, jg, k] + wh * x[sh, jh, k])))
+        return (diag[q, j, k] * x[s, row, k]
+                + ((wa * x[sa, ra, k] + wb * x[sb, rb, k]) + (wc * x[sc, rc, k] + wd * x[sd, rd, k]))
+                + ((we * x[se, re, k] + wf * x[sf, rf, k]) + (wg * x[sg, rg, k] + wh * x[sh, rh, k])))
 
     for k in range(2, n2 - 2):
-        out[k] = across(k) + (u2 * (x[s, j, k - 1] + x[s, j, k + 1]) + v2 * (x[s, j, k - 2] + x[s, j, k + 2]))
+        out[k] = across(k) + (u2 * (x[s, row, k - 1] + x[s, row, k + 1]) + v2 * (x[s, row, k - 2] + x[s, row, k + 2]))
     for k in (0, 1, n2 - 2, n2 - 1):
         if not 0 <= k < n2:
             continue
         value = across(k)
         for o, w in ((1, u2), (2, v2)):
             if k - o >= 0:
-                value += w * x[s, j, k - o]
+                value += w * x[s, row, k - o]
             if k + o < n2:
-                value += w * x[s, j, k + o]
+                value += w * x[s, row, k + o]
         out[k] = value
 
 
-def _stencil_line(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
-    """out[:] = (H x)[q, j, :], line j of plane q of H applied to one column x of shape
-    (wrap, n1, n2) whose planes q + o (first axis) lie at x[slots[reach + o]] (slots from
-    :func:`_plane_slots`, reach = len(coef) - 1): diag * x plus sum_axes sum_o coef[o]
+def _stencil_line(x, slots, j, row, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
+    """out[:] = (H x)[q, j, :], line j of plane q of H (diag: (planes, n1, n2)) applied to
+    one column x of shape (wrap, rows, n2) whose planes q + o (first axis) lie at
+    x[slots[reach + o]] (slots from :func:`_plane_slots`, reach = len(coef) - 1) and whose
+    line j + o lies at row + o of them: diag * x plus sum_axes sum_o coef[o]
     h2inv[axis] (x shifted by +-o), zero outside the grid. Compiled code only: ``coef`` is
     a tuple, and :func:`_stencil_line_for_order` picks the pass for its length when the
     caller compiles (so the other order's pass is neither compiled nor tested per line)."""
@@ -185,7 +195,7 @@ def _stencil_line(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cover -
 
 
 @overload(_stencil_line, inline="always")
-def _stencil_line_for_order(x, slots, j, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
+def _stencil_line_for_order(x, slots, j, row, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
     """:func:`_stencil_line`'s implementation for the length of the tuple type ``coef``."""
     return (_line_reach1 if coef.count == 2 else _line_reach2).py_func
 
@@ -202,7 +212,7 @@ def _lines(start, stop, u, diag, coef, h2inv, out):  # pragma: no cover - compil
         last = min(n1, first + stop - line)
         _plane_slots(i, n0, n0, slots)
         for j in range(first, last):
-            _stencil_line(u[c], slots, j, diag, i, coef, h2inv, out[c, i, j])
+            _stencil_line(u[c], slots, j, j, diag, i, coef, h2inv, out[c, i, j])
         line += last - first
 
 
@@ -216,25 +226,29 @@ def _lines_parallel(chunks, u, diag, coef, h2inv, out):  # pragma: no cover - co
 
 
 @numba.njit(cache=True)
-def _sweep_task(lo, hi, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas, betas, out, r,
-                xring, dring, line):  # pragma: no cover - compiled
+def _sweep_task(lo, hi, jlo, jhi, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas, betas, out,
+                r, xring, dring, line):  # pragma: no cover - compiled
     """Planes lo..hi-1 of one column of :meth:`ScoreHamiltonian.smooth`, all its steps in one
-    sweep over the first axis (arrays of shape (planes, n1, n2)). Step t = 0, 1, ...
+    sweep over the first axis (arrays of shape (planes, n1, n2)), on the lines jlo..jhi-1 of
+    each plane (a band). Step t = 0, 1, ...
     (coefficients alpha_t, beta_t) forms d = alpha_t d_prev + beta_t dinv (b - (H - shift)
     x_prev) (d_prev not read when alpha_t = 0) and x = x_prev + d, from x_prev = x0 at t = 0
     (or, ``from_zero``, d = x = beta_0 dinv b without a matvec). It runs R = len(coef) - 1
     planes behind step t - 1, which has by then produced the planes it reads; its x lives in
     a ring of 2R + 1 planes (xring[t]) and its d in one of R + 1 (dring[t]), so each plane of
-    b, dinv and diag is read from memory once for all steps. The last step's x goes to planes
+    b, dinv and diag is read from memory once for all steps. The rings hold the band's lines
+    and their halos only (line j at row j - max(0, jlo - (stages - 1) R)), so that they stay
+    in cache. The last step's x goes to planes
     lo..hi-1 of ``out``; with ``residual``, one more stage writes b - (H - shift) out to
-    ``r``. To produce planes lo..hi-1, stage t (the residual is the last) computes the
-    planes up to (stages - 1 - t) R beyond them on each side (recomputed by the neighbouring
-    task)."""
+    ``r``. To produce planes lo..hi-1 and lines jlo..jhi-1, stage t (the residual is the
+    last) computes the planes and lines up to (stages - 1 - t) R beyond them on each side
+    (recomputed by the neighbouring task)."""
     planes, n1, n2 = b.shape
     reach = len(coef) - 1
     steps = alphas.shape[0]
     stages = steps + 1 if residual else steps
     xwrap, dwrap = 2 * reach + 1, reach + 1
+    base = max(0, jlo - (stages - 1) * reach)  # line j lies at row j - base of the rings
     slots = np.empty(2 * reach + 1, np.int64)
     for front in range(max(0, lo - (stages - 1) * reach), hi + (stages - 1) * reach):
         for t in range(stages):
@@ -243,54 +257,55 @@ def _sweep_task(lo, hi, from_zero, residual, x0, b, diag, shift, dinv, coef, h2i
                 continue
             stage = min(t, steps - 1)  # the residual stage (t = steps) writes r, not rings
             x, d = xring[stage, q % xwrap], dring[stage, q % dwrap]
+            rows = range(max(0, jlo - (stages - 1 - t) * reach), min(n1, jhi + (stages - 1 - t) * reach))
             if t == 0 and from_zero:
-                for j in range(n1):
+                for j in rows:
                     for k in range(n2):
-                        d[j, k] = betas[0] * dinv[q, j, k] * b[q, j, k]
-                        x[j, k] = d[j, k]
+                        d[j - base, k] = betas[0] * dinv[q, j, k] * b[q, j, k]
+                        x[j - base, k] = d[j - base, k]
             else:
-                source, wrap = (x0, planes) if t == 0 else (xring[t - 1], xwrap)
-                before, previous = source[q % wrap], dring[max(t - 1, 0), q % dwrap]
+                source, wrap, offset = (x0, planes, 0) if t == 0 else (xring[t - 1], xwrap, base)
                 alpha, beta = alphas[stage], betas[stage]
                 _plane_slots(q, planes, wrap, slots)
-                for j in range(n1):
-                    _stencil_line(source, slots, j, diag, q, coef, h2inv, line)
+                for j in rows:
+                    _stencil_line(source, slots, j, j - offset, diag, q, coef, h2inv, line)
+                    before, previous = source[q % wrap, j - offset], dring[max(t - 1, 0), q % dwrap, j - base]
                     if t == steps:
                         for k in range(n2):
-                            r[q, j, k] = b[q, j, k] - line[k] + shift * before[j, k]
+                            r[q, j, k] = b[q, j, k] - line[k] + shift * before[k]
                     elif alpha == 0.0:
                         for k in range(n2):
-                            d[j, k] = beta * dinv[q, j, k] * (b[q, j, k] - line[k] + shift * before[j, k])
-                            x[j, k] = before[j, k] + d[j, k]
+                            d[j - base, k] = beta * dinv[q, j, k] * (b[q, j, k] - line[k] + shift * before[k])
+                            x[j - base, k] = before[k] + d[j - base, k]
                     else:
                         for k in range(n2):
-                            step = b[q, j, k] - line[k] + shift * before[j, k]
-                            d[j, k] = alpha * previous[j, k] + beta * dinv[q, j, k] * step
-                            x[j, k] = before[j, k] + d[j, k]
+                            step = b[q, j, k] - line[k] + shift * before[k]
+                            d[j - base, k] = alpha * previous[k] + beta * dinv[q, j, k] * step
+                            x[j - base, k] = before[k] + d[j - base, k]
             if t == steps - 1 and lo <= q < hi:
-                out[q] = x
+                out[q, jlo:jhi] = x[jlo - base : jhi - base]
 
 
 @numba.njit(cache=True)
-def _sweep_worker(worker, workers, pieces, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas, betas,
-                  out, r, xring, dring, line):  # pragma: no cover - compiled
-    """The sweeps (tasks = columns x ``pieces`` plane ranges) numbered worker, worker +
-    workers, ...: :func:`_sweep_task` with the worker's own rings."""
-    m, planes = b.shape[0], b.shape[1]
-    for task in range(worker, m * pieces, workers):
-        c, piece = task // pieces, task % pieces
-        _sweep_task(piece * planes // pieces, (piece + 1) * planes // pieces, from_zero, residual, x0[c], b[c], diag,
-                    shift, dinv, coef, h2inv, alphas, betas, out[c], r[c], xring[worker], dring[worker],
-                    line[worker])
+def _sweep_worker(worker, workers, pieces, bands, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas,
+                  betas, out, r, xring, dring, line):  # pragma: no cover - compiled
+    """The sweeps (tasks = columns x ``pieces`` plane ranges x ``bands`` line ranges)
+    numbered worker, worker + workers, ...: :func:`_sweep_task` with the worker's own rings."""
+    m, planes, n1 = b.shape[0], b.shape[1], b.shape[2]
+    for task in range(worker, m * pieces * bands, workers):
+        c, piece, band = task // (pieces * bands), (task // bands) % pieces, task % bands
+        _sweep_task(piece * planes // pieces, (piece + 1) * planes // pieces, band * n1 // bands,
+                    (band + 1) * n1 // bands, from_zero, residual, x0[c], b[c], diag, shift, dinv, coef, h2inv, alphas,
+                    betas, out[c], r[c], xring[worker], dring[worker], line[worker])
 
 
 @numba.njit(parallel=True, cache=True)
-def _sweep_parallel(workers, pieces, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas, betas, out, r,
-                    xring, dring, line):  # pragma: no cover - compiled
+def _sweep_parallel(workers, pieces, bands, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas, betas,
+                    out, r, xring, dring, line):  # pragma: no cover - compiled
     """:func:`_sweep_worker` for every worker, in parallel."""
     for worker in numba.prange(workers):
-        _sweep_worker(worker, workers, pieces, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas,
-                      betas, out, r, xring, dring, line)
+        _sweep_worker(worker, workers, pieces, bands, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv,
+                      alphas, betas, out, r, xring, dring, line)
 
 
 def log_density_on_grid(
@@ -613,23 +628,26 @@ class ScoreHamiltonian:
 
     def _sweep(self, b: torch.Tensor, shift: float, dinv: torch.Tensor, steps: list[tuple[float, float]],
                out: torch.Tensor, x0: torch.Tensor | None, residual: torch.Tensor | None) -> None:
-        """:meth:`smooth` on the numba backend: tasks of (column, range of planes), a range per
-        worker or fewer (halos are recomputed, so ranges stay long against them), spread
-        over the workers (one thread when small), each with its own rings (allocated per
-        call, so that concurrent calls on one operator share nothing)."""
+        """:meth:`smooth` on the numba backend: tasks of (column, range of planes, band of
+        about ``_SWEEP_BAND`` lines), a range of planes per worker or fewer (halos are
+        recomputed, so ranges stay long against them), spread over the workers (one thread
+        when small), each with its own rings (allocated per call, so that concurrent calls
+        on one operator share nothing)."""
         m, planes, n1, n2 = b.shape[0], *self._n3
         reach = len(self.coef) - 1
         threads = workers(b.numel())
-        pieces = max(1, min(threads // math.gcd(m, threads), planes // (4 * (len(steps) + 1) * reach)))
+        bands = max(1, round(n1 / _SWEEP_BAND))
+        pieces = max(1, min(threads // math.gcd(m * bands, threads), planes // (4 * (len(steps) + 1) * reach)))
         dtype = self._h2inv.dtype
-        rings = (np.empty((threads, len(steps), 2 * reach + 1, n1, n2), dtype),
-                 np.empty((threads, len(steps), reach + 1, n1, n2), dtype), np.empty((threads, n2), dtype))
+        rows = min(n1, -(-n1 // bands) + 2 * len(steps) * reach)  # a band and its halos (_sweep_task)
+        rings = (np.empty((threads, len(steps), 2 * reach + 1, rows, n2), dtype),
+                 np.empty((threads, len(steps), reach + 1, rows, n2), dtype), np.empty((threads, n2), dtype))
 
         def view(t: torch.Tensor) -> np.ndarray:
             return t.detach().numpy().reshape(m, *self._n3)
 
         alphas, betas = (np.array(column, dtype=dtype) for column in zip(*steps))
-        args = (pieces, x0 is None, residual is not None, view(b if x0 is None else x0), view(b),
+        args = (pieces, bands, x0 is None, residual is not None, view(b if x0 is None else x0), view(b),
                 self._diag.numpy().reshape(self._n3), shift, dinv.numpy().reshape(self._n3), self._coef, self._h2inv,
                 alphas, betas, view(out), view(out if residual is None else residual), *rings)
         if threads == 1:

@@ -184,9 +184,10 @@ def time_seed(seed: int, t: float) -> int:
 def seeded_rng(seed: int) -> Iterator[None]:
     """Seed the global torch and numpy RNGs with ``seed`` inside the block, restoring both after.
 
-    :func:`spectral_gap` draws from both (the eigen-solver's random start columns from torch,
-    pyamg's spectral-radius estimate from numpy); :func:`gap_profile` runs it at time t inside
-    ``seeded_rng(time_seed(seed, t))``, which is how a single time is reproduced.
+    :func:`spectral_gap` draws the eigen-solver's random start columns from torch (numpy's
+    is seeded too, for a user's score that draws from it); :func:`gap_profile` runs it at
+    time t inside ``seeded_rng(time_seed(seed, t))``, which is how a single time is
+    reproduced.
     """
     state = np.random.get_state()
     with torch.random.fork_rng(devices=[]):

@@ -241,7 +241,8 @@ def test_the_numba_rayleigh_ritz_update_is_the_formula_on_any_thread_count(q, r)
     """update_rows against the dense formula (S[:r] <- CT S[:q], HS[:r] <- CT HS[:q],
     R = HS[:m] - diag(theta) S[:m] below them, and R's squared row norms) on a width that
     is no multiple of its tile or chunk and large enough for the parallel pass, with the
-    same bits on one thread as on two."""
+    same bits on one thread as on two. The norms are the squares summed one by one, tile by
+    tile, chunk by chunk, to the bit: the order that makes them the same on every call."""
     m, n = 3, 3 * _ritz_update.CHUNK + 77
     g = seeded(q)
     S0, HS0 = (torch.randn(r + q + m, n, dtype=torch.float64, generator=g) for _ in range(2))
@@ -264,6 +265,17 @@ def test_the_numba_rayleigh_ritz_update_is_the_formula_on_any_thread_count(q, r)
     torch.testing.assert_close(HS[:r], HS_new, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(HS[r : r + m], R, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(squares, (R**2).sum(1), rtol=1e-13, atol=0)
+    for i, row in enumerate(HS[r : r + m].tolist()):
+        chunks = []
+        for start in range(0, n, _ritz_update.CHUNK):
+            chunk = 0.0
+            for first in range(start, min(start + _ritz_update.CHUNK, n), _ritz_update.TILE):
+                tile = 0.0
+                for value in row[first : min(first + _ritz_update.TILE, n)]:
+                    tile += value * value
+                chunk += tile
+            chunks.append(chunk)
+        assert squares[i].item() == sum(chunks)
     assert torch.equal(S[r:], S0[r:]) and torch.equal(HS[r + m :], HS0[r + m :])
     for a, b in zip(results[0], results[1]):
         assert torch.equal(a, b)

@@ -11,7 +11,15 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 import torch
 
-from scorehamiltonian import OU, ExactScore, GaussianMixture, NonFiniteScoreError, ResolutionError, as_score
+from scorehamiltonian import (
+    OU,
+    ExactScore,
+    GaussianMixture,
+    NonFiniteScoreError,
+    ResolutionError,
+    as_score,
+    operator,
+)
 from scorehamiltonian.examples import four_mode_2d
 from scorehamiltonian.grid import (
     Grid,
@@ -200,11 +208,12 @@ def smoothing_by_formula(A: sp.csr_matrix, b: np.ndarray, dinv: np.ndarray, step
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("dim, n, m", [(1, 37, 3), (2, 13, 3), (3, 7, 3), (3, 4, 2), (2, 129, 3), (3, 41, 1)])
 @pytest.mark.parametrize("order", [2, 4])
-def test_smoothing_sweep_matches_the_step_by_step_formulas(dim, n, m, order):
+def test_smoothing_sweep_matches_the_step_by_step_formulas(monkeypatch, dim, n, m, order):
     """All steps (and the residual) in one sweep over the grid, on both backends: from zero
     and from x0, at degrees 1 to 4, against the steps one by one with the sparse matrix. The
     larger grids run in parallel tasks that split the planes (their halos recomputed), and
-    give the same bits on one thread as on two."""
+    give the same bits on one thread as on two, and in 3D in bands of lines narrower than
+    their halos as in whole planes."""
     score = ExactScore(GaussianMixture([0.4, 0.6], [[-1.0] * dim, [1.0] * dim], [1.0, 2.0]))
     half = 4.0 if n > 5 else 1.5  # as in the matvec test: 4^3 keeps every node an end node at order 4
     grid = Grid([-half] * dim, [half] * dim, n)
@@ -235,6 +244,12 @@ def test_smoothing_sweep_matches_the_step_by_step_formulas(dim, n, m, order):
             finally:
                 torch.set_num_threads(before)
             assert torch.equal(alone, out)
+            for band in (1, 3):
+                banded = torch.full_like(b, math.nan), torch.full_like(b, math.nan)
+                with monkeypatch.context() as patch:
+                    patch.setattr(operator, "_SWEEP_BAND", band)
+                    H.smooth(b, shift, dinv, steps, banded[0], x0=start, residual=banded[1])
+                assert torch.equal(banded[0], out) and torch.equal(banded[1], r)
 
 
 def float32_operator(order: int) -> tuple[ScoreHamiltonian, np.ndarray]:
