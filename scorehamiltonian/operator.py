@@ -230,19 +230,18 @@ def _sweep_task(lo, hi, jlo, jhi, from_zero, residual, x0, b, diag, shift, dinv,
                 r, xring, dring, line):  # pragma: no cover - compiled
     """Planes lo..hi-1 of one column of :meth:`ScoreHamiltonian.smooth`, all its steps in one
     sweep over the first axis (arrays of shape (planes, n1, n2)), on the lines jlo..jhi-1 of
-    each plane (a band). Step t = 0, 1, ...
-    (coefficients alpha_t, beta_t) forms d = alpha_t d_prev + beta_t dinv (b - (H - shift)
-    x_prev) (d_prev not read when alpha_t = 0) and x = x_prev + d, from x_prev = x0 at t = 0
-    (or, ``from_zero``, d = x = beta_0 dinv b without a matvec). It runs R = len(coef) - 1
-    planes behind step t - 1, which has by then produced the planes it reads; its x lives in
-    a ring of 2R + 1 planes (xring[t]) and its d in one of R + 1 (dring[t]), so each plane of
-    b, dinv and diag is read from memory once for all steps. The rings hold the band's lines
-    and their halos only (line j at row j - max(0, jlo - (stages - 1) R)), so that they stay
-    in cache. The last step's x goes to planes
-    lo..hi-1 of ``out``; with ``residual``, one more stage writes b - (H - shift) out to
-    ``r``. To produce planes lo..hi-1 and lines jlo..jhi-1, stage t (the residual is the
-    last) computes the planes and lines up to (stages - 1 - t) R beyond them on each side
-    (recomputed by the neighbouring task)."""
+    each plane (a band). Step t = 0, 1, ... (coefficients alpha_t, beta_t) forms
+    d = alpha_t d_prev + beta_t dinv (b - (H - shift) x_prev) (d_prev not read when
+    alpha_t = 0) and x = x_prev + d, from x_prev = x0 at t = 0 (or, ``from_zero``,
+    d = x = beta_0 dinv b without a matvec). It runs R = len(coef) - 1 planes behind step
+    t - 1, which has by then produced the planes it reads; its x lives in a ring of 2R + 1
+    planes (xring[t]) and its d in one of R + 1 (dring[t]), so each plane of b, dinv and
+    diag is read from memory once for all steps. The rings hold the band's lines and their
+    halos only (line j at row j - max(0, jlo - (stages - 1) R)), so that they stay in cache.
+    The last step's x goes to planes lo..hi-1, lines jlo..jhi-1 of ``out``; with
+    ``residual``, one more stage writes b - (H - shift) out to ``r``. To produce these, stage
+    t (the residual is the last) computes the planes and lines up to (stages - 1 - t) R
+    beyond them on each side (recomputed by the neighbouring task)."""
     planes, n1, n2 = b.shape
     reach = len(coef) - 1
     steps = alphas.shape[0]
