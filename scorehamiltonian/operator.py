@@ -251,12 +251,12 @@ def _sweep_task(lo, hi, jlo, jhi, from_zero, residual, x0, b, diag, shift, dinv,
     slots = np.empty(2 * reach + 1, np.int64)
     for front in range(max(0, lo - (stages - 1) * reach), hi + (stages - 1) * reach):
         for t in range(stages):
-            q = front - t * reach
-            if q < max(0, lo - (stages - 1 - t) * reach) or q >= min(planes, hi + (stages - 1 - t) * reach):
+            q, halo = front - t * reach, (stages - 1 - t) * reach
+            if q < max(0, lo - halo) or q >= min(planes, hi + halo):
                 continue
             stage = min(t, steps - 1)  # the residual stage (t = steps) writes r, not rings
             x, d = xring[stage, q % xwrap], dring[stage, q % dwrap]
-            rows = range(max(0, jlo - (stages - 1 - t) * reach), min(n1, jhi + (stages - 1 - t) * reach))
+            rows = range(max(0, jlo - halo), min(n1, jhi + halo))
             if t == 0 and from_zero:
                 for j in rows:
                     for k in range(n2):
