@@ -44,7 +44,7 @@ from scorehamiltonian import (
     box_over_times,
     spectrum,
 )
-from scorehamiltonian.examples import four_mode_benchmark
+from scorehamiltonian.score.examples import four_mode_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,7 +22,7 @@ matvec count), peak RSS increase during one solve in the memory process (sampled
 ms; glibc's mmap threshold fixed by MALLOC_MMAP_THRESHOLD_ so that freed arrays leave RSS;
 the timing process keeps the allocator's defaults, which reuse freed arrays as a user's run
 does, and has no sampling thread; results.json keeps the memory run's time too) next to our solver's
-:func:`~scorehamiltonian.memory.estimate_memory`, the gap
+:func:`~scorehamiltonian.spectral.memory.estimate_memory`, the gap
 lambda_1 - lambda_0 and its relative error bound (ours) or relative difference from ours,
 time / (work x one bare single-column matvec), and the load average of the machine around
 each run (other processes: the timings of a shared machine are only comparable within one
@@ -65,7 +65,7 @@ SOLVERS = ("ours", "eigsh-shift-invert", "eigsh-SA")
 def build_operator(n: int, dim: int):
     """The benchmark's ScoreHamiltonian (order 2, potential form) on an n^dim grid."""
     from scorehamiltonian import OU, ExactScore, Grid, ScoreHamiltonian, box_from_mixture
-    from scorehamiltonian.examples import four_mode_benchmark
+    from scorehamiltonian.score.examples import four_mode_benchmark
 
     mixture = four_mode_benchmark(dim)
     score = ExactScore(mixture, OU())
@@ -174,7 +174,7 @@ def solve(solver: str, H, tol: float, repeats: int = 1) -> dict:
     import scipy.sparse as sp
     import scipy.sparse.linalg as spla
 
-    from scorehamiltonian.eigensolvers import spectrum
+    from scorehamiltonian.spectral.eigensolvers import spectrum
 
     if solver == "ours":
         runs = []
@@ -217,7 +217,7 @@ def warm_up(dim: int) -> None:
     """Our solver once on a small grid with multigrid levels, large enough for the parallel
     passes (257^2, 41^3: over ``PARALLEL_MIN_SIZE`` values): numba loads its compiled kernels
     then, so neither their loading time nor their memory enters the timed run."""
-    from scorehamiltonian.eigensolvers import spectrum
+    from scorehamiltonian.spectral.eigensolvers import spectrum
 
     spectrum(build_operator(257 if dim == 2 else 41, dim), k=2, tol=1e-3)
 
@@ -243,7 +243,7 @@ def worker(args: argparse.Namespace) -> None:
             seconds = solve(args.worker, H, args.tol)["seconds"]
         row = {"memory_mib": mem.increase_mib, "seconds_memory_run": seconds}
         if args.worker == "ours":
-            from scorehamiltonian.memory import estimate_memory
+            from scorehamiltonian.spectral.memory import estimate_memory
 
             row["memory_estimate_mib"] = estimate_memory(H.grid.n, k=2).solver / 2**20
         Path(args.result).write_text(json.dumps(row))

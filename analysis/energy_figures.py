@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scorehamiltonian import VE, ExactScore, example, train_dsm
-from scorehamiltonian.energy import energy, line_energy
+from scorehamiltonian.thermo.energy import energy, line_energy
 
 
 def plot_landscape(x: np.ndarray, exact: np.ndarray, readouts: dict[str, Any], closure: np.ndarray) -> Figure:

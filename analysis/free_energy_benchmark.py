@@ -47,10 +47,10 @@ sys.path.insert(0, str(ROOT / "analysis"))
 from energy_figures import plot_convergence, plot_estimators, plot_lambda_schedules
 
 from scorehamiltonian import OU, VE, ExactScore, GaussianMixture, example
-from scorehamiltonian.energy import energy
-from scorehamiltonian.free_energy import ScoreEnergy, free_energy_difference, lambda_schedule
-from scorehamiltonian.parallel import TaskFailure, executor_from, map_tasks
-from scorehamiltonian.schedules import path_profile, standard_schedule
+from scorehamiltonian.common.executors import TaskFailure, executor_from, map_tasks
+from scorehamiltonian.sampling.schedules import path_profile, standard_schedule
+from scorehamiltonian.thermo.energy import energy
+from scorehamiltonian.thermo.free_energy import ScoreEnergy, free_energy_difference, lambda_schedule
 
 TARGET_NATS = 1e-3
 TARGET_KT = 0.1

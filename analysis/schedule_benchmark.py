@@ -55,7 +55,8 @@ import numpy as np
 import torch
 
 from scorehamiltonian import OU, ExactScore, example
-from scorehamiltonian.designer import (
+from scorehamiltonian.common.executors import TaskFailure, executor_from, map_tasks
+from scorehamiltonian.sampling.designer import (
     _Objective,
     _optimise,
     _Parameters,
@@ -65,9 +66,8 @@ from scorehamiltonian.designer import (
     perturbed_mixtures,
     reduced_prediction,
 )
-from scorehamiltonian.parallel import TaskFailure, executor_from, map_tasks
-from scorehamiltonian.propagation import GridModel, default_grid, propagate_exact
-from scorehamiltonian.schedules import STANDARD_SCHEDULES, Schedule, path_profile, standard_schedule
+from scorehamiltonian.sampling.propagation import GridModel, default_grid, propagate_exact
+from scorehamiltonian.sampling.schedules import STANDARD_SCHEDULES, Schedule, path_profile, standard_schedule
 
 T_MAX, T_MIN = 5.0, 1e-3
 TARGETS = {"balanced": "bimodal", "unbalanced": "asymmetric", "three-mode": "trimodal", "2D four-mode": "four_mode_2d"}

@@ -4,16 +4,9 @@ H_t = -Laplacian + |s_t|^2 / 4 + div(s_t) / 2, built from a score s_t = grad log
 See THEORY.md for the conventions every module shares.
 """
 
-from .audit import ScoreAudit, ScoreError, score_audit, score_error
-from .batch import HamiltonianBatch, batch_spectrum
-from .bounds import ScoreErrorBound, TrackingBound, score_error_bound, tracking_bound
-from .config import builtin_config, load_config, validate_config
-from .derivatives import DivergenceResult, JacobianResult, divergence, jacobian
-from .designer import DesignResult, ReducedPrediction, design_schedule, perturbed_mixtures, reduced_prediction
-from .diagnostics import SpectralDiagnostics, spectral_diagnostics
-from .eigensolvers import ConvergenceWarning, SpectrumResult, spectrum
-from .energy import EnergyResult, LineEnergyResult, energy, line_energy
-from .errors import (
+from .app.config import builtin_config, load_config, validate_config
+from .app.report import Report, build_report, write_report
+from .common.errors import (
     CheckpointError,
     ConfigError,
     ConvergenceError,
@@ -31,29 +24,49 @@ from .errors import (
     ScoreHamiltonianError,
     TimeRangeError,
 )
-from .examples import EXAMPLES, example
-from .free_energy import (
+from .common.executors import TaskFailure, executor_from, map_tasks
+from .sampling.bounds import ScoreErrorBound, TrackingBound, score_error_bound, tracking_bound
+from .sampling.designer import (
+    DesignResult,
+    ReducedPrediction,
+    design_schedule,
+    perturbed_mixtures,
+    reduced_prediction,
+)
+from .sampling.diagnostics import SpectralDiagnostics, spectral_diagnostics
+from .sampling.propagation import GridModel, PropagationResult, default_grid, propagate_exact
+from .sampling.schedules import (
+    STANDARD_SCHEDULES,
+    PathProfile,
+    Schedule,
+    as_schedule,
+    path_profile,
+    standard_schedule,
+)
+from .score.audit import ScoreAudit, ScoreError, score_audit, score_error
+from .score.derivatives import DivergenceResult, JacobianResult, divergence, jacobian
+from .score.examples import EXAMPLES, example
+from .score.interface import ExactScore, ModelScore, Score, as_score
+from .score.mixture import GaussianMixture, MixtureEvaluation
+from .score.potential import PotentialResult, quantum_potential
+from .score.processes import EDM, OU, VE, ForwardProcess, VPLinear, process_from_config
+from .score.training import MLPScore, load_score, save_score, train_dsm
+from .spectral.batch import HamiltonianBatch, batch_spectrum
+from .spectral.eigensolvers import ConvergenceWarning, SpectrumResult, spectrum
+from .spectral.gap import GapLevel, GapResult, spectral_gap
+from .spectral.grid import Grid, box_from_mixture, box_from_samples, box_from_score, box_over_times
+from .spectral.memory import MemoryEstimate, available_memory, estimate_memory
+from .spectral.operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
+from .spectral.profiles import AdiabaticSpeed, GapProfile, adiabatic_speed, gap_profile
+from .spectral.ritz import RitzResult, ritz_gap
+from .thermo.energy import EnergyResult, LineEnergyResult, energy, line_energy
+from .thermo.free_energy import (
     FreeEnergyResult,
     LambdaSchedule,
     ScoreEnergy,
     free_energy_difference,
     lambda_schedule,
 )
-from .gap import GapLevel, GapResult, spectral_gap
-from .grid import Grid, box_from_mixture, box_from_samples, box_from_score, box_over_times
-from .memory import MemoryEstimate, available_memory, estimate_memory
-from .mixture import GaussianMixture, MixtureEvaluation
-from .operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
-from .parallel import TaskFailure, executor_from, map_tasks
-from .potential import PotentialResult, quantum_potential
-from .processes import EDM, OU, VE, ForwardProcess, VPLinear, process_from_config
-from .profiles import AdiabaticSpeed, GapProfile, adiabatic_speed, gap_profile
-from .propagation import GridModel, PropagationResult, default_grid, propagate_exact
-from .report import Report, build_report, write_report
-from .ritz import RitzResult, ritz_gap
-from .schedules import STANDARD_SCHEDULES, PathProfile, Schedule, as_schedule, path_profile, standard_schedule
-from .scores import ExactScore, ModelScore, Score, as_score
-from .training import MLPScore, load_score, save_score, train_dsm
 
 __version__ = "0.1.0"
 

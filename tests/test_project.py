@@ -27,4 +27,4 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 
 def test_console_script_is_declared():
-    assert re.search(r'^scorehamiltonian = "scorehamiltonian\.cli:main"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert re.search(r'^scorehamiltonian = "scorehamiltonian\.app\.cli:main"$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)

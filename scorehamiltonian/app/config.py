@@ -1,0 +1,191 @@
+"""The report's configuration: a TOML file checked against a JSON schema before any work.
+
+A configuration names the score (a built-in example's exact score, an MLP trained on its
+samples, or a checkpoint written by :func:`~scorehamiltonian.score.training.save_score`) and the
+sizes of each part of the report. Every field has a default except ``model.example``, the
+exact target the report measures against. Unknown fields, wrong types, values out of range
+and a model file that does not exist raise :class:`ConfigError` naming the field.
+
+Paths: ``model.path`` (read only) is relative to the configuration file's folder. No field
+names an output path: everything the report writes goes into the output folder given on
+the command line, so a configuration cannot write elsewhere.
+
+The built-in configurations (:data:`BUILTIN`) are one per example; ``small=True`` gives the
+reduced sizes the tests use.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from ..common.errors import ConfigError
+from ..score.examples import EXAMPLES, example
+from ..score.processes import PROCESS_NAMES
+
+__all__ = ["BUILTIN", "CONFIG_SCHEMA", "builtin_config", "load_config", "validate_config"]
+
+
+def _number(default: float, minimum: float | None = None, exclusive: bool = False) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": "number", "default": default}
+    if minimum is not None:
+        spec["exclusiveMinimum" if exclusive else "minimum"] = minimum
+    return spec
+
+
+def _integer(default: int, minimum: int = 1) -> dict[str, Any]:
+    return {"type": "integer", "minimum": minimum, "default": default}
+
+
+def _section(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"type": "object", "additionalProperties": False, "properties": properties,
+            "required": list(required), "default": {}}
+
+
+_TIMES = {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 1}
+_STANDARD = ["uniform", "log-uniform", "cosine", "edm", "log-snr", "thermodynamic", "adiabatic-A/gap",
+             "adiabatic-A/sqrt-gap", "langevin-1/gap"]
+
+#: JSON schema of a report configuration (TOML tables map to the objects below).
+CONFIG_SCHEMA: dict[str, Any] = _section({
+    "title": {"type": "string", "default": ""},
+    "seed": _integer(0, minimum=0),
+    "model": _section({
+        "example": {"enum": sorted(EXAMPLES), "description": "the exact target (reference of every check)"},
+        "kind": {"enum": ["exact", "mlp", "file"], "default": "exact"},
+        "path": {"type": "string", "minLength": 1, "description": "checkpoint file, for kind = 'file'"},
+        "process": {"enum": sorted(PROCESS_NAMES), "default": "ou"},
+        "train_samples": _integer(10_000, minimum=100),
+        "train_steps": _integer(1200),
+    }, required=("example",)),
+    "gap": _section({
+        "t_min": _number(1e-3, 0, exclusive=True),
+        "t_max": _number(5.0, 0, exclusive=True),
+        "n_initial": _integer(5, minimum=2),
+        "max_solves": _integer(8, minimum=2),
+        "rtol": _number(1e-4, 0, exclusive=True),
+        "k": _integer(3, minimum=2),
+        "n_samples": _integer(4000, minimum=100),
+        "eigenfunction_times": {**_TIMES, "default": [0.01, 0.3, 2.0]},
+    }),
+    "schedules": _section({
+        "n_levels": _integer(10),
+        "budget": _number(10.0, 0, exclusive=True),
+        "t_min": _number(1e-3, 0, exclusive=True),
+        "t_max": _number(5.0, 0, exclusive=True),
+        "standard": {"type": "array", "items": {"enum": _STANDARD}, "minItems": 1, "uniqueItems": True,
+                     "default": ["log-uniform", "cosine", "edm", "thermodynamic", "adiabatic-A/gap"]},
+        "design": {"type": "boolean", "default": True},
+        "design_max_time": _number(60.0, 0, exclusive=True),
+    }),
+    "energy": _section({
+        "n_points": _integer(24),
+        "n_steps": _integer(128, minimum=2),
+        "method": {"enum": ["euler", "heun", "rk4", "dopri5"], "default": "rk4"},
+        "free_energy_method": {"enum": ["ti", "ais", "bar", "mbar"], "default": "bar"},
+        "free_energy_samples": _integer(2000, minimum=10),
+    }),
+    "audit": _section({
+        "times": {**_TIMES, "default": [0.01, 0.1, 1.0]},
+        "n_points": _integer(2000, minimum=10),
+    }),
+}, required=("model",))
+
+
+def _fill_defaults(schema: dict[str, Any], value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` with every missing property that has a schema default filled in (recursively)."""
+    out = dict(value)
+    for name, spec in schema.get("properties", {}).items():
+        if name not in out and "default" in spec:
+            out[name] = copy.deepcopy(spec["default"])
+        if spec.get("type") == "object" and isinstance(out.get(name), dict):
+            out[name] = _fill_defaults(spec, out[name])
+    return out
+
+
+def _field(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    return path or "(top level)"
+
+
+def validate_config(config: dict[str, Any], folder: str | os.PathLike[str] = ".") -> dict[str, Any]:
+    """The configuration with defaults filled in, or :class:`ConfigError` naming the bad field.
+
+    Beyond the schema: t_min < t_max in ``gap`` and ``schedules``; ``model.path`` required
+    for kind "file", forbidden otherwise, and resolved against ``folder`` to an existing file.
+    """
+    validator = jsonschema.Draft202012Validator(CONFIG_SCHEMA)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        raise ConfigError(f"config field {_field(first)!r}: {first.message}")
+    config = _fill_defaults(CONFIG_SCHEMA, config)
+    for section in ("gap", "schedules"):
+        if config[section]["t_min"] >= config[section]["t_max"]:
+            raise ConfigError(f"config field '{section}.t_min': must be below {section}.t_max "
+                              f"({config[section]['t_min']} >= {config[section]['t_max']})")
+    model = config["model"]
+    if (model["kind"] == "file") != ("path" in model):
+        raise ConfigError("config field 'model.path': required when model.kind = 'file' and not allowed otherwise")
+    if "path" in model:
+        path = Path(folder) / model["path"]
+        if not path.is_file():
+            raise ConfigError(f"config field 'model.path': no model file at {os.fspath(path)!r}")
+        model["path"] = os.fspath(path.resolve())
+    return config
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate the TOML configuration at ``path`` (:func:`validate_config`)."""
+    try:
+        with open(path, "rb") as handle:
+            raw = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"no configuration file at {os.fspath(path)!r}") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read the configuration {os.fspath(path)!r}: {err}") from err
+    return validate_config(raw, Path(path).parent)
+
+
+#: Built-in configurations, one per example (``example = name``); "mlp" trains a score on
+#: samples of the bimodal example.
+BUILTIN: dict[str, dict[str, Any]] = {
+    **{name: {"title": f"built-in example {name}", "model": {"example": name}} for name in EXAMPLES},
+    "mlp": {"title": "MLP score trained on samples of the bimodal example",
+            "model": {"example": "bimodal", "kind": "mlp"}},
+}
+
+#: The reduced sizes of ``builtin_config(..., small=True)``.
+_SMALL = {
+    "gap": {"n_initial": 3, "max_solves": 3, "rtol": 1e-3, "n_samples": 1000, "eigenfunction_times": [0.05, 1.0]},
+    "schedules": {"n_levels": 6, "budget": 5.0, "standard": ["log-uniform", "thermodynamic"],
+                  "design_max_time": 10.0},
+    "energy": {"n_points": 6, "n_steps": 32, "free_energy_samples": 300},
+    "audit": {"times": [0.1, 1.0], "n_points": 300},
+    "model": {"train_samples": 2000, "train_steps": 300},
+}
+
+
+#: Further reductions of the small variant in 2D (each eigen-solve and propagation costs more).
+_SMALL_2D = {
+    "gap": {"eigenfunction_times": [1.0]},
+    "schedules": {"standard": ["log-uniform"], "design_max_time": 4.0},
+}
+
+
+def builtin_config(name: str, small: bool = False) -> dict[str, Any]:
+    """The validated built-in configuration ``name`` (:data:`BUILTIN`), reduced with ``small``."""
+    if name not in BUILTIN:
+        raise ConfigError(f"unknown built-in configuration {name!r}; choose one of {sorted(BUILTIN)}")
+    config = copy.deepcopy(BUILTIN[name])
+    if small:
+        reductions = [_SMALL, _SMALL_2D] if example(config["model"]["example"]).dim == 2 else [_SMALL]
+        for reduction in reductions:
+            for section, values in reduction.items():
+                config[section] = {**config.get(section, {}), **values}
+    return validate_config(config)

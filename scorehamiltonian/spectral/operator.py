@@ -1,0 +1,704 @@
+"""The Score Hamiltonian on a grid: a matrix-free operator H_h = -Laplacian_h + V.
+
+Discretisation (THEORY section 2). -Laplacian_h is the centred finite-difference stencil of
+order 2 (3 points per axis: (-1, 2, -1) / h^2) or order 4 (5 points: (1, -16, 30, -16, 1) /
+(12 h^2)) with homogeneous Dirichlet conditions on the box faces (values beyond the
+interior nodes are zero). Two choices of the diagonal V:
+
+- ``form="potential"``: V = |s|^2 / 4 + div s / 2 at the nodes, the quantum potential. This
+  is what the theory prescribes for any score, learned ones included; its discrete ground
+  state energy is not 0 but about -h^2 / (64 sigma^4) (order 2) or -h^4 / (384 sigma^6)
+  (order 4) for a Gaussian mode of width sigma (measured in notebooks/01), so its
+  eigenvalues carry an O(h^order) error that must be estimated.
+- ``form="ground_state"``: V = (Laplacian_h psi_0) / psi_0 with psi_0 = sqrt(p) on the grid,
+  so that H_h psi_0 = 0 exactly on every grid: lambda_0 = 0 to round-off and small gaps keep
+  their relative accuracy. log p comes from the score's exact ``log_prob`` when it has one,
+  else from the least-squares solve of grad phi = s on the grid (:func:`log_density_on_grid`).
+
+Both forms are symmetric; the ground-state form (order 2) is the square-root approximation
+of the generator: its off-diagonals are -1/h^2 and its Dirichlet form is
+psi^T H psi = -1/2 sum_{i != j} H_ij psi0_i psi0_j (f_i - f_j)^2 with f = psi / psi0.
+
+Matvecs run in torch on any device (v of shape (N,) or (N, m)), or with a numba kernel on
+the CPU. ``to_scipy`` exports the same matrix for reference solvers. For multigrid
+(:mod:`.multigrid`): ``coarsen`` gives the same H_t on a coarser grid of the box (no score
+evaluations), ``residual`` applies b - (H - shift) u to row blocks, and ``smooth`` the steps
+of a polynomial smoother (and the residual after them), all in one sweep over the grid on
+the numba backend.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from typing import Any, Literal
+
+import numba
+import numpy as np
+import scipy.fft
+import scipy.sparse as sp
+import torch
+from numba.extending import overload
+
+from ..common.errors import InputShapeError, ResolutionError
+from ..common.threads import run_lines, run_parallel, workers
+from ..score.derivatives import DivergenceMethod
+from ..score.interface import Score, as_score
+from ..score.potential import quantum_potential
+from .grid import Grid
+from .memory import check_memory, estimate_memory
+from .transfer import interpolate
+
+__all__ = ["BoundaryMassWarning", "ResolutionWarning", "ScoreHamiltonian", "log_density_on_grid", "stencil"]
+
+Form = Literal["potential", "ground_state"]
+Backend = Literal["auto", "torch", "numba"]
+
+#: Coefficients (c_0, c_1, ...) of -d^2/dx^2 at unit spacing: (-L u)_i = sum_o c_|o| u_{i+o}.
+_STENCILS = {2: (2.0, -1.0), 4: (30.0 / 12.0, -16.0 / 12.0, 1.0 / 12.0)}
+#: Points per width of the sharpest mode below which the grid is refused, and warned about.
+_MIN_POINTS_PER_WIDTH, _WARN_POINTS_PER_WIDTH = 1.0, 4.0
+_CHUNK = 1 << 16
+#: Below this many unknowns the torch matvec is as fast as the numba kernel (thread start-up).
+_NUMBA_MIN_SIZE = 1 << 16
+#: Lines per band of the 3D smoothing sweep (``_sweep_task``): its rings then hold about
+#: (32 + halos) x n2 values a plane, stored together, and stay in cache where whole planes
+#: do not. On 2 threads at 128^3 (4 columns, 4 steps and the residual, order 2) the sweep
+#: took 120-180 ms in whole planes, 97-100 ms in bands of 32-48 lines and 118 ms in bands
+#: of 24; at 256^3 (1 column) 340 ms whole, 280 ms in bands of 64, 200-220 ms in bands of
+#: 32 or 16. Order 4 (more arithmetic a node) gained nothing and lost nothing. Bands kept
+#: in whole-plane rings were erratic: their rows sat at the same offset of planes 128 KiB
+#: apart, and the gain came and went between processes.
+_SWEEP_BAND = 32
+
+
+class ResolutionWarning(UserWarning):
+    """The grid spacing is coarse against the width of the sharpest mode of p_t."""
+
+
+class BoundaryMassWarning(UserWarning):
+    """The box cuts off probability mass: p_t is not negligible at its faces."""
+
+
+def stencil(order: int) -> tuple[float, ...]:
+    """Coefficients (c_0, c_1, ..., c_r) of the order-``order`` stencil of -d^2/dx^2 at h = 1."""
+    if order not in _STENCILS:
+        raise ValueError(f"order must be 2 or 4; got {order!r}")
+    return _STENCILS[order]
+
+
+def _shifted_sum(u: torch.Tensor, weights: list[tuple[int, int, float]]) -> torch.Tensor:
+    """sum over (axis, offset, w) of w * u shifted by +-offset along axis, zero outside."""
+    out = torch.zeros_like(u)
+    for axis, offset, w in weights:
+        m = u.shape[axis] - offset
+        if m <= 0:
+            continue
+        out.narrow(axis, offset, m).add_(u.narrow(axis, 0, m), alpha=w)
+        out.narrow(axis, 0, m).add_(u.narrow(axis, offset, m), alpha=w)
+    return out
+
+
+@numba.njit(inline="always")
+def _plane_slots(q, planes, wrap, slots):  # pragma: no cover - compiled
+    """slots[reach + o] = (q + o) % wrap, where plane q + o of a column (planes first) is
+    stored (wrap = planes for a whole column, the ring size for a ring of recent planes),
+    or -1 where q + o lies outside the grid, for |o| <= reach = len(slots) // 2."""
+    reach = slots.shape[0] // 2
+    for o in range(-reach, reach + 1):
+        slots[reach + o] = (q + o) % wrap if 0 <= q + o < planes else -1
+
+
+@numba.njit(inline="always")
+def _neighbour(slot, line, n1, weight, here, j, row):  # pragma: no cover - compiled
+    """(slot, row, weight) of the neighbour line ``line`` of line j (stored at ``row``), or
+    (here, row, 0.0) where it lies outside the grid: the line itself with weight zero, which
+    adds exactly nothing, so that the fused loop needs no boundary branch."""
+    if slot >= 0 and 0 <= line < n1:
+        return slot, row + line - j, weight
+    return here, row, 0.0
+
+
+@numba.njit(inline="always")
+def _line_reach1(x, slots, j, row, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
+    """:func:`_stencil_line` at order 2: the interior nodes 1 <= k < n2 - 1 in one fused pass
+    (the kernel before it, a pass per neighbour with the order's reach known only at run
+    time, took 10-13 cycles a node on one thread at 128^3, this one 4-6), then the two end
+    nodes with their k-neighbours checked."""
+    n1, n2, s = diag.shape[1], x.shape[2], slots[1]
+    w0, w1, w2 = coef[1] * h2inv[0], coef[1] * h2inv[1], coef[1] * h2inv[2]
+    sa, ra, wa = _neighbour(slots[0], j, n1, w0, s, j, row)
+    sb, rb, wb = _neighbour(slots[2], j, n1, w0, s, j, row)
+    sc, rc, wc = _neighbour(s, j - 1, n1, w1, s, j, row)
+    sd, rd, wd = _neighbour(s, j + 1, n1, w1, s, j, row)
+
+    def across(k):  # diag x plus the neighbours off the line's axis, at node k
+        return diag[q, j, k] * x[s, row, k] + (wa * x[sa, ra, k] + wb * x[sb, rb, k]) + (wc * x[sc, rc, k] + wd * x[sd, rd, k])
+
+    for k in range(1, n2 - 1):
+        out[k] = across(k) + w2 * (x[s, row, k - 1] + x[s, row, k + 1])
+    for k in (0, n2 - 1):
+        value = across(k)
+        if k >= 1:
+            value += w2 * x[s, row, k - 1]
+        if k + 1 < n2:
+            value += w2 * x[s, row, k + 1]
+        out[k] = value
+
+
+@numba.njit(inline="always")
+def _line_reach2(x, slots, j, row, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
+    """:func:`_stencil_line` at order 4: the interior nodes 2 <= k < n2 - 2 in one fused pass,
+    then the four end nodes with their k-neighbours checked (lines shorter than the stencil
+    repeat some of them, writing the same value)."""
+    n1, n2, s = diag.shape[1], x.shape[2], slots[2]
+    u0, u1, u2 = coef[1] * h2inv[0], coef[1] * h2inv[1], coef[1] * h2inv[2]
+    v0, v1, v2 = coef[-1] * h2inv[0], coef[-1] * h2inv[1], coef[-1] * h2inv[2]
+    sa, ra, wa = _neighbour(slots[1], j, n1, u0, s, j, row)
+    sb, rb, wb = _neighbour(slots[3], j, n1, u0, s, j, row)
+    sc, rc, wc = _neighbour(s, j - 1, n1, u1, s, j, row)
+    sd, rd, wd = _neighbour(s, j + 1, n1, u1, s, j, row)
+    se, re, we = _neighbour(slots[0], j, n1, v0, s, j, row)
+    sf, rf, wf = _neighbour(slots[4], j, n1, v0, s, j, row)
+    sg, rg, wg = _neighbour(s, j - 2, n1, v1, s, j, row)
+    sh, rh, wh = _neighbour(s, j + 2, n1, v1, s, j, row)
+
+    def across(k):  # diag x plus the neighbours off the line's axis, at node k
+        return (diag[q, j, k] * x[s, row, k]
+                + ((wa * x[sa, ra, k] + wb * x[sb, rb, k]) + (wc * x[sc, rc, k] + wd * x[sd, rd, k]))
+                + ((we * x[se, re, k] + wf * x[sf, rf, k]) + (wg * x[sg, rg, k] + wh * x[sh, rh, k])))
+
+    for k in range(2, n2 - 2):
+        out[k] = across(k) + (u2 * (x[s, row, k - 1] + x[s, row, k + 1]) + v2 * (x[s, row, k - 2] + x[s, row, k + 2]))
+    for k in (0, 1, n2 - 2, n2 - 1):
+        if not 0 <= k < n2:
+            continue
+        value = across(k)
+        for o, w in ((1, u2), (2, v2)):
+            if k - o >= 0:
+                value += w * x[s, row, k - o]
+            if k + o < n2:
+                value += w * x[s, row, k + o]
+        out[k] = value
+
+
+def _stencil_line(x, slots, j, row, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
+    """out[:] = (H x)[q, j, :], line j of plane q of H (diag: (planes, n1, n2)) applied to
+    one column x of shape (wrap, rows, n2) whose planes q + o (first axis) lie at
+    x[slots[reach + o]] (slots from :func:`_plane_slots`, reach = len(coef) - 1) and whose
+    line j + o lies at row + o of them: diag * x plus sum_axes sum_o coef[o]
+    h2inv[axis] (x shifted by +-o), zero outside the grid. Compiled code only: ``coef`` is
+    a tuple, and :func:`_stencil_line_for_order` picks the pass for its length when the
+    caller compiles (so the other order's pass is neither compiled nor tested per line)."""
+    raise NotImplementedError("_stencil_line runs inside numba-compiled kernels only")
+
+
+@overload(_stencil_line, inline="always")
+def _stencil_line_for_order(x, slots, j, row, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
+    """:func:`_stencil_line`'s implementation for the length of the tuple type ``coef``."""
+    return (_line_reach1 if coef.count == 2 else _line_reach2).py_func
+
+
+@numba.njit(cache=True)
+def _lines(start, stop, u, diag, coef, h2inv, out):  # pragma: no cover - compiled
+    """out = H u on lines start..stop-1 (line = (c, i, j) of the (m, n0, n1, n2) arrays)."""
+    _, n0, n1, _ = u.shape
+    reach = len(coef) - 1
+    slots = np.empty(2 * reach + 1, np.int64)
+    line = start
+    while line < stop:
+        c, i, first = line // (n0 * n1), (line // n1) % n0, line % n1
+        last = min(n1, first + stop - line)
+        _plane_slots(i, n0, n0, slots)
+        for j in range(first, last):
+            _stencil_line(u[c], slots, j, j, diag, i, coef, h2inv, out[c, i, j])
+        line += last - first
+
+
+@numba.njit(parallel=True, cache=True)
+def _lines_parallel(chunks, u, diag, coef, h2inv, out):  # pragma: no cover - compiled
+    """``_lines`` over all lines, split into ``chunks`` parallel tasks."""
+    m, n0, n1, _ = u.shape
+    total = m * n0 * n1
+    for chunk in numba.prange(chunks):
+        _lines(chunk * total // chunks, (chunk + 1) * total // chunks, u, diag, coef, h2inv, out)
+
+
+@numba.njit(cache=True)
+def _sweep_task(lo, hi, jlo, jhi, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas, betas, out,
+                r, xring, dring, line):  # pragma: no cover - compiled
+    """Planes lo..hi-1 of one column of :meth:`ScoreHamiltonian.smooth`, all its steps in one
+    sweep over the first axis (arrays of shape (planes, n1, n2)), on the lines jlo..jhi-1 of
+    each plane (a band). Step t = 0, 1, ... (coefficients alpha_t, beta_t) forms
+    d = alpha_t d_prev + beta_t dinv (b - (H - shift) x_prev) (d_prev not read when
+    alpha_t = 0) and x = x_prev + d, from x_prev = x0 at t = 0 (or, ``from_zero``,
+    d = x = beta_0 dinv b without a matvec). It runs R = len(coef) - 1 planes behind step
+    t - 1, which has by then produced the planes it reads; its x lives in a ring of 2R + 1
+    planes (xring[t]) and its d in one of R + 1 (dring[t]), so each plane of b, dinv and
+    diag is read from memory once for all steps. The rings hold the band's lines and their
+    halos only (line j at row j - max(0, jlo - (stages - 1) R)), so that they stay in cache.
+    The last step's x goes to planes lo..hi-1, lines jlo..jhi-1 of ``out``; with
+    ``residual``, one more stage writes b - (H - shift) out to ``r``. To produce these, stage
+    t (the residual is the last) computes the planes and lines up to (stages - 1 - t) R
+    beyond them on each side (recomputed by the neighbouring task)."""
+    planes, n1, n2 = b.shape
+    reach = len(coef) - 1
+    steps = alphas.shape[0]
+    stages = steps + 1 if residual else steps
+    xwrap, dwrap = 2 * reach + 1, reach + 1
+    base = max(0, jlo - (stages - 1) * reach)  # line j lies at row j - base of the rings
+    slots = np.empty(2 * reach + 1, np.int64)
+    for front in range(max(0, lo - (stages - 1) * reach), hi + (stages - 1) * reach):
+        for t in range(stages):
+            q, halo = front - t * reach, (stages - 1 - t) * reach
+            if q < max(0, lo - halo) or q >= min(planes, hi + halo):
+                continue
+            stage = min(t, steps - 1)  # the residual stage (t = steps) writes r, not rings
+            x, d = xring[stage, q % xwrap], dring[stage, q % dwrap]
+            rows = range(max(0, jlo - halo), min(n1, jhi + halo))
+            if t == 0 and from_zero:
+                for j in rows:
+                    for k in range(n2):
+                        d[j - base, k] = betas[0] * dinv[q, j, k] * b[q, j, k]
+                        x[j - base, k] = d[j - base, k]
+            else:
+                source, wrap, offset = (x0, planes, 0) if t == 0 else (xring[t - 1], xwrap, base)
+                alpha, beta = alphas[stage], betas[stage]
+                _plane_slots(q, planes, wrap, slots)
+                for j in rows:
+                    _stencil_line(source, slots, j, j - offset, diag, q, coef, h2inv, line)
+                    before, previous = source[q % wrap, j - offset], dring[max(t - 1, 0), q % dwrap, j - base]
+                    if t == steps:
+                        for k in range(n2):
+                            r[q, j, k] = b[q, j, k] - line[k] + shift * before[k]
+                    elif alpha == 0.0:
+                        for k in range(n2):
+                            d[j - base, k] = beta * dinv[q, j, k] * (b[q, j, k] - line[k] + shift * before[k])
+                            x[j - base, k] = before[k] + d[j - base, k]
+                    else:
+                        for k in range(n2):
+                            step = b[q, j, k] - line[k] + shift * before[k]
+                            d[j - base, k] = alpha * previous[k] + beta * dinv[q, j, k] * step
+                            x[j - base, k] = before[k] + d[j - base, k]
+            if t == steps - 1 and lo <= q < hi:
+                out[q, jlo:jhi] = x[jlo - base : jhi - base]
+
+
+@numba.njit(cache=True)
+def _sweep_worker(worker, workers, pieces, bands, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas,
+                  betas, out, r, xring, dring, line):  # pragma: no cover - compiled
+    """The sweeps (tasks = columns x ``pieces`` plane ranges x ``bands`` line ranges)
+    numbered worker, worker + workers, ...: :func:`_sweep_task` with the worker's own rings."""
+    m, planes, n1 = b.shape[0], b.shape[1], b.shape[2]
+    for task in range(worker, m * pieces * bands, workers):
+        c, piece, band = task // (pieces * bands), (task // bands) % pieces, task % bands
+        _sweep_task(piece * planes // pieces, (piece + 1) * planes // pieces, band * n1 // bands,
+                    (band + 1) * n1 // bands, from_zero, residual, x0[c], b[c], diag, shift, dinv, coef, h2inv, alphas,
+                    betas, out[c], r[c], xring[worker], dring[worker], line[worker])
+
+
+@numba.njit(parallel=True, cache=True)
+def _sweep_parallel(workers, pieces, bands, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas, betas,
+                    out, r, xring, dring, line):  # pragma: no cover - compiled
+    """:func:`_sweep_worker` for every worker, in parallel."""
+    for worker in numba.prange(workers):
+        _sweep_worker(worker, workers, pieces, bands, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv,
+                      alphas, betas, out, r, xring, dring, line)
+
+
+def log_density_on_grid(
+    score: Score, t: float, grid: Grid, scores: torch.Tensor | None = None
+) -> tuple[torch.Tensor, float]:
+    """log p_t at the nodes (normalised so that sum_i p_i prod h = 1) and the curl residual.
+
+    With an exact ``log_prob`` (:class:`ExactScore`) it is used directly (residual 0).
+    Otherwise phi solves the least-squares problem min sum_edges (phi_j - phi_i - b_ij)^2 over
+    the grid's edges, b_ij = h (s_i + s_j) . e / 2 (trapezoid line integral of the score along
+    the edge); its normal equations are the graph Laplacian with natural (Neumann)
+    boundaries, diagonalised by the DCT-II on every axis (O(N log N)). The returned residual
+    ||D phi - b|| / ||b|| is the part of the score no potential explains: O(h^2) for an exact
+    score (trapezoid error), larger for a non-conservative field.
+    """
+    points = grid.points(dtype=torch.float64)
+    if hasattr(score, "log_prob"):
+        phi = torch.cat([score.log_prob(chunk, t) for chunk in points.split(_CHUNK)])
+        residual = 0.0
+    else:
+        s = scores if scores is not None else torch.cat([score(chunk, t) for chunk in points.split(_CHUNK)])
+        phi, residual = _least_squares_potential(s.detach().to(torch.float64).cpu().numpy(), grid)
+        phi = torch.from_numpy(phi)
+    phi = phi - torch.logsumexp(phi, 0) - math.log(grid.cell_volume)
+    return phi, residual
+
+
+def _least_squares_potential(s: np.ndarray, grid: Grid) -> tuple[np.ndarray, float]:
+    field = s.reshape(*grid.n, grid.dim)
+    rhs = np.zeros(grid.n)
+    increments = []
+    for a, h in enumerate(grid.h):
+        comp = field[..., a]
+        m = grid.n[a] - 1
+        left, right = np.take(comp, range(m), axis=a), np.take(comp, range(1, m + 1), axis=a)
+        b = 0.5 * h * (left + right)
+        increments.append(b)
+        idx_lo = [slice(None)] * grid.dim
+        idx_hi = [slice(None)] * grid.dim
+        idx_lo[a], idx_hi[a] = slice(0, m), slice(1, m + 1)
+        rhs[tuple(idx_lo)] -= b
+        rhs[tuple(idx_hi)] += b
+    eig = np.zeros(grid.n)
+    for a, m in enumerate(grid.n):
+        shape = [1] * grid.dim
+        shape[a] = m
+        eig = eig + (4.0 * np.sin(0.5 * np.pi * np.arange(m) / m) ** 2).reshape(shape)
+    coef = scipy.fft.dctn(rhs, type=2, norm="ortho")
+    eig.flat[0] = 1.0
+    coef = coef / eig
+    coef.flat[0] = 0.0
+    phi = scipy.fft.idctn(coef, type=2, norm="ortho")
+    res2 = b2 = 0.0
+    for a, b in enumerate(increments):
+        diff = np.diff(phi, axis=a) - b
+        res2 += float((diff**2).sum())
+        b2 += float((b**2).sum())
+    return phi.reshape(-1), math.sqrt(res2 / b2) if b2 > 0 else 0.0
+
+
+class ScoreHamiltonian:
+    """H_h = -Laplacian_h + V on a :class:`Grid`, from a score at time t (module docstring).
+
+    Parameters
+    ----------
+    score : a :class:`Score` or callable ``score(x, t)`` with x of shape (..., d).
+    t : the diffusion time (a float in the process's range).
+    grid : the grid (d = 1, 2, 3; must match the score's dimension).
+    order : 2 or 4, the order of the Laplacian stencil.
+    form : "potential" (V = |s|^2/4 + div s/2) or "ground_state" (H psi_0 = 0 exactly).
+    divergence : divergence method of the potential form (see ``quantum_potential``).
+    backend : "torch", "numba" (CPU) or "auto" (numba on the CPU from 2^16 unknowns, else torch).
+    mass_tol : warn (:class:`BoundaryMassWarning`) when the mass of p_t on the outermost
+        layer of nodes exceeds this.
+    dtype, device : of the matvec (float64 by default). The operator's memory
+        (:func:`~.memory.estimate_memory`) is checked against the device's free memory
+        before the score is evaluated (:class:`InsufficientMemoryError` when it will not fit).
+
+    Attributes
+    ----------
+    potential, potential_error : V at the nodes (N,) and its error (from the divergence).
+    log_density : log p_t at the nodes, normalised on the grid (N,).
+    ground_state : sqrt(p_t) at the nodes with unit 2-norm (N,): the exact lowest
+        eigenvector of the ground-state form, an approximate one of the potential form.
+    curl_residual : the relative residual of the reconstruction grad phi = s (0 with an
+        exact log_prob).
+    boundary_mass : the mass of p_t on the outermost layer of nodes.
+    points_per_width : the sharpest mode's width (1 / sqrt of the largest curvature
+        -Laplacian log p / d where p is above 1e-6 of its peak) over max h.
+    """
+
+    def __init__(
+        self,
+        score: Any,
+        t: float,
+        grid: Grid,
+        order: int = 2,
+        form: Form = "potential",
+        divergence: DivergenceMethod = "auto",
+        backend: Backend = "auto",
+        mass_tol: float = 1e-7,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.score = as_score(score)
+        if self.score.dim is not None and self.score.dim != grid.dim:
+            raise InputShapeError(f"the score is {self.score.dim}-dimensional but the grid is {grid.dim}-dimensional")
+        if form not in ("potential", "ground_state"):
+            raise ValueError(f"form must be 'potential' or 'ground_state'; got {form!r}")
+        if backend not in ("auto", "torch", "numba"):
+            raise ValueError(f"backend must be 'auto', 'torch' or 'numba'; got {backend!r}")
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        if backend == "numba" and self.device.type != "cpu":
+            raise ValueError("the numba backend runs on the CPU; use backend='torch' on other devices")
+        self.t, self.order, self.form, self.dtype = float(t), order, form, dtype
+        self.coef = stencil(order)
+        self._backend_request = backend
+        need = estimate_memory(grid.n, dtype=dtype)
+        check_memory(need.operator + need.build, f"the operator on the {grid} grid", self.device)
+        potential, self.potential_error, log_density, self.curl_residual = self._evaluate(grid, divergence)
+        self._set_arrays(grid, potential, log_density)
+        self._check_box(mass_tol)
+
+    def __repr__(self) -> str:
+        return (f"ScoreHamiltonian(t={self.t}, grid={self.grid}, order={self.order}, "
+                f"form={self.form!r}, backend={self.backend!r})")
+
+    def _evaluate(self, grid: Grid, divergence: DivergenceMethod) -> tuple[torch.Tensor | None, torch.Tensor,
+                                                                           torch.Tensor, float]:
+        """(V or None for the ground-state form, its error, log p, curl residual) from the score."""
+        points = grid.points(dtype=torch.float64)
+        if self.form == "ground_state":
+            log_density, curl = log_density_on_grid(self.score, self.t, grid)
+            return None, torch.zeros(grid.size, dtype=torch.float64), log_density, curl
+        parts = [quantum_potential(self.score, chunk, self.t, divergence_method=divergence)
+                 for chunk in points.split(_CHUNK)]
+        scores = torch.cat([p.score for p in parts])
+        log_density, curl = log_density_on_grid(self.score, self.t, grid, scores)
+        return torch.cat([p.value for p in parts]), torch.cat([p.error for p in parts]), log_density, curl
+
+    def _set_arrays(self, grid: Grid, potential: torch.Tensor | None, log_density: torch.Tensor) -> None:
+        """Install the grid, log p and V (derived from log p in the ground-state form)."""
+        self.grid, self.shape = grid, (grid.size, grid.size)
+        backend = self._backend_request
+        if backend == "auto":
+            backend = "numba" if self.device.type == "cpu" and grid.size >= _NUMBA_MIN_SIZE else "torch"
+        self.backend = backend
+        h2inv = [1.0 / h**2 for h in grid.h]
+        self._weights = [(a, o, self.coef[o] * h2inv[a]) for a in range(grid.dim) for o in range(1, len(self.coef))]
+        center = self.coef[0] * sum(h2inv)
+        if potential is None:
+            potential = -(center + self._neighbour_ratios(log_density))
+        self.log_density, self.potential = log_density, potential
+        half = 0.5 * (log_density - log_density.max())
+        self.ground_state = (torch.exp(half) / torch.exp(half).norm()).to(self.dtype).to(self.device)
+        self._diag = (potential + center).to(self.dtype).to(self.device)
+        # The numba kernels see the grid as (planes, n1, n2), planes along its first axis (the
+        # smoothing sweep's): 1D (1, 1, n), 2D (n0, 1, n1), 3D as it is; h^-2 zero on unit axes.
+        axes = {1: (None, None, 0), 2: (0, None, 1), 3: (0, 1, 2)}[grid.dim]
+        self._n3 = tuple(1 if a is None else grid.n[a] for a in axes)
+        h2 = np.array([0.0 if a is None else h2inv[a] for a in axes])
+        self._h2inv = h2.astype(np.float64 if self.dtype == torch.float64 else np.float32)
+        # A tuple, not an array: its length (the order's reach) is then known when the kernels
+        # compile, which picks the fused pass for the order at no cost per line.
+        self._coef = tuple(self._h2inv.dtype.type(c) for c in self.coef)
+
+    def _neighbour_ratios(self, log_density: torch.Tensor) -> torch.Tensor:
+        """sum_nb H_i,nb psi0_nb / psi0_i = sum_nb w_nb exp((phi_nb - phi_i) / 2) at every node.
+
+        The ground-state potential is V_i = (Laplacian_h psi0)_i / psi0_i = -(c_0 sum 1/h^2 +
+        this), computed from log-density differences so that psi0 never underflows.
+        """
+        half = (0.5 * log_density).reshape(self.grid.n)
+        total = torch.zeros_like(half)
+        for a, o, w in self._weights:
+            m = self.grid.n[a] - o
+            lo, hi = half.narrow(a, 0, m), half.narrow(a, o, m)
+            total.narrow(a, o, m).add_(torch.exp(lo - hi), alpha=w)
+            total.narrow(a, 0, m).add_(torch.exp(hi - lo), alpha=w)
+        return total.reshape(-1)
+
+    def _measure(self, minimum: float = _MIN_POINTS_PER_WIDTH) -> float:
+        """Set ``boundary_mass`` and ``points_per_width`` (ResolutionError below ``minimum``);
+        return the sharpest width."""
+        p = torch.exp(self.log_density) * self.grid.cell_volume
+        self.boundary_mass = float(p[self.grid.boundary_shell(1)].sum())
+        phi = self.log_density.reshape(self.grid.n)
+        lap = _shifted_sum(phi, [(a, 1, 1.0 / h**2) for a, h in enumerate(self.grid.h)]).reshape(-1)
+        lap = lap - 2.0 * sum(1.0 / h**2 for h in self.grid.h) * self.log_density
+        interior = ~self.grid.boundary_shell(1) & (self.log_density > self.log_density.max() - math.log(1e6))
+        curvature = float((-lap[interior]).clamp_min(0).max()) / self.grid.dim if bool(interior.any()) else 0.0
+        width = 1.0 / math.sqrt(curvature) if curvature > 0 else math.inf
+        self.points_per_width = width / max(self.grid.h)
+        if self.points_per_width < minimum:
+            raise ResolutionError(
+                f"the grid (h = {max(self.grid.h):.3g}) does not resolve p_t: its sharpest mode has "
+                f"width about {width:.3g}, {self.points_per_width:.2f} grid spacings; refine the grid"
+            )
+        return width
+
+    def _check_box(self, mass_tol: float) -> None:
+        width = self._measure()
+        if self.boundary_mass > mass_tol:
+            warnings.warn(
+                f"the box {list(zip(self.grid.lo, self.grid.hi))} cuts off probability mass: "
+                f"p_t has mass {self.boundary_mass:.3g} on the outermost layer of nodes "
+                f"(tolerance {mass_tol:g}); enlarge the box",
+                BoundaryMassWarning, stacklevel=3,
+            )
+        if self.points_per_width < _WARN_POINTS_PER_WIDTH:
+            warnings.warn(
+                f"coarse grid: the sharpest mode of p_t (width about {width:.3g}) spans only "
+                f"{self.points_per_width:.2f} spacings h = {max(self.grid.h):.3g}; discretisation "
+                "errors will be large", ResolutionWarning, stacklevel=3,
+            )
+
+    def coarsen(self, grid: Grid | None = None, min_points_per_width: float = _MIN_POINTS_PER_WIDTH) -> ScoreHamiltonian:
+        """The same H_t on a coarser grid of the same box, without evaluating the score again.
+
+        ``grid`` defaults to (n - 1) // 2 nodes per axis: for odd n the grid whose
+        :meth:`Grid.refine` is this one, whose nodes are a subset of these. log p and (in the
+        potential form) V are interpolated linearly to the new nodes (:mod:`.transfer`), so on
+        nested grids the result equals a fresh ``ScoreHamiltonian`` on ``grid`` (log p
+        exactly, V exactly); the ground-state form derives V from log p on the new grid.
+        No warnings (it serves solvers: multigrid levels, nested iteration); raises
+        :class:`ResolutionError` when the sharpest mode of p_t spans fewer than
+        ``min_points_per_width`` new spacings (by default the constructor's limit, 1),
+        ValueError when an axis would have fewer than 3 nodes or the box differs.
+        """
+        grid = grid if grid is not None else Grid(self.grid.lo, self.grid.hi, [(n - 1) // 2 for n in self.grid.n])
+        if grid.lo != self.grid.lo or grid.hi != self.grid.hi:
+            raise ValueError(f"coarsen keeps the box {self.grid.lo}, {self.grid.hi}; got {grid}")
+
+        def to_grid(values: torch.Tensor) -> torch.Tensor:
+            return interpolate(values.reshape(1, *self.grid.n), grid.n).reshape(-1)
+
+        coarse = copy.copy(self)
+        coarse._backend_request = self.backend
+        log_density = to_grid(self.log_density)
+        log_density = log_density - torch.logsumexp(log_density, 0) - math.log(grid.cell_volume)
+        coarse.potential_error = to_grid(self.potential_error)
+        coarse._set_arrays(grid, to_grid(self.potential) if self.form == "potential" else None, log_density)
+        coarse._measure(min_points_per_width)
+        return coarse
+
+    def matvec(self, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """H v for v of shape (N,) or (N, m), in the operator's dtype and device. A column-major
+        (N, m) block (``v.T`` contiguous) is used in place; the result is column-major, written
+        into ``out`` when given (same shape, column-major, the operator's dtype and device)."""
+        if v.shape[0] != self.shape[0] or v.ndim not in (1, 2):
+            raise ValueError(f"matvec needs shape ({self.shape[0]},) or ({self.shape[0]}, m); got {tuple(v.shape)}")
+        rows = v.reshape(self.shape[0], -1).to(dtype=self.dtype, device=self.device).T.contiguous()
+        target = torch.empty_like(rows) if out is None else out.reshape(rows.shape[::-1]).T
+        if out is not None and not (target.is_contiguous() and target.dtype == self.dtype
+                                    and target.device == self.device and target.data_ptr() == out.data_ptr()):
+            raise ValueError("matvec's out must be a column-major (N, m) tensor of the operator's dtype and device")
+        if self.backend == "numba":
+            self._pass(rows, target)
+        else:
+            u = rows.reshape(-1, *self.grid.n)
+            weights = [(a + 1, o, w) for a, o, w in self._weights]
+            torch.add(self._diag.reshape(1, *self.grid.n) * u, _shifted_sum(u, weights),
+                      out=target.reshape(u.shape))
+        return target.T.reshape(v.shape) if out is None else out
+
+    def _pass(self, u: torch.Tensor, out: torch.Tensor) -> None:
+        """out = H u for contiguous (m, N) row blocks: one numba pass (``_lines``), on one
+        thread when small, else in parallel chunks (a few per thread, for balance)."""
+        arrays = [t.detach().numpy().reshape(t.shape[0], *self._n3) for t in (u, out)]
+        run_lines(_lines, _lines_parallel, u.numel(), u.shape[0] * self._n3[0] * self._n3[1], arrays[0],
+                  self._diag.numpy().reshape(self._n3), self._coef, self._h2inv, arrays[1])
+
+    def residual(self, u: torch.Tensor, b: torch.Tensor, shift: float, out: torch.Tensor | None = None) -> torch.Tensor:
+        """b - (H - shift) u for row blocks u, b of shape (m, N) (one column per row,
+        contiguous); written to ``out`` when given."""
+        out = torch.empty_like(u) if out is None else out
+        return torch.sub(b, self.matvec(u.T).T, out=out).add_(u, alpha=shift)
+
+    def smooth(self, b: torch.Tensor, shift: float, dinv: torch.Tensor, steps: list[tuple[float, float]],
+               out: torch.Tensor, x0: torch.Tensor | None = None, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``len(steps)`` steps (alpha_t, beta_t) of a polynomial (Chebyshev / Jacobi) smoother
+        for (H - shift) x = b, on row blocks (m, N) (one column per row, contiguous):
+        d_t = alpha_t d_{t-1} + beta_t dinv (b - (H - shift) x_{t-1}), x_t = x_{t-1} + d_t,
+        from x_0 = x0 (alpha_0 must be 0: there is no d_{-1}), or from x_0 = 0 when x0 is None
+        (x_1 = d_1 = beta_0 dinv b, no matvec; alpha_0 unused). The last iterate is written to
+        ``out``; with ``residual``, b - (H - shift) out is written there too. On the numba
+        backend every step and the residual run in one sweep over the grid
+        (:func:`_sweep_task`: b, dinv and the diagonal are read from memory once, not once
+        per step); in torch, one step after another. ``out`` and ``residual`` must not alias
+        x0, b or each other. Returns ``out``."""
+        if not steps or (x0 is not None and steps[0][0] != 0.0):
+            raise ValueError(f"smooth needs at least one step, the first with alpha = 0 from a given x0; got {steps}")
+        blocks = [t for t in (b, out, x0, residual) if t is not None]
+        if not all(t.shape == b.shape and t.ndim == 2 and t.shape[1] == self.shape[0] and t.is_contiguous()
+                   and t.dtype == self.dtype and t.device == self.device for t in blocks):
+            raise ValueError(f"smooth takes contiguous (m, {self.shape[0]}) row blocks of the operator's dtype and "
+                             f"device; got {[(tuple(t.shape), t.dtype, str(t.device)) for t in blocks]}")
+        written = [t.data_ptr() for t in (out, residual) if t is not None]
+        if len(set(written)) < len(written) or set(written) & {t.data_ptr() for t in (b, x0) if t is not None}:
+            raise ValueError("smooth's out and residual must not alias x0, b or each other")
+        if self.backend == "numba":
+            self._sweep(b, shift, dinv, steps, out, x0, residual)
+            return out
+        d, r = torch.empty_like(b), torch.empty_like(b)
+        if x0 is None:
+            torch.mul(b, dinv, out=out).mul_(steps[0][1])
+            d.copy_(out)
+        else:
+            out.copy_(x0)
+        for alpha, beta in steps[1 if x0 is None else 0:]:
+            self.residual(out, b, shift, out=r)
+            if alpha == 0.0:
+                torch.mul(r, dinv, out=d).mul_(beta)
+            else:
+                d.mul_(alpha).addcmul_(r, dinv, value=beta)
+            out.add_(d)
+        if residual is not None:
+            self.residual(out, b, shift, out=residual)
+        return out
+
+    def _sweep(self, b: torch.Tensor, shift: float, dinv: torch.Tensor, steps: list[tuple[float, float]],
+               out: torch.Tensor, x0: torch.Tensor | None, residual: torch.Tensor | None) -> None:
+        """:meth:`smooth` on the numba backend: tasks of (column, range of planes, band of
+        about ``_SWEEP_BAND`` lines), a range of planes per worker or fewer (halos are
+        recomputed, so ranges stay long against them), spread over the workers (one thread
+        when small), each with its own rings (allocated per call, so that concurrent calls
+        on one operator share nothing)."""
+        m, planes, n1, n2 = b.shape[0], *self._n3
+        reach = len(self.coef) - 1
+        threads = workers(b.numel())
+        bands = max(1, round(n1 / _SWEEP_BAND))
+        pieces = max(1, min(threads // math.gcd(m * bands, threads), planes // (4 * (len(steps) + 1) * reach)))
+        dtype = self._h2inv.dtype
+        rows = min(n1, -(-n1 // bands) + 2 * len(steps) * reach)  # a band and its halos (_sweep_task)
+        rings = (np.empty((threads, len(steps), 2 * reach + 1, rows, n2), dtype),
+                 np.empty((threads, len(steps), reach + 1, rows, n2), dtype), np.empty((threads, n2), dtype))
+
+        def view(t: torch.Tensor) -> np.ndarray:
+            return t.detach().numpy().reshape(m, *self._n3)
+
+        alphas, betas = (np.array(column, dtype=dtype) for column in zip(*steps))
+        args = (pieces, bands, x0 is None, residual is not None, view(b if x0 is None else x0), view(b),
+                self._diag.numpy().reshape(self._n3), shift, dinv.numpy().reshape(self._n3), self._coef, self._h2inv,
+                alphas, betas, view(out), view(out if residual is None else residual), *rings)
+        if threads == 1:
+            _sweep_worker(0, 1, *args)
+        else:
+            run_parallel(threads, _sweep_parallel, threads, *args)
+
+    def diagonal(self) -> torch.Tensor:
+        """The diagonal of H, (N,)."""
+        return self._diag.clone()
+
+    def spectral_bounds(self) -> tuple[float, float]:
+        """Gershgorin interval [lower, upper] holding every eigenvalue of H."""
+        off = sum(abs(w) * 2 for _, _, w in self._weights)
+        return float(self._diag.min()) - off, float(self._diag.max()) + off
+
+    def to_scipy(self) -> sp.csr_matrix:
+        """The same matrix as a scipy CSR matrix (float64): one diagonal per axis and
+        offset o, at o times the axis' stride (C order), zero where the neighbour lies
+        beyond the axis' last node."""
+        n = self.grid.size
+        index = np.arange(n)
+        diagonals, offsets = [self._diag.detach().cpu().double().numpy()], [0]
+        for a, o, w in self._weights:
+            stride = math.prod(self.grid.n[a + 1:])
+            if o >= self.grid.n[a]:
+                continue
+            inside = (index[: n - o * stride] // stride) % self.grid.n[a] + o < self.grid.n[a]
+            band = np.where(inside, w, 0.0)
+            diagonals += [band, band]
+            offsets += [o * stride, -o * stride]
+        return sp.diags(diagonals, offsets, shape=(n, n), format="csr")
+
+    def dirichlet_form(self, v: torch.Tensor) -> torch.Tensor:
+        """v^T H v / v^T v for columns v (N,) or (N, m) orthogonal to ``ground_state``,
+        through the ground-state identity v^T H v = -1/2 sum_{i != j} H_ij psi0_i psi0_j
+        (f_i - f_j)^2, f = v / psi0 (ground-state form only). Each term is non-negative,
+        so a tiny gap keeps its relative accuracy where v^T H v by matvec would cancel.
+        """
+        if self.form != "ground_state":
+            raise ValueError("dirichlet_form needs form='ground_state' (H psi0 = 0 exactly)")
+        cols = v.reshape(self.shape[0], -1).to(torch.float64).cpu()
+        half = (0.5 * self.log_density).reshape(*self.grid.n, 1)
+        u = cols.reshape(*self.grid.n, -1)
+        total = torch.zeros(u.shape[-1], dtype=torch.float64)
+        for a, o, w in self._weights:
+            m = self.grid.n[a] - o
+            ui, uj = u.narrow(a, 0, m), u.narrow(a, o, m)
+            hi_, hj = half.narrow(a, 0, m), half.narrow(a, o, m)
+            # psi0_i psi0_j (f_i - f_j)^2 = (u_i e^{(h_j - h_i)/2} - u_j e^{(h_i - h_j)/2})^2
+            d = hj - hi_
+            term = (ui * torch.exp(0.5 * d) - uj * torch.exp(-0.5 * d)) ** 2
+            total += -w * term.reshape(-1, u.shape[-1]).sum(0)
+        value = total / (cols**2).sum(0)
+        return value.reshape(v.shape[1:]) if v.ndim == 2 else value[0]

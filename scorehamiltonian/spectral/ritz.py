@@ -1,0 +1,683 @@
+"""Rayleigh-Ritz upper bounds on the spectral gap from samples of p_t (THEORY section 2, route (b)).
+
+The gap lambda_1(t) of the Score Hamiltonian is the inverse Poincare constant of p_t,
+
+    lambda_1 = inf over f with E_p f = 0 of  E_p |grad f|^2 / Var_p f     (units 1 / x^2),
+
+with x in the units of the process (the data). Over a basis phi_1..phi_m the Ritz values are
+the generalised eigenvalues of A c = theta B c with
+
+    A_ij = E_p[grad phi_i . grad phi_j],   B_ij = Cov_p(phi_i, phi_j),
+
+and with exact expectations theta_k >= lambda_k (Courant-Fischer). Only samples of p_t and
+closed-form gradients of the basis are needed: no score divergence and no grid, so this is the
+route for high dimension.
+
+Sample estimate. The samples are shuffled and split in two halves (``fit_fraction``). The
+basis coefficients are fitted on the first half (the in-sample Ritz values are biased low: the
+minimisation also fits sampling noise). The fitted Ritz functions f_1..f_r are then fixed and
+re-evaluated on the second half, where
+
+- ``value`` is the Rayleigh quotient of f_1, R = mean(|grad f_1|^2) / var(f_1), an estimate of
+  a true upper bound on lambda_1 (the quotient of a fixed function), with the delta-method
+  standard error  std_i(|grad f_1(x_i)|^2 - R (f_1(x_i) - mean f_1)^2) / (var(f_1) sqrt(n));
+- ``ritz_values`` are the Ritz values of the held-out problem restricted to span(f_1..f_r),
+  upper bounds on lambda_1..lambda_r with exact expectations, with bootstrap standard errors.
+
+Bases, all in whitened coordinates z = Lambda^{-1/2} U^T (x - m) from the fit half's mean m and
+covariance U Lambda U^T (so |grad_x f|^2 = sum_j (d f / d z_j)^2 / Lambda_j):
+
+- ``"polynomial"``: products of normalised Hermite polynomials prod_j He_{n_j}(z_j) / sqrt(n_j!)
+  of total degree 1..``degree``; C(d + degree, degree) - 1 functions (1325 in d = 50 at degree
+  2). Degree 1 holds the exact eigenfunctions of a Gaussian p_t.
+- ``"tanh"``: ridge functions tanh((u . z - c) / w) with directions u along the leading
+  principal axes (at most ``RIDGE_AXES``) and random unit vectors in their span, centres c
+  evenly spaced over the central 99.8 % of the projected samples and ``N_RIDGE_WIDTHS`` widths
+  w geometric from the narrowest the samples resolve (below; at least ``RIDGE_WIDTHS[0]``) to
+  ``RIDGE_WIDTHS[1]`` (whitened units): they represent the step between two separated modes.
+- ``"network"``: the linear (degree-1 Hermite) functions and the NETWORK_WIDTH features h(z)
+  of the last hidden layer of a small tanh network f(z) = w . h(z), trained (Adam, seeded by
+  ``generator``) to minimise the fit half's Rayleigh quotient mean |grad_x f|^2 / var f; the
+  Ritz problem then recombines them. For eigenfunctions no fixed basis holds (curved or
+  many-mode boundaries). The training sees only the fit half, so the held-out estimates stay
+  honest; an over-fitted network only raises them.
+- ``"poly+tanh"``: both. ``"auto"`` is ``"poly+tanh"`` with the degree and the number of
+  features chosen from the dimension (degree 3 up to d = 5, 2 up to d = 60, then 1; 240 ridge
+  features in 1D, 270 above) and capped so that the fit half holds at least
+  2 ``SAMPLES_PER_FUNCTION`` samples per function of each part.
+
+Ridge features only enter where the samples can see them: the narrowest width at a centre is
+the distance to its ``MIN_TRANSITION_SAMPLES``-th nearest fit sample, since a step placed in an
+empty gap between samples has zero sample Dirichlet energy and the minimisation would find it.
+
+Ill-conditioning. The centred basis is scaled to unit variance (functions constant on the fit
+half are dropped), B is diagonalised and eigen-directions with eigenvalue below ``rcond``
+times the largest are discarded before the generalised problem is solved (default 1e-10:
+round-off in A and B is then amplified at most 1 / rcond times, to about 1e-6 relative).
+
+Caveat. Where p_t has nearly separated modes, |grad f_1|^2 lives in the barrier, where few
+samples fall: the estimate and its standard error then rest on a handful of samples and the
+sample mean underestimates E_p |grad f_1|^2. The flag ``heavy_tail`` (largest single sample
+above ``HEAVY_TAIL_SHARE`` of the Dirichlet sum) marks that case.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, NamedTuple
+
+import torch
+
+from ..common.errors import InputShapeError, NotPositiveDefiniteError, SamplesRequiredError
+from ..common.seeds import draw_seed
+from ..common.validation import as_float_tensor
+from ..score.interface import ExactScore, as_score
+
+__all__ = ["RitzResult", "ritz_gap"]
+
+BasisName = Literal["auto", "polynomial", "tanh", "poly+tanh", "network"]
+
+#: Eigenvalues of the (unit-diagonal) covariance B below rcond times its largest are discarded.
+DEFAULT_RCOND = 1e-10
+#: Samples per basis function in the fit half below which the result is flagged (and "auto" shrinks).
+SAMPLES_PER_FUNCTION = 10
+#: Relative standard error above which the result is flagged.
+LARGE_RELATIVE_ERROR = 0.1
+#: Share of the held-out Dirichlet sum carried by one sample above which the result is flagged.
+HEAVY_TAIL_SHARE = 0.05
+#: Number of leading principal axes carrying ridge features.
+RIDGE_AXES = 3
+#: Smallest and largest ridge width, in whitened units.
+RIDGE_WIDTHS = (0.005, 1.0)
+#: Fit samples a ridge feature's transition (one width either side of its centre) must hold.
+#: A step whose transition holds no sample has zero sample Dirichlet energy: it would fit the
+#: gaps between samples instead of p_t.
+MIN_TRANSITION_SAMPLES = 100
+#: Number of distinct ridge widths.
+N_RIDGE_WIDTHS = 6
+#: Largest basis accepted (B and A are dense m x m matrices).
+MAX_BASIS_SIZE = 5000
+#: Bootstrap resamples for the standard errors of the held-out Ritz values.
+N_BOOTSTRAP = 200
+#: The "network" basis: hidden width (= basis functions), training steps and learning rate.
+NETWORK_WIDTH = 32
+NETWORK_STEPS = 400
+NETWORK_LEARNING_RATE = 1e-2
+#: Steps between the held-out checks of the network's training (early stopping).
+NETWORK_CHECK = 10
+
+
+@dataclass(frozen=True)
+class RitzResult:
+    """Sample estimate of Rayleigh-Ritz upper bounds on the Score Hamiltonian's spectrum at t.
+
+    All eigenvalues are in units of 1 / x^2 (x in the process's units).
+
+    value : held-out Rayleigh quotient E|grad f_1|^2 / Var f_1 of the first fitted Ritz
+        function: an estimate of an upper bound on lambda_1(t).
+    stderr : its delta-method standard error.
+    ritz_values : (r,) ascending held-out Ritz values on span(f_1..f_r), estimates of upper
+        bounds on lambda_1..lambda_r (ritz_values[0] <= value).
+    ritz_stderr : (r,) their bootstrap standard errors.
+    fit_ritz_values : (r,) in-sample Ritz values of the fit half (biased low; a diagnostic).
+    n_samples, n_fit, n_eval : samples used in all, in the fit half and in the held-out half.
+    basis : the basis name ("polynomial", "tanh", "poly+tanh" or "network").
+    basis_size : number of basis functions m; basis_rank : directions kept after the cut of B.
+    dim : dimension d; t : the diffusion time.
+    flags : names of the conditions met among "large_error" (stderr > LARGE_RELATIVE_ERROR
+        value), "few_samples" (n_fit < SAMPLES_PER_FUNCTION basis_size), "heavy_tail"
+        (one held-out sample carries > HEAVY_TAIL_SHARE of the Dirichlet sum: value and
+        stderr then rest on a few samples) and "overfit" (value - ritz_values[0] > 3 stderr:
+        f_1 carries fitted noise). Each is also issued as a RuntimeWarning.
+    features, coefficients, offsets : the fitted functions (used by :meth:`eigenfunction`).
+    """
+
+    value: float
+    stderr: float
+    ritz_values: torch.Tensor
+    ritz_stderr: torch.Tensor
+    fit_ritz_values: torch.Tensor
+    n_samples: int
+    n_fit: int
+    n_eval: int
+    basis: str
+    basis_size: int
+    basis_rank: int
+    dim: int
+    t: float
+    flags: tuple[str, ...]
+    features: _FeatureMap = field(repr=False, compare=False)
+    coefficients: torch.Tensor = field(repr=False, compare=False)
+    offsets: torch.Tensor = field(repr=False, compare=False)
+
+    @property
+    def reliable(self) -> bool:
+        """True when no flag is raised."""
+        return not self.flags
+
+    def eigenfunction(self, x: Any, k: int = 0) -> torch.Tensor:
+        """The k-th fitted Ritz function f_{k+1} at x (..., d), shape (...,).
+
+        Normalised to mean 0 and variance 1 on the held-out samples; the sign makes f_1
+        increase on average along the leading principal axis of the fit samples.
+        """
+        x = self.features.check(x)
+        flat = x.reshape(-1, self.dim)
+        values = self.features.values(flat) @ self.coefficients[:, k] - self.offsets[k]
+        return values.reshape(x.shape[:-1])
+
+    def eigenfunction_gradient(self, x: Any, k: int = 0) -> torch.Tensor:
+        """grad_x of the k-th Ritz function at x (..., d), shape (..., d) (units 1 / x)."""
+        x = self.features.check(x)
+        flat = x.reshape(-1, self.dim)
+        grads = self.features.gradients(flat, self.coefficients[:, k : k + 1])[:, 0]
+        return grads.reshape(x.shape)
+
+
+@dataclass(frozen=True)
+class _Whitening:
+    """z = Lambda^{-1/2} U^T (x - mean); axes (columns of U) by decreasing variance Lambda."""
+
+    mean: torch.Tensor
+    axes: torch.Tensor
+    variances: torch.Tensor
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> _Whitening:
+        mean = x.mean(0)
+        cov = torch.cov(x.T, correction=1).reshape(x.shape[1], x.shape[1])
+        variances, axes = torch.linalg.eigh(cov)
+        if not bool(variances[0] > 1e-12 * variances[-1]):
+            raise NotPositiveDefiniteError(
+                "the samples' covariance is singular (eigenvalues "
+                f"{variances[0].item():.3g} .. {variances[-1].item():.3g}): they lie in a subspace, "
+                "where p_t has no density and no finite Poincare constant"
+            )
+        return cls(mean, axes.flip(1), variances.flip(0))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.axes / self.variances.sqrt()
+
+
+class _HermiteBasis:
+    """prod_j He_{n_j}(z_j) / sqrt(n_j!) for 1 <= sum_j n_j <= degree.
+
+    Each function is stored as ``degree`` slots (variable, power), distinct variables, padded
+    with power 0.
+    """
+
+    def __init__(self, dim: int, degree: int, device: torch.device) -> None:
+        slots = [_slots(combo, degree) for k in range(1, degree + 1)
+                 for combo in itertools.combinations_with_replacement(range(dim), k)]
+        table = torch.tensor(slots, dtype=torch.long, device=device).reshape(-1, degree, 2)
+        self.variables, self.powers = table[..., 0], table[..., 1]
+        self.degree, self.dim = degree, dim
+        self.size = len(slots)
+
+    def _tables(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """He_p(z_j) / sqrt(p!) and its derivative p He_{p-1}(z_j) / sqrt(p!), (n, d, degree+1)."""
+        he = [torch.ones_like(z), z]
+        for p in range(1, self.degree):
+            he.append(z * he[p] - p * he[p - 1])
+        norm = torch.tensor([math.sqrt(math.factorial(p)) for p in range(self.degree + 1)],
+                            dtype=z.dtype, device=z.device)
+        values = torch.stack(he[: self.degree + 1], dim=-1) / norm
+        powers = torch.arange(self.degree + 1, dtype=z.dtype, device=z.device)
+        derivs = torch.cat([torch.zeros_like(values[..., :1]), values[..., :-1]], dim=-1) * powers.sqrt()
+        return values, derivs
+
+    def values(self, z: torch.Tensor) -> torch.Tensor:
+        table, _ = self._tables(z)
+        out = torch.ones(z.shape[0], self.size, dtype=z.dtype, device=z.device)
+        for s in range(self.degree):
+            out = out * table[:, self.variables[:, s], self.powers[:, s]]
+        return out
+
+    def partials(self, z: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        table, derivs = self._tables(z)
+        for j in range(self.dim):
+            cols, parts = [], []
+            for s in range(self.degree):
+                idx = torch.nonzero((self.variables[:, s] == j) & (self.powers[:, s] > 0)).flatten()
+                part = derivs[:, j, self.powers[idx, s]]
+                for other in set(range(self.degree)) - {s}:
+                    part = part * table[:, self.variables[idx, other], self.powers[idx, other]]
+                cols.append(idx)
+                parts.append(part)
+            yield torch.cat(cols), torch.cat(parts, dim=1)
+
+
+def _slots(combo: tuple[int, ...], degree: int) -> list[list[int]]:
+    """(variable, power) pairs of a multiset of variables, padded to ``degree`` slots."""
+    pairs = [[var, power] for var, power in sorted(Counter(combo).items())]
+    return pairs + [[0, 0]] * (degree - len(pairs))
+
+
+class _RidgeBasis:
+    """tanh((u . z - c) / w) for directions u (F, d), centres c (F,) and widths w (F,)."""
+
+    def __init__(self, directions: torch.Tensor, centres: torch.Tensor, widths: torch.Tensor) -> None:
+        self.directions, self.centres, self.widths = directions, centres, widths
+        self.size = centres.numel()
+        self.dim = directions.shape[1]
+
+    @classmethod
+    def fit(cls, z: torch.Tensor, n_features: int, generator: torch.Generator | None) -> _RidgeBasis:
+        """Features on the leading axes and random directions in their span, from whitened z."""
+        dim = z.shape[1]
+        n_axes = min(dim, RIDGE_AXES)
+        axes = torch.eye(n_axes, dim, dtype=z.dtype, device=z.device)
+        random = _random_directions(2 * n_axes if n_axes > 1 else 0, n_axes, z, generator)
+        directions = torch.cat([axes, random @ axes])
+        n_centres = max(1, n_features // (directions.shape[0] * N_RIDGE_WIDTHS))
+        grids = [_centres_and_widths(z @ u, n_centres) for u in directions]
+        rows = torch.repeat_interleave(directions, n_centres * N_RIDGE_WIDTHS, dim=0)
+        return cls(rows, torch.cat([g[0] for g in grids]), torch.cat([g[1] for g in grids]))
+
+    def values(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.tanh((z @ self.directions.T - self.centres) / self.widths)
+
+    def partials(self, z: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        slope = (1.0 - self.values(z) ** 2) / self.widths
+        for j in range(self.dim):
+            idx = torch.nonzero(self.directions[:, j]).flatten()
+            yield idx, slope[:, idx] * self.directions[idx, j]
+
+
+def _centres_and_widths(y: torch.Tensor, n_centres: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centres evenly spaced over the central 99.8 % of y, each with N_RIDGE_WIDTHS geometric widths.
+
+    The narrowest width at centre c is the distance from c to its MIN_TRANSITION_SAMPLES-th
+    nearest sample (at least RIDGE_WIDTHS[0]); the widest is RIDGE_WIDTHS[1] or that, if larger.
+    """
+    lo, hi = torch.quantile(y, torch.tensor([0.001, 0.999], dtype=y.dtype, device=y.device))
+    centres = torch.linspace(float(lo), float(hi), n_centres, dtype=y.dtype, device=y.device)
+    k = min(MIN_TRANSITION_SAMPLES, y.numel())
+    narrow = torch.kthvalue((y[:, None] - centres).abs(), k, dim=0).values.clamp_min(RIDGE_WIDTHS[0])
+    wide = narrow.clamp_min(RIDGE_WIDTHS[1])
+    steps = torch.linspace(0.0, 1.0, N_RIDGE_WIDTHS, dtype=y.dtype, device=y.device)
+    widths = narrow[:, None] * (wide / narrow)[:, None] ** steps
+    return centres.repeat_interleave(N_RIDGE_WIDTHS), widths.flatten()
+
+
+def _random_directions(n: int, dim: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """n unit vectors uniform on the sphere in R^dim."""
+    device = generator.device if generator is not None else like.device
+    u = torch.randn(n, dim, dtype=like.dtype, device=device, generator=generator).to(like.device)
+    return u / u.norm(dim=1, keepdim=True)
+
+
+def _network_quotient(model: torch.nn.Module, z: torch.Tensor, variances: torch.Tensor,
+                      create_graph: bool) -> torch.Tensor:
+    """mean |grad_x f|^2 / var f of the network's output f over z (z requires grad)."""
+    f = model(z).squeeze(-1)
+    (grad,) = torch.autograd.grad(f.sum(), z, create_graph=create_graph)
+    return ((grad**2) / variances).sum(-1).mean() / f.var()
+
+
+class _NetworkBasis:
+    """h(z): the last hidden layer of a tanh network d -> W -> W, whose scalar head w . h was
+    trained to minimise the Rayleigh quotient of the fit samples (module docstring)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.net = net
+        self.size = NETWORK_WIDTH
+
+    @classmethod
+    def fit(cls, z: torch.Tensor, variances: torch.Tensor, generator: torch.Generator | None) -> _NetworkBasis:
+        """Train on whitened fit samples z (|grad_x f|^2 = sum_j (d f / d z_j)^2 / Lambda_j):
+        on 80 % of them, keeping the parameters whose quotient on the other 20 % was lowest
+        (checked every ``NETWORK_CHECK`` steps), so that a network that starts to fit the
+        gaps between samples is stopped where it still describes p_t."""
+        seed = draw_seed(generator)
+        n_train = max(2, int(0.8 * z.shape[0]))
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            torch.manual_seed(seed)
+            net = torch.nn.Sequential(torch.nn.Linear(z.shape[1], NETWORK_WIDTH), torch.nn.Tanh(),
+                                      torch.nn.Linear(NETWORK_WIDTH, NETWORK_WIDTH), torch.nn.Tanh()
+                                      ).to(dtype=z.dtype, device=z.device)
+            head = torch.nn.Linear(NETWORK_WIDTH, 1).to(dtype=z.dtype, device=z.device)
+            model = torch.nn.Sequential(net, head)
+            optimiser = torch.optim.Adam(model.parameters(), lr=NETWORK_LEARNING_RATE)
+            train, check = (part.detach().clone().requires_grad_(True) for part in (z[:n_train], z[n_train:]))
+            best, state = math.inf, copy.deepcopy(net.state_dict())
+            for step in range(NETWORK_STEPS + 1):
+                if step % NETWORK_CHECK == 0:
+                    held_out = float(_network_quotient(model, check, variances, create_graph=False))
+                    if held_out < best:
+                        best, state = held_out, copy.deepcopy(net.state_dict())
+                if step == NETWORK_STEPS:
+                    break
+                optimiser.zero_grad()
+                _network_quotient(model, train, variances, create_graph=True).backward()
+                optimiser.step()
+        net.load_state_dict(state)
+        net.requires_grad_(False)
+        return cls(net)
+
+    def values(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+    def partials(self, z: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        columns = torch.arange(self.size, device=z.device)
+        for j in range(z.shape[1]):
+            direction = torch.zeros_like(z)
+            direction[:, j] = 1.0
+            _, tangent = torch.func.jvp(self.net, (z,), (direction,))
+            yield columns, tangent
+
+
+class _FeatureMap:
+    """Whitening followed by one or more bases; values, gradients and Gram matrices in x."""
+
+    def __init__(self, whitening: _Whitening, parts: list[Any]) -> None:
+        self.whitening, self.parts = whitening, parts
+        self.size = sum(p.size for p in parts)
+        self.dim = whitening.mean.numel()
+
+    def check(self, x: Any) -> torch.Tensor:
+        x = as_float_tensor(x, "x", dtype=self.whitening.mean.dtype, device=self.whitening.mean.device)
+        if x.ndim == 0 or x.shape[-1] != self.dim:
+            raise InputShapeError(f"x must have shape (..., {self.dim}); got {tuple(x.shape)}")
+        return x
+
+    def values(self, x: torch.Tensor) -> torch.Tensor:
+        """Basis functions at x (n, d): (n, m)."""
+        z = self.whitening(x)
+        return torch.cat([p.values(z) for p in self.parts], dim=1)
+
+    def partials(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """For j = 0..d-1: (columns, d phi / d z_j of those columns, (n, len(columns)))."""
+        z = self.whitening(x)
+        offsets = itertools.accumulate([0] + [p.size for p in self.parts])
+        streams = [_shifted(p.partials(z), off) for p, off in zip(self.parts, offsets)]
+        for pieces in zip(*streams):
+            yield torch.cat([c for c, _ in pieces]), torch.cat([v for _, v in pieces], dim=1)
+
+    def dirichlet_gram(self, x: torch.Tensor) -> torch.Tensor:
+        """A_ik = mean_n grad_x phi_i . grad_x phi_k = sum_j mean(dz_j phi_i dz_j phi_k) / Lambda_j."""
+        gram = x.new_zeros(self.size, self.size)
+        for j, (cols, part) in enumerate(self.partials(x)):
+            gram[cols[:, None], cols] += part.T @ part / self.whitening.variances[j]
+        return gram / x.shape[0]
+
+    def z_gradients(self, x: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """d f / d z_j of f = phi @ coefficients (m, r): shape (n, r, d)."""
+        cols_parts = list(self.partials(x))
+        return torch.stack([part @ coefficients[cols] for cols, part in cols_parts], dim=-1)
+
+    def gradients(self, x: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+        """grad_x f of f = phi @ coefficients (m, r): shape (n, r, d)."""
+        scaled = self.z_gradients(x, coefficients) / self.whitening.variances.sqrt()
+        return scaled @ self.whitening.axes.T
+
+
+def _shifted(stream: Iterator[tuple[torch.Tensor, torch.Tensor]], offset: int
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The (columns, partials) stream of one basis with its columns moved by ``offset``."""
+    for cols, part in stream:
+        yield cols + offset, part
+
+
+def ritz_gap(
+    score: Any,
+    t: float,
+    samples: Any = None,
+    n_samples: int = 20000,
+    basis: BasisName = "auto",
+    degree: int | None = None,
+    n_features: int | None = None,
+    n_eigenvalues: int = 4,
+    fit_fraction: float = 0.5,
+    rcond: float = DEFAULT_RCOND,
+    generator: torch.Generator | None = None,
+) -> RitzResult:
+    """Sample-based Rayleigh-Ritz estimate of upper bounds on lambda_1(t) (and lambda_2..).
+
+    lambda_1 = inf_f E_{p_t}|grad f|^2 / Var_{p_t} f over the span of a basis, solved as the
+    generalised eigenproblem A c = theta B c (module docstring), in units of 1 / x^2.
+
+    score : a :class:`Score` or a callable (wrapped by :func:`as_score`); it fixes the time
+        range and dimension. Without ``samples`` it must be an :class:`ExactScore`, whose
+        marginal p_t is sampled exactly (``n_samples`` draws with ``generator``). A learned
+        score does not sample itself here: Langevin dynamics driven by it cannot cross the
+        barriers that make the gap small, so its samples would miss modes and give a
+        silently wrong, too large gap; pass samples of p_t instead (e.g. data noised to t,
+        alpha_t x0 + sigma_t z, or the model's own reverse-time sampler stopped at t), or
+        :class:`SamplesRequiredError` is raised.
+    samples : (n, d) samples of p_t (any order: they are shuffled before the split);
+        ``n_samples`` is then unused.
+    basis, degree, n_features : the basis (module docstring); ``degree`` is the total degree
+        of the polynomial part, ``n_features`` the number of tanh ridge features.
+    n_eigenvalues : how many Ritz values r to report.
+    fit_fraction : share of the samples used to fit the coefficients; the rest evaluates.
+    rcond : relative cut of B's eigenvalues (after scaling to unit variances).
+    generator : torch.Generator for the sampling, the shuffle, the random ridge directions
+        and the bootstrap (seeded: the result is reproducible).
+    """
+    score = as_score(score)
+    t = float(score.process.time(float(t)))
+    x = _samples(score, t, samples, n_samples, generator)
+    n_fit = _split_size(x.shape[0], fit_fraction)
+    order = _permutation(x.shape[0], x, generator)
+    x_fit, x_eval = x[order[:n_fit]], x[order[n_fit:]]
+    features = _feature_map(x_fit, basis, degree, n_features, generator)
+    if features.size > MAX_BASIS_SIZE:
+        raise ValueError(f"the basis has {features.size} functions, above MAX_BASIS_SIZE = "
+                         f"{MAX_BASIS_SIZE}; lower degree or n_features")
+    if n_fit < features.size + 2:
+        raise InputShapeError(
+            f"too few samples: the fit half holds {n_fit} samples for {features.size} basis "
+            f"functions; pass at least {2 * (features.size + 2)} samples (recommended "
+            f"{2 * SAMPLES_PER_FUNCTION * features.size})"
+        )
+    if int(n_eigenvalues) < 1:
+        raise ValueError(f"n_eigenvalues must be at least 1; got {n_eigenvalues!r}")
+    fit = _fit(features, x_fit, int(n_eigenvalues), rcond)
+    return _evaluate(features, x_eval, fit, x.shape[1], t, _basis_name(basis), n_fit, generator)
+
+
+def _samples(score: Any, t: float, samples: Any, n_samples: int, generator) -> torch.Tensor:
+    """The user's samples, checked, or exact draws from an ExactScore's marginal."""
+    if samples is None:
+        if not isinstance(score, ExactScore):
+            raise SamplesRequiredError(
+                f"ritz_gap needs samples of p_t for {score!r}: pass samples=(n, d) tensor (e.g. "
+                "data noised to t, alpha_t x0 + sigma_t z, or the model's sampler stopped at t); "
+                "only an ExactScore is sampled automatically"
+            )
+        return score.marginal(t).sample(int(n_samples), generator)
+    x = as_float_tensor(samples, "samples")
+    if x.ndim != 2 or (score.dim is not None and x.shape[1] != score.dim):
+        want = f"(n, {score.dim})" if score.dim is not None else "(n, d)"
+        raise InputShapeError(f"samples must have shape {want}; got {tuple(x.shape)}")
+    bad = ~torch.isfinite(x).all(dim=1)
+    if bool(bad.any()):
+        raise InputShapeError(
+            f"samples contain NaN or Inf in {int(bad.sum())} of {x.shape[0]} rows (first: row "
+            f"{int(torch.nonzero(bad)[0])})"
+        )
+    return x
+
+
+def _split_size(n: int, fit_fraction: float) -> int:
+    """Size of the fit half; both halves must hold at least 8 samples."""
+    if not 0.0 < fit_fraction < 1.0:
+        raise ValueError(f"fit_fraction must lie in (0, 1); got {fit_fraction!r}")
+    n_fit = round(n * fit_fraction)
+    if min(n_fit, n - n_fit) < 8:
+        raise InputShapeError(f"too few samples ({n}): each half needs at least 8")
+    return n_fit
+
+
+def _permutation(n: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    device = generator.device if generator is not None else like.device
+    return torch.randperm(n, generator=generator, device=device).to(like.device)
+
+
+def _basis_name(basis: str) -> str:
+    return "poly+tanh" if basis == "auto" else basis
+
+
+def _feature_map(x_fit: torch.Tensor, basis: str, degree: int | None, n_features: int | None,
+                 generator: torch.Generator | None) -> _FeatureMap:
+    """Whitening from the fit half and the requested basis (sizes chosen for "auto")."""
+    if basis not in ("auto", "polynomial", "tanh", "poly+tanh", "network"):
+        raise ValueError(f"basis must be 'auto', 'polynomial', 'tanh', 'poly+tanh' or 'network'; got {basis!r}")
+    whitening = _Whitening.fit(x_fit)
+    z = whitening(x_fit)
+    n, dim = x_fit.shape
+    budget = n // (2 * SAMPLES_PER_FUNCTION) if basis == "auto" else None
+    parts: list[Any] = []
+    if basis == "network":
+        return _FeatureMap(whitening, [_HermiteBasis(dim, 1, x_fit.device),
+                                       _NetworkBasis.fit(z, whitening.variances, generator)])
+    if basis != "tanh":
+        parts.append(_HermiteBasis(dim, degree or _auto_degree(dim, budget), x_fit.device))
+    if basis != "polynomial":
+        parts.append(_RidgeBasis.fit(z, n_features or _auto_features(dim, budget), generator))
+    return _FeatureMap(whitening, parts)
+
+
+def _auto_degree(dim: int, budget: int | None) -> int:
+    """Highest default degree (3 up to d = 5, 2 up to d = 60, then 1) whose basis fits the sample budget."""
+    degree = 3 if dim <= 5 else 2 if dim <= 60 else 1
+    while degree > 1 and budget is not None and math.comb(dim + degree, degree) - 1 > budget:
+        degree -= 1
+    return degree
+
+
+def _auto_features(dim: int, budget: int | None) -> int:
+    """Default ridge-feature count (240 in 1D, 270 otherwise), capped by the sample budget."""
+    count = 240 if dim == 1 else 270
+    return max(N_RIDGE_WIDTHS, min(count, budget)) if budget is not None else count
+
+
+class _Fit(NamedTuple):
+    """Coefficients (m, r) of the r lowest Ritz functions, their in-sample Ritz values, rank kept."""
+
+    coefficients: torch.Tensor
+    ritz_values: torch.Tensor
+    rank: int
+
+
+def _fit(features: _FeatureMap, x: torch.Tensor, r: int, rcond: float) -> _Fit:
+    """Solve A c = theta B c on x after unit-variance scaling and the rcond cut of B."""
+    phi = features.values(x)
+    phi = phi - phi.mean(0)
+    cov = phi.T @ phi / x.shape[0]
+    gram = features.dirichlet_gram(x)
+    scale = cov.diagonal().sqrt()
+    live = scale > 1e-12 * scale.max()
+    transform = _whitener(cov[live][:, live] / torch.outer(scale[live], scale[live]), rcond)
+    transform = transform / scale[live, None]
+    reduced = transform.T @ gram[live][:, live] @ transform
+    thetas, vectors = torch.linalg.eigh(0.5 * (reduced + reduced.T))
+    r = min(r, thetas.numel())
+    coefficients = x.new_zeros(features.size, r)
+    coefficients[live] = transform @ vectors[:, :r]
+    return _Fit(coefficients, thetas[:r], transform.shape[1])
+
+
+def _whitener(cov: torch.Tensor, rcond: float) -> torch.Tensor:
+    """T with T^T cov T = I on the eigen-directions of cov above rcond times its largest."""
+    evals, evecs = torch.linalg.eigh(cov)
+    keep = evals > rcond * evals[-1]
+    return evecs[:, keep] / evals[keep].sqrt()
+
+
+def _normalisation(raw: torch.Tensor, lead: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Offsets and scales making (raw - offset) * scale mean 0, variance 1, Cov with lead >= 0."""
+    offsets = raw.mean(0)
+    centred = raw - offsets
+    sign = torch.where((centred * lead[:, None]).mean(0) < 0, -1.0, 1.0).to(raw.dtype)
+    return offsets, sign / centred.std(0, correction=0)
+
+
+def _quotient(energy: torch.Tensor, f: torch.Tensor) -> tuple[float, float]:
+    """R = mean(energy) / mean(f^2) of a centred f and its delta-method standard error."""
+    variance = (f**2).mean()
+    value = energy.mean() / variance
+    terms = energy - value * f**2
+    return float(value), float(terms.std(correction=1) / (variance * math.sqrt(f.numel())))
+
+
+def _subspace_ritz(outer: torch.Tensor, f: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Ascending Ritz values on span(f) for each row of sample weights (b, n) (rows sum to n).
+
+    outer (n, r, r) holds grad f_a . grad f_b per sample; returns (b, r).
+    """
+    n, r = f.shape
+    gram = (weights @ outer.reshape(n, r * r)).reshape(-1, r, r) / n
+    mean = weights @ f / n
+    second = (weights @ (f[:, :, None] * f[:, None, :]).reshape(n, r * r)).reshape(-1, r, r) / n
+    chol = torch.linalg.cholesky(second - mean[:, :, None] * mean[:, None, :])
+    left = torch.linalg.solve_triangular(chol, gram, upper=False)
+    reduced = torch.linalg.solve_triangular(chol, left.transpose(-1, -2), upper=False)
+    return torch.linalg.eigvalsh(0.5 * (reduced + reduced.transpose(-1, -2)))
+
+
+def _heldout_ritz(grads: torch.Tensor, f: torch.Tensor, generator: torch.Generator | None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ritz values on span(f_1..f_r) from the held-out samples and their bootstrap errors.
+
+    grads (n, r, d) are gradients in an orthonormal frame; f (n, r) the function values.
+    """
+    n = f.shape[0]
+    outer = grads @ grads.transpose(1, 2)
+    values = _subspace_ritz(outer, f, torch.ones(1, n, dtype=f.dtype, device=f.device))[0]
+    device = generator.device if generator is not None else f.device
+    draws = torch.randint(0, n, (N_BOOTSTRAP, n), generator=generator, device=device).to(f.device)
+    weights = torch.zeros(N_BOOTSTRAP, n, dtype=f.dtype, device=f.device)
+    weights.scatter_add_(1, draws, torch.ones_like(weights))
+    return values, _subspace_ritz(outer, f, weights).std(0, correction=1)
+
+
+def _flags(value: float, stderr: float, first_ritz: float, n_fit: int, size: int, share: float
+           ) -> tuple[str, ...]:
+    """The names of the reliability conditions met, each also issued as a RuntimeWarning."""
+    checks = {
+        "large_error": (stderr > LARGE_RELATIVE_ERROR * value,
+                        f"standard error {stderr:.3g} exceeds {LARGE_RELATIVE_ERROR} of the value {value:.3g}"),
+        "few_samples": (n_fit < SAMPLES_PER_FUNCTION * size,
+                        (f"{n_fit} fit samples for {size} basis functions (fewer than "
+                         f"{SAMPLES_PER_FUNCTION} each): the fitted function overfits and the bound is loose")),
+        "heavy_tail": (share > HEAVY_TAIL_SHARE,
+                       (f"one held-out sample carries {share:.0%} of the Dirichlet sum: the gradient "
+                        "lives where p_t is barely sampled, so the value is likely too low and its error "
+                        "unreliable")),
+        "overfit": (value - first_ritz > 3.0 * stderr,
+                    (f"the held-out quotient of f_1 ({value:.3g}) drops to {first_ritz:.3g} on mixing in "
+                     "the other Ritz functions: the fit overfits the fit half; use more samples or a "
+                     "smaller basis")),
+    }
+    raised = tuple(name for name, (hit, _) in checks.items() if hit)
+    for name in raised:
+        warnings.warn(f"ritz_gap: {checks[name][1]}", RuntimeWarning, stacklevel=4)
+    return raised
+
+
+def _evaluate(features: _FeatureMap, x: torch.Tensor, fit: _Fit, dim: int, t: float, basis: str,
+              n_fit: int, generator: torch.Generator | None) -> RitzResult:
+    """Fix the fitted functions, normalise them on the held-out x and estimate their quotients."""
+    raw = features.values(x) @ fit.coefficients
+    offsets, scale = _normalisation(raw, features.whitening(x)[:, 0])
+    f = (raw - offsets) * scale
+    grads = features.z_gradients(x, fit.coefficients) * scale[:, None] / features.whitening.variances.sqrt()
+    energy = (grads[:, 0] ** 2).sum(-1)
+    value, stderr = _quotient(energy, f[:, 0])
+    ritz, ritz_err = _heldout_ritz(grads, f, generator)
+    share = float(energy.max() / energy.sum())
+    flags = _flags(value, stderr, float(ritz[0]), n_fit, features.size, share)
+    return RitzResult(
+        value=value, stderr=stderr, ritz_values=ritz, ritz_stderr=ritz_err,
+        fit_ritz_values=fit.ritz_values, n_samples=n_fit + x.shape[0], n_fit=n_fit, n_eval=x.shape[0],
+        basis=basis, basis_size=features.size, basis_rank=fit.rank, dim=dim, t=t, flags=flags,
+        features=features, coefficients=fit.coefficients * scale, offsets=offsets * scale,
+    )

@@ -1,0 +1,95 @@
+"""The main job: `scorehamiltonian report` on every built-in configuration, and bad configs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from scorehamiltonian.app.cli import main
+from scorehamiltonian.app.config import BUILTIN, builtin_config, load_config, validate_config
+from scorehamiltonian.app.report import FIGURES, REPORT_SCHEMA
+from scorehamiltonian.common.errors import ConfigError
+
+
+def _check_numbers(numbers: dict) -> None:
+    """The report's own claims hold: bounds above measurements, energies within their errors."""
+    jsonschema.validate(numbers, REPORT_SCHEMA)
+    for s in numbers["schedules"]:
+        assert s["tv_bound"] >= s["tv"] - s["judge_error"], s["name"]
+        assert math.isclose(sum(s["langevin_time"]), numbers["config"]["schedules"]["budget"], rel_tol=1e-9)
+    energy = numbers["energy"]
+    if numbers["model"]["kind"] == "exact":
+        for value, error, exact in zip(energy["value"], energy["error"], energy["exact"]):
+            assert abs(value - exact) <= error, (value, error, exact)
+        free = numbers["free_energy"]
+        assert abs(free["value"] - free["exact"]) <= 4 * free["error"] + free["systematic_error"]
+    prof = numbers["spectrum"]["profile"]
+    assert all(prof["converged"]) and all(g > 0 for g in prof["gap"])
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_report_runs_on_every_builtin_config(name, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["report", "--example", name, "--small", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "final TV" in printed and str(out) in printed
+    files = sorted(p.name for p in out.iterdir())
+    assert files == sorted([*FIGURES, "report.json", "summary.md"])
+    assert all((out / f).stat().st_size > 1000 for f in FIGURES)
+    numbers = json.loads((out / "report.json").read_text())
+    _check_numbers(numbers)
+    assert "## Schedules" in (out / "summary.md").read_text()
+    assert list(tmp_path.iterdir()) == [out]  # no staging folder left behind
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ('[model]\nexample = "bimodal"\nexampel = 1\n', "'model': Additional properties are not allowed"),
+    ('[model]\nexample = "bimodal"\n[gap]\nn_initial = "four"\n', "'gap.n_initial': 'four' is not of type"),
+    ('[model]\nexample = "nowhere"\n', "'model.example': 'nowhere' is not one of"),
+    ('[model]\nexample = "bimodal"\nkind = "file"\npath = "missing.pt"\n', "'model.path': no model file at"),
+    ('[gap]\nrtol = 1e-3\n', "'(top level)': 'model' is a required property"),
+    ('[model]\nexample = "bimodal"\n[schedules]\nt_min = 6.0\n', "'schedules.t_min': must be below"),
+    ('[model]\nexample = "bimodal"\n[output]\nfolder = "/etc"\n', "Additional properties are not allowed ('output'"),
+    ('[model\nexample = "bimodal"\n', "cannot read the configuration"),
+])
+def test_bad_configs_exit_nonzero_naming_the_field_and_write_nothing(text, field, tmp_path, capsys):
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier results")
+    code = main(["report", str(_write(tmp_path, text)), "--out", str(out), "--overwrite"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert field in err, err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "earlier results"
+
+
+def test_a_non_empty_output_folder_needs_overwrite(tmp_path, capsys):
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert main(["report", "--example", "bimodal", "--small", "--quiet", "--out", str(out)]) == 2
+    assert "not empty; pass --overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+
+def test_config_defaults_and_paths(tmp_path):
+    model = tmp_path / "models" / "m.pt"
+    model.parent.mkdir()
+    model.write_bytes(b"")
+    config = load_config(_write(tmp_path, '[model]\nexample = "trimodal"\nkind = "file"\npath = "models/m.pt"\n'))
+    assert config["model"]["path"] == str(model.resolve())
+    assert config["gap"]["rtol"] == 1e-4 and config["schedules"]["n_levels"] == 10
+    assert validate_config({"model": {"example": "bimodal"}}) == builtin_config("bimodal") | {"title": ""}
+    with pytest.raises(ConfigError, match="unknown built-in"):
+        builtin_config("nope")

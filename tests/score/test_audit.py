@@ -1,0 +1,81 @@
+"""Score audit: curl of the Jacobian, finiteness, scale, and score error."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scorehamiltonian import ExactScore, as_score, score_audit, score_error
+
+from ..conftest import random_mixture
+
+
+def test_exact_score_is_conservative():
+    exact = ExactScore(random_mixture(3, seed=1))
+    x = exact.mixture.sample(300, torch.Generator().manual_seed(0))
+    report = score_audit(exact, x, 0.2)
+    assert report.finite and report.n_points == 300
+    assert report.curl_ratio < 1e-13 and report.jacobian_method == "autograd"
+    s = exact(x, 0.2)
+    assert report.rms_norm == pytest.approx(float(s.norm(dim=-1).pow(2).mean().sqrt()), rel=1e-12)
+    assert report.max_norm == pytest.approx(float(s.norm(dim=-1).max()), rel=1e-12)
+    assert report.warnings == []
+
+
+@pytest.mark.parametrize("jacobian_method", ["autograd", "fd"])
+def test_rotational_field_has_the_exact_curl_ratio(jacobian_method):
+    # s = -x + c R x with R = [[0, -1], [1, 0]]: J = -I + c R, its antisymmetric part c R, so
+    # ||A||_F / ||J||_F = c sqrt(2) / sqrt(2 + 2 c^2) = c / sqrt(1 + c^2) at every point.
+    c = 0.3
+    rot = torch.tensor([[0.0, -1.0], [1.0, 0.0]], dtype=torch.float64)
+    field = as_score(lambda x, t: -x + c * x @ rot.T, dim=2)
+    x = torch.randn(50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(UserWarning, match="not the gradient"):
+        report = score_audit(field, x, 0.5, jacobian_method=jacobian_method)
+    want = c / math.sqrt(1 + c**2)
+    assert abs(report.curl_ratio - want) <= report.curl_ratio_error + 1e-14
+    assert report.curl_ratio_max == pytest.approx(want, rel=1e-6)
+    assert report.jacobian_method == jacobian_method
+
+
+def test_non_finite_scores_are_counted_and_named_not_raised():
+    exact = ExactScore(random_mixture(2, seed=2))
+
+    def broken(x, t):
+        out = exact(x, t)
+        return torch.where(x[..., :1] > 1.0, torch.full_like(out, float("inf")), out)
+
+    x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.5, 1.0], [3.0, 3.0]], dtype=torch.float64)
+    with pytest.warns(UserWarning, match="NaN or Inf at 2 of 4 points"):
+        report = score_audit(as_score(broken, dim=2), x, 0.3)
+    assert not report.finite and report.n_nonfinite == 2
+    assert report.first_nonfinite == ([2.0, 0.0], 0.3)
+    assert report.curl_ratio < 1e-12  # audited on the finite points
+
+
+def test_score_error_of_a_scaled_score_is_the_scale():
+    exact = ExactScore(random_mixture(2, seed=3))
+    x = exact.marginal(0.4).sample(500, torch.Generator().manual_seed(2))
+    scaled = as_score(lambda x, t: 1.05 * exact(x, t), dim=2)
+    err = score_error(scaled, exact, x, 0.4)
+    assert err.relative == pytest.approx(0.05, rel=1e-12)
+    assert err.relative_stderr < 1e-12
+    assert err.mse == pytest.approx(0.05**2 * float(exact(x, 0.4).pow(2).sum(-1).mean()), rel=1e-12)
+    assert score_error(exact, exact, x, 0.4).mse == 0.0
+
+
+def test_score_error_stderr_covers_the_population_value():
+    # Model = exact + constant offset b: eps^2 = |b|^2 exactly, and relative^2 = |b|^2 / E|s|^2;
+    # E|s|^2 = -E[div s] (integration by parts) gives the population value independently.
+    exact = ExactScore(random_mixture(2, seed=4))
+    b = torch.tensor([0.3, -0.1], dtype=torch.float64)
+    model = as_score(lambda x, t: exact(x, t) + b, dim=2)
+    gen = torch.Generator().manual_seed(5)
+    x = exact.marginal(0.2).sample(4000, gen)
+    err = score_error(model, exact, x, 0.2)
+    big = exact.marginal(0.2).sample(400_000, gen)
+    fisher = float(-exact.divergence(big, 0.2).mean())
+    want = math.sqrt(float(b @ b) / fisher)
+    assert abs(err.relative - want) < 4 * err.relative_stderr + 4e-3 * want

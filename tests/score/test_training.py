@@ -1,0 +1,290 @@
+"""Denoising score matching and checkpoints (scorehamiltonian.score.training).
+
+The trained score is judged against the exact score of the Gaussian mixture it was trained
+on, by the p_t-weighted relative L2 error sqrt( int p_t |s_theta - s|^2 dx / int p_t |s|^2 dx )
+computed by quadrature on a fine grid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scorehamiltonian.common.errors import CheckpointError, InputDtypeError, InputShapeError
+from scorehamiltonian.score.interface import ExactScore, ModelScore
+from scorehamiltonian.score.mixture import GaussianMixture
+from scorehamiltonian.score.processes import EDM, OU, VE, VPLinear
+from scorehamiltonian.score.training import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    MLPScore,
+    load_score,
+    save_score,
+    train_dsm,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TIMES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def _two_modes() -> GaussianMixture:
+    return GaussianMixture([0.5, 0.5], [-2.0, 2.0], [0.25, 0.25])
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[ModelScore, GaussianMixture, float]:
+    """The default DSM training on 10^4 draws of the two-mode mixture (trained once)."""
+    mixture = _two_modes()
+    samples = mixture.sample(10_000, generator=torch.Generator().manual_seed(1234))
+    start = time.perf_counter()
+    score = train_dsm(samples, OU(), progress=False)
+    return score, mixture, time.perf_counter() - start
+
+
+def _relative_score_error(score: ModelScore, exact: ExactScore, t: float) -> float:
+    x = torch.linspace(-10.0, 10.0, 8001, dtype=torch.float64)[:, None]
+    dx = float(x[1, 0] - x[0, 0])
+    density = exact.log_prob(x, t).exp()
+    mass = float(density.sum()) * dx
+    assert abs(mass - 1.0) < 1e-8, f"the grid misses mass at t = {t}: {mass}"
+    assert float(density[[0, -1]].max()) < 1e-12
+    truth = exact(x, t)
+    with torch.no_grad():
+        learned = score(x, t)
+    num = (density * ((learned - truth) ** 2).sum(-1)).sum()
+    den = (density * (truth**2).sum(-1)).sum()
+    return float(torch.sqrt(num / den))
+
+
+def test_dsm_score_matches_exact_mixture_score(trained):
+    score, mixture, seconds = trained
+    exact = ExactScore(mixture, OU())
+    errors = {t: _relative_score_error(score, exact, t) for t in TIMES}
+    print(f"\ntrain_dsm defaults on 10^4 samples: {seconds:.1f} s; final loss "
+          f"{score.model.training_config['final_loss']:.4f}")
+    for t, err in errors.items():
+        print(f"  t = {t:4}: relative L2 score error (p_t-weighted) = {100 * err:.2f} %")
+    assert all(err < 0.10 for err in errors.values()), errors
+
+
+def test_trained_score_is_model_score_with_config(trained):
+    score, _, _ = trained
+    assert isinstance(score, ModelScore) and score.kind == "eps"
+    assert isinstance(score.model, MLPScore) and score.dim == 1
+    assert score.process == OU()
+    assert score.model.config["process_config"] == OU().config()
+    assert score.model.training_config["n_samples"] == 10_000
+    out = score(torch.zeros(3, 4, 1, dtype=torch.float64), 0.5)
+    assert out.shape == (3, 4, 1) and out.dtype == torch.float64
+
+
+def test_same_seed_gives_bit_identical_parameters():
+    samples = _two_modes().sample(500, generator=torch.Generator().manual_seed(7))
+    rng_before = torch.random.get_rng_state()
+    runs = [
+        train_dsm(samples, steps=40, batch_size=128, seed=seed, progress=False).model
+        for seed in (3, 3, 4)
+    ]
+    assert torch.equal(torch.random.get_rng_state(), rng_before), "the global RNG was touched"
+    first, again, other = (dict(m.named_parameters()) for m in runs)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_two_dimensional_numpy_samples():
+    rng = np.random.default_rng(0)
+    samples = rng.normal(size=(300, 2)) * [1.0, 3.0] + [0.5, -1.0]
+    score = train_dsm(samples, steps=20, batch_size=64, progress=False)
+    assert score.dim == 2
+    assert score.model.config["data_mean"] == pytest.approx(samples.mean(0).tolist())
+    assert score(torch.zeros(5, 2, dtype=torch.float64), 1.0).shape == (5, 2)
+
+
+@pytest.mark.parametrize(
+    "proc", [VPLinear(), VE(sigma_min=0.01, sigma_max=20.0), EDM(sigma_max=40.0)], ids=repr
+)
+def test_other_processes_train_and_round_trip(proc, tmp_path):
+    samples = _two_modes().sample(500, generator=torch.Generator().manual_seed(3))
+    score = train_dsm(samples, proc, steps=30, batch_size=128, t_min=0.05 * proc.t_max, progress=False)
+    path = tmp_path / "score.pt"
+    save_score(score, path)
+    loaded = load_score(path)
+    assert loaded.process == proc
+    x = torch.linspace(-3.0, 3.0, 7, dtype=torch.float64)[:, None]
+    times = torch.linspace(0.05, 1.0, 7, dtype=torch.float64) * proc.t_max
+    with torch.no_grad():
+        assert torch.equal(loaded(x, times), score(x, times))
+        assert bool(torch.isfinite(score(x, times)).all())
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    score, _, _ = trained
+    path = tmp_path / "score.pt"
+    save_score(score, path)
+    loaded = load_score(path)
+    assert isinstance(loaded, ModelScore) and isinstance(loaded.model, MLPScore)
+    assert loaded.kind == "eps" and loaded.process == score.process and loaded.dim == score.dim
+    assert loaded.model.config == score.model.config
+    assert loaded.model.training_config == score.model.training_config
+    x = torch.linspace(-4.0, 4.0, 41, dtype=torch.float64)[:, None]
+    for t in (0.05, 0.5, 3.0):
+        with torch.no_grad():
+            assert torch.equal(loaded(x, t), score(x, t))
+    assert [p.name for p in tmp_path.iterdir()] == ["score.pt"], "a temporary file was left behind"
+
+
+def test_checkpoint_loads_in_fresh_process(trained, tmp_path):
+    score, _, _ = trained
+    path = tmp_path / "score.pt"
+    save_score(score, str(path))
+    x = torch.linspace(-3.0, 3.0, 13, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        expected = score(x, 0.3)[:, 0].tolist()
+    code = (
+        "import json, sys, torch\n"
+        "from scorehamiltonian.score.training import load_score\n"
+        "score = load_score(sys.argv[1])\n"
+        "x = torch.linspace(-3.0, 3.0, 13, dtype=torch.float64)[:, None]\n"
+        "with torch.no_grad():\n"
+        "    print(json.dumps(score(x, 0.3)[:, 0].tolist()))\n"
+        "print(type(score).__name__, type(score.model).__name__)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env, cwd=tmp_path,
+        timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    values, names = result.stdout.strip().splitlines()
+    assert json.loads(values) == expected
+    assert names == "ModelScore MLPScore"
+
+
+def test_failed_save_leaves_no_file(trained, tmp_path, monkeypatch):
+    score, _, _ = trained
+    path = tmp_path / "score.pt"
+    path.write_bytes(b"previous contents")
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_score(score, path)
+    assert path.read_bytes() == b"previous contents"
+    assert [p.name for p in tmp_path.iterdir()] == ["score.pt"]
+
+
+def test_save_score_refuses_other_scores(tmp_path):
+    with pytest.raises(TypeError, match="MLPScore"):
+        save_score(ExactScore(_two_modes()), tmp_path / "a.pt")
+    with pytest.raises(TypeError, match="MLPScore"):
+        save_score(ModelScore(lambda x, t: x, kind="eps"), tmp_path / "b.pt")
+    assert not list(tmp_path.iterdir())
+
+
+class _Payload:
+    """Unpickling this object runs os.mkdir(marker): code a checkpoint must never execute."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def _valid_payload(score: ModelScore) -> dict:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": dict(score.model.config),
+        "training": None,
+        "state_dict": score.model.state_dict(),
+    }
+
+
+def test_load_score_errors(trained, tmp_path):
+    score, _, _ = trained
+    with pytest.raises(CheckpointError, match="no checkpoint file"):
+        load_score(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint file"):
+        load_score(tmp_path)
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(64) + b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_score(garbage)
+
+    cases = {
+        "not a dict": ([1.0, 2.0], "not a dict"),
+        "other format": ({**_valid_payload(score), "format": "someone.else"}, "found format 'someone.else'"),
+        "tensor format": ({**_valid_payload(score), "format": torch.zeros(1)}, "found format"),
+        "newer version": ({**_valid_payload(score), "version": CHECKPOINT_VERSION + 1}, "version"),
+        "missing keys": ({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}, "lacks the keys"),
+        "config keys": (
+            {**_valid_payload(score), "config": {"dim": 1}}, "config keys"
+        ),
+        "bad process": (
+            {**_valid_payload(score), "config": {**score.model.config, "process_config": {"name": "Nope"}}},
+            "do not fit",
+        ),
+        "wrong weights": (
+            {**_valid_payload(score), "state_dict": {"out.weight": torch.zeros(3, 3)}}, "do not fit"
+        ),
+    }
+    for name, (payload, message) in cases.items():
+        path = tmp_path / f"{name}.pt"
+        torch.save(payload, path)
+        with pytest.raises(CheckpointError, match=message):
+            load_score(path)
+
+
+def test_load_score_never_unpickles_code(trained, tmp_path):
+    score, _, _ = trained
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "malicious.pt"
+    torch.save({**_valid_payload(score), "training": {"x": _Payload(marker)}}, path)
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_score(path)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)
+    assert marker.exists(), "control: the payload does run code when unpickled without weights_only"
+
+
+@pytest.mark.parametrize(
+    ("samples", "error", "message"),
+    [
+        (np.zeros(10), InputShapeError, "shape"),
+        (np.zeros((4, 3, 1)), InputShapeError, "shape"),
+        (np.float64(1.0), InputShapeError, "scalar"),
+        (np.zeros((1, 2)), ValueError, "at least 2"),
+        (np.array([[0.0], [np.nan], [1.0]]), ValueError, "NaN"),
+        (np.array([[0.0], [np.inf], [1.0]]), ValueError, "NaN or Inf"),
+        (torch.zeros(5, 1, dtype=torch.int64), InputDtypeError, "dtype"),
+    ],
+)
+def test_train_dsm_rejects_bad_samples(samples, error, message):
+    with pytest.raises(error, match=message):
+        train_dsm(samples, steps=1, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"t_min": 0.0}, "t_min"),
+        ({"steps": 0}, "steps"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"lr": -1.0}, "lr"),
+    ],
+)
+def test_train_dsm_rejects_bad_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        train_dsm(np.zeros((10, 1)), progress=False, **kwargs)
