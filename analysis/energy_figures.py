@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scorehamiltonian import VE, ExactScore, example, train_dsm
-from scorehamiltonian.thermo.energy import energy, line_energy
+from scorehamiltonian.thermo.energy import energy
+from scorehamiltonian.thermo.line_energy import line_energy
 
 
 def plot_landscape(x: np.ndarray, exact: np.ndarray, readouts: dict[str, Any], closure: np.ndarray) -> Figure:

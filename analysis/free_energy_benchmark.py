@@ -50,7 +50,9 @@ from scorehamiltonian import OU, VE, ExactScore, GaussianMixture, example
 from scorehamiltonian.common.executors import TaskFailure, executor_from, map_tasks
 from scorehamiltonian.sampling.schedules import path_profile, standard_schedule
 from scorehamiltonian.thermo.energy import energy
-from scorehamiltonian.thermo.free_energy import ScoreEnergy, free_energy_difference, lambda_schedule
+from scorehamiltonian.thermo.free_energy import free_energy_difference
+from scorehamiltonian.thermo.lambda_schedules import lambda_schedule
+from scorehamiltonian.thermo.path import ScoreEnergy
 
 TARGET_NATS = 1e-3
 TARGET_KT = 0.1

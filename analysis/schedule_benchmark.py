@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -56,18 +55,11 @@ import torch
 
 from scorehamiltonian import OU, ExactScore, example
 from scorehamiltonian.common.executors import TaskFailure, executor_from, map_tasks
-from scorehamiltonian.sampling.designer import (
-    _Objective,
-    _optimise,
-    _Parameters,
-    _Target,
-    design_grid,
-    design_schedule,
-    perturbed_mixtures,
-    reduced_prediction,
-)
-from scorehamiltonian.sampling.propagation import GridModel, default_grid, propagate_exact
-from scorehamiltonian.sampling.schedules import STANDARD_SCHEDULES, Schedule, path_profile, standard_schedule
+from scorehamiltonian.sampling.designer import design_grid, design_schedule, perturbed_mixtures, relaxed_floor
+from scorehamiltonian.sampling.grid_model import GridModel, default_grid
+from scorehamiltonian.sampling.propagation import propagate_exact
+from scorehamiltonian.sampling.reduced import reduced_prediction
+from scorehamiltonian.sampling.schedules import STANDARD_SCHEDULES, path_profile, standard_schedule
 
 T_MAX, T_MIN = 5.0, 1e-3
 TARGETS = {"balanced": "bimodal", "unbalanced": "asymmetric", "three-mode": "trimodal", "2D four-mode": "four_mode_2d"}
@@ -231,22 +223,6 @@ FLOOR_CASES = (("unbalanced", 1.0, (10, 20)), ("three-mode", 10.0, (10, 20)), ("
 FLOOR_CASES_QUICK = (("unbalanced", 1.0, (10,)),)
 
 
-def relaxed_floor(mixture, process, budget: float, n_levels: int, n_random: int, seed: int) -> dict:
-    """The lowest design-grid TV found with ``n_levels`` levels and budget U: L-BFGS (300 iterations,
-    ftol 1e-9) on the designer's objective from log-uniform, cosine and ``n_random`` random logits."""
-    grid = design_grid([mixture], process, T_MIN, T_MAX)
-    parameters = _Parameters(T_MAX, T_MIN, budget, n_levels)
-    objective = _Objective([_Target.build(mixture, process, grid, T_MAX, T_MIN)], parameters, None)
-    rng = np.random.default_rng(seed)
-    starts = [parameters.encode(standard_schedule(rule, n_levels, T_MAX, T_MIN, process, budget))
-              for rule in ("log-uniform", "cosine")]
-    starts += [rng.normal(scale=1.5, size=2 * n_levels) for _ in range(n_random)]
-    runs = [_optimise(objective, theta, 300, math.inf, ftol=1e-9) for theta in starts]
-    best = min(runs, key=lambda run: run.fun)
-    return {"schedule": Schedule(*parameters.decode(best.x), "floor"),
-            "start_tvs": sorted(float(np.exp(run.fun)) for run in runs)}
-
-
 def floor_study(process, quick: bool, n_levels: int, n_random: int, seed: int, design_time: float) -> list[dict]:
     """Per floor case: best standard schedule, the designer's schedule at the issue's N, and the relaxed floor."""
     out = []
@@ -255,8 +231,8 @@ def floor_study(process, quick: bool, n_levels: int, n_random: int, seed: int, d
         judge = Judge(mixture, process)
         profile = profile_for(mixture, process, quick)
         started = time.perf_counter()
-        floor = relaxed_floor(mixture, process, budget, n_levels, n_random, seed)
-        floor_row = {**judge(floor["schedule"]), "start_tvs": floor["start_tvs"], "seconds": time.perf_counter() - started}
+        floor, start_tvs = relaxed_floor(mixture, process, n_levels, budget, T_MAX, T_MIN, n_random=n_random, seed=seed)
+        floor_row = {**judge(floor), "start_tvs": start_tvs, "seconds": time.perf_counter() - started}
         for n in issue_levels:
             standard = {rule: judge(standard_schedule(rule, n, T_MAX, T_MIN, process, budget, profile=profile))
                         for rule in STANDARD_SCHEDULES}

@@ -1,11 +1,25 @@
 """scorehamiltonian: spectral analysis of diffusion models through the Score Hamiltonian.
 
-H_t = -Laplacian + |s_t|^2 / 4 + div(s_t) / 2, built from a score s_t = grad log p_t.
-See THEORY.md for the conventions every module shares.
+H_t = -Laplacian + |s_t|^2 / 4 + div(s_t) / 2, built from a score s_t = grad log p_t; its ground
+state is sqrt(p_t) and its gap lambda_1(t) the inverse Poincare constant of p_t. See THEORY.md
+for the conventions every module shares. The package holds four ideas and a shell, each a
+subpackage whose docstring maps its modules:
+
+- :mod:`.score`: forward processes, scores (exact, learned, any network), derivatives, the
+  quantum potential, the audit (THEORY sections 1-2);
+- :mod:`.spectral`: the operator on grids, its eigen-solvers and error bounds, the gap, its
+  profile along t, and Rayleigh-Ritz from samples (sections 2, 6);
+- :mod:`.sampling`: schedules, exact propagation of samplers, the designer, the bounds
+  (sections 3-4);
+- :mod:`.thermo`: energies by the probability-flow ODE and line integrals, free energies
+  (section 5);
+- :mod:`.app`: the command line, the report and its configuration; :mod:`.common`: errors,
+  checks, seeds, threads, executors.
+
+Every public name is re-exported here.
 """
 
-from .app.config import builtin_config, load_config, validate_config
-from .app.report import Report, build_report, write_report
+from .app import Report, build_report, builtin_config, load_config, validate_config, write_report
 from .common.errors import (
     CheckpointError,
     ConfigError,
@@ -25,52 +39,104 @@ from .common.errors import (
     TimeRangeError,
 )
 from .common.executors import TaskFailure, executor_from, map_tasks
-from .sampling.bounds import ScoreErrorBound, TrackingBound, score_error_bound, tracking_bound
-from .sampling.designer import (
-    DesignResult,
-    ReducedPrediction,
-    design_schedule,
-    perturbed_mixtures,
-    reduced_prediction,
-)
-from .sampling.diagnostics import SpectralDiagnostics, spectral_diagnostics
-from .sampling.propagation import GridModel, PropagationResult, default_grid, propagate_exact
-from .sampling.schedules import (
+from .sampling import (
+    DEFAULT_BASELINES,
     STANDARD_SCHEDULES,
+    DesignResult,
+    GridModel,
     PathProfile,
+    PropagationResult,
+    ReducedPrediction,
     Schedule,
+    ScoreErrorBound,
+    SpectralDiagnostics,
+    TrackingBound,
     as_schedule,
+    default_grid,
+    design_schedule,
     path_profile,
+    perturbed_mixtures,
+    propagate_exact,
+    reduced_prediction,
+    score_error_bound,
+    spectral_diagnostics,
     standard_schedule,
+    tracking_bound,
 )
-from .score.audit import ScoreAudit, ScoreError, score_audit, score_error
-from .score.derivatives import DivergenceResult, JacobianResult, divergence, jacobian
-from .score.examples import EXAMPLES, example
-from .score.interface import ExactScore, ModelScore, Score, as_score
-from .score.mixture import GaussianMixture, MixtureEvaluation
-from .score.potential import PotentialResult, quantum_potential
-from .score.processes import EDM, OU, VE, ForwardProcess, VPLinear, process_from_config
-from .score.training import MLPScore, load_score, save_score, train_dsm
-from .spectral.batch import HamiltonianBatch, batch_spectrum
-from .spectral.eigensolvers import ConvergenceWarning, SpectrumResult, spectrum
-from .spectral.gap import GapLevel, GapResult, spectral_gap
-from .spectral.grid import Grid, box_from_mixture, box_from_samples, box_from_score, box_over_times
-from .spectral.memory import MemoryEstimate, available_memory, estimate_memory
-from .spectral.operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
-from .spectral.profiles import AdiabaticSpeed, GapProfile, adiabatic_speed, gap_profile
-from .spectral.ritz import RitzResult, ritz_gap
-from .thermo.energy import EnergyResult, LineEnergyResult, energy, line_energy
-from .thermo.free_energy import (
+from .score import (
+    EDM,
+    EXAMPLES,
+    OU,
+    VE,
+    DivergenceResult,
+    ExactScore,
+    ForwardProcess,
+    GaussianMixture,
+    JacobianResult,
+    MixtureEvaluation,
+    MLPScore,
+    ModelScore,
+    PotentialResult,
+    Score,
+    ScoreAudit,
+    ScoreError,
+    VPLinear,
+    as_score,
+    divergence,
+    example,
+    jacobian,
+    load_score,
+    process_from_config,
+    quantum_potential,
+    save_score,
+    score_audit,
+    score_error,
+    train_dsm,
+)
+from .spectral import (
+    AdiabaticSpeed,
+    BoundaryMassWarning,
+    ConvergenceWarning,
+    GapLevel,
+    GapProfile,
+    GapResult,
+    Grid,
+    HamiltonianBatch,
+    MemoryEstimate,
+    ResolutionWarning,
+    RitzResult,
+    ScoreHamiltonian,
+    SpectrumResult,
+    adiabatic_speed,
+    available_memory,
+    batch_spectrum,
+    box_from_mixture,
+    box_from_samples,
+    box_from_score,
+    box_over_times,
+    estimate_memory,
+    gap_profile,
+    ritz_gap,
+    spectral_gap,
+    spectrum,
+)
+from .thermo import (
+    EnergyResult,
     FreeEnergyResult,
     LambdaSchedule,
+    LineEnergyResult,
     ScoreEnergy,
+    default_schedule,
+    energy,
     free_energy_difference,
     lambda_schedule,
+    line_energy,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_BASELINES",
     "EDM",
     "EXAMPLES",
     "OU",
@@ -146,6 +212,7 @@ __all__ = [
     "build_report",
     "builtin_config",
     "default_grid",
+    "default_schedule",
     "design_schedule",
     "divergence",
     "energy",

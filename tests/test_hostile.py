@@ -30,7 +30,7 @@ from scorehamiltonian import (
     as_score,
     spectral_gap,
 )
-from scorehamiltonian.spectral.eigensolvers import ConvergenceWarning
+from scorehamiltonian.spectral.solution import ConvergenceWarning
 
 from .reference import galerkin_levels
 

@@ -57,7 +57,8 @@ from ..spectral.grid import Grid, box_from_mixture
 from ..spectral.operator import ScoreHamiltonian
 from ..spectral.profiles import gap_profile
 from ..thermo.energy import energy, start_time
-from ..thermo.free_energy import ScoreEnergy, free_energy_difference
+from ..thermo.free_energy import free_energy_difference
+from ..thermo.path import ScoreEnergy
 
 __all__ = ["REPORT_SCHEMA", "Report", "build_report", "write_report"]
 

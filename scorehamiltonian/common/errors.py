@@ -10,6 +10,8 @@ from __future__ import annotations
 
 __all__ = [
     "CheckpointError",
+    "ConfigError",
+    "ConvergenceError",
     "InputDtypeError",
     "InputShapeError",
     "InsufficientMemoryError",
@@ -19,6 +21,7 @@ __all__ = [
     "NotPositiveDefiniteError",
     "OutputError",
     "ResolutionError",
+    "SamplesRequiredError",
     "ScheduleError",
     "ScoreHamiltonianError",
     "TimeRangeError",

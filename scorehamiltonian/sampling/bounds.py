@@ -73,7 +73,8 @@ from ..score.mixture import GaussianMixture
 from ..score.processes import ForwardProcess
 from ..spectral.grid import Grid
 from .diagnostics import lag, low_modes, shifted_lu
-from .propagation import GridModel, Initial, Level, _initial_mass, distances, propagate_exact
+from .grid_model import GridModel, Initial, Level, distances, initial_mass
+from .propagation import propagate_exact
 from .schedules import as_schedule
 
 __all__ = ["ScoreErrorBound", "TrackingBound", "score_error_bound", "tracking_bound"]
@@ -195,7 +196,7 @@ def tracking_bound(
     steps = [(float(t), float(u)) for t, u in zip(schedule.times[1:], schedule.langevin_time) if u > 0]
     if not steps or steps[-1][0] != schedule.t_min:
         steps.append((schedule.t_min, 0.0))
-    q0 = _initial_mass(model, initial, schedule.t_max)[1]
+    q0 = initial_mass(model, initial, schedule.t_max)[1]
     rows, prev = [], None
     for k, (t, u) in enumerate(steps):
         sup_next = (float((model.level(t).psi / model.level(steps[k + 1][0]).psi).max())

@@ -48,7 +48,7 @@ best standard schedule, no schedule gains 5x. Two such cases:
   rules (adiabatic-A/sqrt-gap, langevin-1/gap), and the gain stays near 1.1-1.6x for U = 10
   to 100.
 
-Without a grid (d > 2, or a learned score with samples): :func:`reduced_prediction`, the
+Without a grid (d > 2, or a learned score with samples): :func:`~.reduced.reduced_prediction`, the
 dynamics projected on the lowest Ritz modes of H_t with the overlaps between consecutive
 levels, and ``design_schedule(..., model="reduced")``, which keeps the levels of the best
 baseline (by predicted TV) and optimises the Langevin split against that prediction.
@@ -72,12 +72,19 @@ from ..score.interface import ExactScore
 from ..score.mixture import GaussianMixture
 from ..score.processes import ForwardProcess
 from ..spectral.grid import Grid
-from ..spectral.ritz import ritz_gap
-from .propagation import GridModel, default_grid, propagate_exact
+from .grid_model import GridModel, default_grid
+from .propagation import propagate_exact
+from .reduced import ReducedModel
 from .schedules import Schedule, standard_schedule
 
-__all__ = ["DEFAULT_BASELINES", "DesignResult", "ReducedPrediction", "design_grid", "design_schedule",
-           "perturbed_mixtures", "reduced_prediction"]
+__all__ = [
+    "DEFAULT_BASELINES",
+    "DesignResult",
+    "design_grid",
+    "design_schedule",
+    "perturbed_mixtures",
+    "relaxed_floor",
+]
 
 #: Step of the central difference in log t of the gradient.
 _LOG_T_STEP = 1e-4
@@ -91,7 +98,6 @@ _MIN_GAIN = 1e-9
 _WORST_BETA = 20.0
 #: Baselines tried by default (the spectral rules need a profile; pass them with ``baselines``).
 DEFAULT_BASELINES = ("uniform", "log-uniform", "cosine", "edm", "log-snr")
-
 Robust = Literal["mean", "worst"]
 
 
@@ -117,9 +123,6 @@ def perturbed_mixtures(mixture: GaussianMixture, n: int, scale: float = 0.2, see
         means = mixture.means * (1 + scale * xi[mixture.weights.numel():].reshape(mixture.means.shape))
         out.append(GaussianMixture(w / w.sum(), means, mixture.covs))
     return out
-
-
-# --------------------------------------------------------------------------- parameterisation
 
 
 def _softmax(a: np.ndarray) -> np.ndarray:
@@ -170,9 +173,6 @@ class _Parameters:
         d_pi = np.cumsum(d_c[::-1])[::-1]
         return np.concatenate([_softmax_pullback(_softmax(a), d_pi),
                                _softmax_pullback(_softmax(b), self.budget * d_u)])
-
-
-# --------------------------------------------------------------------------- exact objective
 
 
 @dataclass
@@ -304,9 +304,6 @@ class _StepObjective:
         return self.schedule_value(*self.parameters.decode(theta))[0]
 
 
-# --------------------------------------------------------------------------- the designer
-
-
 @dataclass(frozen=True, eq=False)
 class DesignResult:
     """What :func:`design_schedule` found (``full_output=True``).
@@ -424,7 +421,7 @@ def _design_reduced(score: Any, n_levels: int, budget: float, t_max: float, t_mi
     """Reduced-model design: the best baseline's levels with the Langevin split optimised (see design_schedule)."""
     settings = {"n_modes": 3, "n_samples": 20000, "samples": None, "seed": 0, "ritz_options": None, **options}
     candidates = {name: standard_schedule(name, n_levels, t_max, t_min, score.process, budget) for name in baselines}
-    models = {name: _ReducedModel.build(score, s.times, **settings) for name, s in candidates.items()}
+    models = {name: ReducedModel.build(score, s.times, **settings) for name, s in candidates.items()}
     standard = {name: models[name].predict(s.langevin_time).tv for name, s in candidates.items()}
     best = min(standard, key=standard.get)
     reduced, baseline = models[best], candidates[best]
@@ -449,6 +446,41 @@ def _design_reduced(score: Any, n_levels: int, budget: float, t_max: float, t_mi
     return DesignResult(designed, value, np.array([value]), baseline, standard[best], np.array([standard[best]]),
                         standard, fell_back, bool(run.success), str(run.message), (best,), int(run.nfev),
                         time.perf_counter() - started, None, ())
+
+
+def relaxed_floor(
+    mixture: GaussianMixture,
+    process: ForwardProcess,
+    n_levels: int,
+    budget: float,
+    t_max: float = 5.0,
+    t_min: float = 1e-3,
+    *,
+    n_random: int = 8,
+    seed: int = 0,
+    maxiter: int = 300,
+    ftol: float = 1e-9,
+) -> tuple[Schedule, list[float]]:
+    """The lowest design-grid TV found for annealed Langevin with ``n_levels`` levels and budget U.
+
+    A wider search than :func:`design_schedule`, to measure how much any schedule can gain:
+    L-BFGS (``maxiter`` iterations, ``ftol``) on the designer's objective (nominal target,
+    :func:`design_grid`) from the log-uniform and cosine schedules and from ``n_random``
+    random logits (standard deviation 1.5, numpy generator seeded with ``seed``). Returns the
+    best schedule (named "floor") and the final TVs of every start, ascending.
+    """
+    _check_design_args(n_levels, budget, float(t_max), float(t_min), process, "langevin", None)
+    n_levels = int(n_levels)
+    grid = design_grid([mixture], process, t_min, t_max)
+    parameters = _Parameters(t_max, t_min, budget, n_levels)
+    objective = _Objective([_Target.build(mixture, process, grid, t_max, t_min)], parameters, None)
+    rng = np.random.default_rng(seed)
+    starts = [parameters.encode(standard_schedule(rule, n_levels, t_max, t_min, process, budget))
+              for rule in ("log-uniform", "cosine")]
+    starts += [rng.normal(scale=1.5, size=2 * n_levels) for _ in range(n_random)]
+    runs = [_optimise(objective, theta, maxiter, math.inf, ftol=ftol) for theta in starts]
+    best = min(runs, key=lambda run: run.fun)
+    return Schedule(*parameters.decode(best.x), "floor"), sorted(float(np.exp(run.fun)) for run in runs)
 
 
 def design_schedule(
@@ -500,7 +532,7 @@ def design_schedule(
         carries its discretisation error: judge the result on a refined grid
         (``propagate_exact(..., refine=True)``).
     model : "grid" (exact propagation; the target must be an exact 1D / 2D mixture),
-        "reduced" (the reduced model of :func:`reduced_prediction`: any score, any d) or
+        "reduced" (the reduced model of :func:`~.reduced.reduced_prediction`: any score, any d) or
         "auto" (grid when possible). The reduced design predicts every baseline's final TV,
         keeps the levels of the best one and optimises the Langevin split u = U softmax(b)
         (L-BFGS, gradient by autograd through the reduced dynamics); ``reduced_options``
@@ -550,121 +582,3 @@ def design_schedule(
                         {name: math.exp(v) for name, v in standard.items()}, fell_back,
                         bool(best.success), str(best.message), starts,
                         objective.n_evaluations, time.perf_counter() - started, grid, tuple(mixtures))
-
-
-# --------------------------------------------------------------------------- reduced model
-
-
-@dataclass(frozen=True, eq=False)
-class ReducedPrediction:
-    """The final error of annealed Langevin predicted by the reduced model in the lowest modes.
-
-    tv, tv_stderr : predicted TV(q_N, p_{t_min}) = E_p |sum_j c_j f_j| / 2 over samples of
-        p_{t_min}, with its Monte Carlo standard error.
-    chi2 : sum_j c_j^2 (chi^2 restricted to the modes, exact for orthonormal f_j).
-    coefficients : (m,) final c_1..c_m; ritz_values : (N, m) lambda_1..lambda_m per level.
-    flags : Ritz flags raised at any level ("level k: flag"): where the Ritz functions are
-        unreliable, so is the prediction.
-    """
-
-    tv: float
-    tv_stderr: float
-    chi2: float
-    coefficients: np.ndarray
-    ritz_values: np.ndarray
-    flags: tuple[str, ...]
-
-
-def _level_samples(score: Any, t: float, samples: Any, n: int, generator: torch.Generator) -> torch.Tensor:
-    if samples is not None:
-        return samples(t, generator)
-    if not isinstance(score, ExactScore):
-        raise TypeError("the reduced model needs samples=callable(t, generator) -> (n, d) samples of p_t for "
-                        f"{type(score).__name__}; only an ExactScore is sampled automatically")
-    return score.marginal(t).sample(n, generator)
-
-
-def _modes(ritz: Any, x: torch.Tensor, n_modes: int) -> torch.Tensor:
-    """(n, m) values of the Ritz functions f_1..f_m at x."""
-    return torch.stack([ritz.eigenfunction(x, k) for k in range(n_modes)], dim=1)
-
-
-@dataclass(frozen=True, eq=False)
-class _ReducedModel:
-    """The reduced dynamics of fixed levels (see :func:`reduced_prediction`), as tensors.
-
-    start : (m,) c at level 1; rates : (N, m) Ritz values; motion : (N - 1, m) E_{p_k}[f^{k+1}];
-    overlaps : (N - 1, m, m) E_{p_k}[f_i^{k+1} f_j^k]; final : (n, m) f_j^N at draws of p_{t_min}.
-    """
-
-    start: torch.Tensor
-    rates: torch.Tensor
-    motion: torch.Tensor
-    overlaps: torch.Tensor
-    final: torch.Tensor
-    flags: tuple[str, ...]
-
-    @classmethod
-    def build(cls, score: Any, times: np.ndarray, n_modes: int, n_samples: int, samples: Any, seed: int,
-              ritz_options: dict[str, Any] | None) -> _ReducedModel:
-        gen = torch.Generator().manual_seed(int(seed))
-        ritz, draws = [], []
-        for t in times[1:]:
-            draws.append(_level_samples(score, float(t), samples, int(n_samples), gen))
-            ritz.append(ritz_gap(score, float(t), samples=draws[-1], n_eigenvalues=n_modes, generator=gen,
-                                 **(ritz_options or {})))
-        process = score.process
-        prior_std = math.sqrt(float(process.alpha(times[0])) ** 2 + float(process.sigma(times[0])) ** 2)
-        prior = prior_std * torch.randn(int(n_samples), draws[0].shape[1], dtype=torch.float64, generator=gen)
-        pairs = [(_modes(ritz[k + 1], draws[k], n_modes), _modes(ritz[k], draws[k], n_modes))
-                 for k in range(len(ritz) - 1)]
-        empty = torch.zeros(0, n_modes, dtype=torch.float64)
-        return cls(
-            start=_modes(ritz[0], prior, n_modes).mean(0),
-            rates=torch.stack([r.ritz_values[:n_modes] for r in ritz]),
-            motion=torch.stack([there.mean(0) for there, _ in pairs]) if pairs else empty,
-            overlaps=torch.stack([there.T @ here / here.shape[0] for there, here in pairs]) if pairs else empty[None],
-            final=_modes(ritz[-1], draws[-1], n_modes),
-            flags=tuple(f"level {k + 1}: {flag}" for k, r in enumerate(ritz) for flag in r.flags),
-        )
-
-    def coefficients(self, u: torch.Tensor) -> torch.Tensor:
-        """Final c after Langevin times u (N,): damp at each level, then re-expand at the next."""
-        c = self.start
-        for k in range(u.shape[0]):
-            c = c * torch.exp(-self.rates[k] * u[k])
-            if k < self.motion.shape[0]:
-                c = self.motion[k] + self.overlaps[k] @ c
-        return c
-
-    def predict(self, u: Any) -> ReducedPrediction:
-        c = self.coefficients(torch.as_tensor(np.asarray(u, dtype=np.float64)))
-        residual = (self.final @ c).abs()
-        return ReducedPrediction(0.5 * float(residual.mean()), 0.5 * float(residual.std()) / math.sqrt(residual.numel()),
-                                 float(c @ c), c.numpy(), self.rates.numpy(), self.flags)
-
-
-def reduced_prediction(score: Any, schedule: Schedule, *, n_modes: int = 3, n_samples: int = 20000,
-                       samples: Any = None, seed: int = 0, ritz_options: dict[str, Any] | None = None
-                       ) -> ReducedPrediction:
-    """Annealed Langevin projected on the lowest ``n_modes`` non-trivial modes of H_t, from samples.
-
-    Model. At level t_k the density is q = p_k (1 + sum_j c_j f_j^k), f_j^k the Ritz
-    eigenfunctions of the generator on L^2(p_k) (:func:`ritz_gap`, unit variance, mean 0),
-    i.e. the modes f_j sqrt(p_k) of H_{t_k} with eigenvalues lambda_j^k; modes outside the
-    span are taken as relaxed. Langevin time u_k damps c_j by exp(-lambda_j^k u_k). Moving to
-    t_{k+1} re-expands the same q: c_i <- E_{p_k}[f_i^{k+1}] + sum_j E_{p_k}[f_i^{k+1} f_j^k] c_j
-    (the overlaps between consecutive levels, and the motion of the ground state), sample
-    means over draws of p_k. The start: c_i = E[f_i^1] over draws of the prior
-    N(0, (alpha_T^2 + sigma_T^2) I). The prediction misses whatever lies outside the lowest
-    modes (fast within-basin relaxation) and degrades when consecutive levels are far apart
-    (the Ritz functions of t_{k+1} are then evaluated where their samples were sparse): it is
-    meant for the slow, between-basin error.
-
-    score : an :class:`ExactScore` (sampled exactly) or any score with ``samples`` =
-        callable(t, generator) -> (n, d) draws of p_t. ``seed`` seeds the generator of every
-        level; ``ritz_options`` go to :func:`ritz_gap`.
-    """
-    times = schedule.check_range(score.process).times
-    model = _ReducedModel.build(score, times, n_modes, n_samples, samples, seed, ritz_options)
-    return model.predict(schedule.langevin_time)

@@ -1,6 +1,6 @@
 """Spectral diagnostics of a schedule along t: the gap, the adiabatic speed and the lag (THEORY section 3).
 
-Everything is computed on the grid of :class:`~scorehamiltonian.sampling.propagation.GridModel`, whose
+Everything is computed on the grid of :class:`~scorehamiltonian.sampling.grid_model.GridModel`, whose
 SqRA operator H_t (the discrete Score Hamiltonian in ground-state form) has the grid density
 P_t as exact ground state psi_t = sqrt(P_t) (unit 2-norm, lambda_0 = 0 exactly). At each t:
 
@@ -10,7 +10,7 @@ P_t as exact ground state psi_t = sqrt(P_t) (unit 2-norm, lambda_0 = 0 exactly).
   v^T H w = sum_edges sqrt(P_i P_j) / h^2 (f_i - f_j)(g_i - g_j), f = v / psi, g = w / psi,
   so exponentially small gaps keep their relative accuracy (THEORY section 6).
 - the adiabatic speed A(t) = ||d/dt psi_t||: with a = d/dt log p_t at the nodes (exact,
-  from the Fokker-Planck equation as in :func:`scorehamiltonian.spectral.profiles.adiabatic_speed`) and
+  from the Fokker-Planck equation as in :func:`scorehamiltonian.spectral.speed.adiabatic_speed`) and
   a_bar = sum_i P_i a_i, d/dt psi_i = psi_i (a_i - a_bar) / 2 (the derivative of the grid-
   normalised ground state); the grid sum is the quadrature of (1/4) E_p[(d/dt log p)^2].
 - the first-order lag x = H_t^+ d/dt psi_t (the adiabatic correction to the ground state)
@@ -42,9 +42,16 @@ from ..score.interface import ExactScore
 from ..score.mixture import GaussianMixture
 from ..score.processes import ForwardProcess
 from ..spectral.grid import Grid
-from .propagation import BasinRule, GridModel, Level, _evaluate
+from .grid_model import BasinRule, GridModel, Level, evaluate_marginal
 
-__all__ = ["LagResult", "SpectralDiagnostics", "dirichlet_gram", "low_modes", "spectral_diagnostics", "time_derivative"]
+__all__ = [
+    "LagResult",
+    "SpectralDiagnostics",
+    "dirichlet_gram",
+    "low_modes",
+    "spectral_diagnostics",
+    "time_derivative",
+]
 
 _EPS = float(np.finfo(np.float64).eps)
 #: Relative tolerance of the conjugate-gradient solve of the fast lag (2D).
@@ -109,10 +116,10 @@ def time_derivative(model: GridModel, t: float) -> tuple[np.ndarray, np.ndarray]
     """(a, b): a = d/dt log p_t at the nodes, b = d/dt psi_t = psi (a - sum P a) / 2.
 
     a = -d f - f x . s + (g^2 / 2)(div s + |s|^2), the Fokker-Planck identity derived in
-    :func:`scorehamiltonian.spectral.profiles.adiabatic_speed`, with the exact score and divergence.
+    :func:`scorehamiltonian.spectral.speed.adiabatic_speed`, with the exact score and divergence.
     """
     level = model.level(t)
-    _, _, score, jac = _evaluate(level.marginal, model.points, jacobian=True)
+    _, _, score, jac = evaluate_marginal(level.marginal, model.points, jacobian=True)
     f, g2 = float(model.process.f(t)), float(model.process.g2(t))
     divergence = np.trace(jac, axis1=1, axis2=2)
     a = -model.grid.dim * f - f * (model.points * score).sum(1) + 0.5 * g2 * (divergence + (score**2).sum(1))

@@ -29,7 +29,7 @@ from ..common.files import read_json, write_json
 from ..score.interface import as_score
 from ..score.processes import ForwardProcess
 from ..spectral.gap import spectral_gap
-from ..spectral.profiles import adiabatic_speed
+from ..spectral.speed import adiabatic_speed
 
 __all__ = ["SCHEDULE_FORMAT", "STANDARD_SCHEDULES", "PathProfile", "Schedule", "as_schedule", "path_profile",
            "standard_schedule"]

@@ -28,7 +28,15 @@ from ..common.errors import NotDifferentiableError
 from ..common.validation import require_finite
 from .interface import Score, as_score
 
-__all__ = ["DivergenceResult", "JacobianResult", "divergence", "jacobian"]
+__all__ = [
+    "DivergenceResult",
+    "JacobianResult",
+    "divergence",
+    "jacobian",
+    "rademacher",
+    "score_with_graph",
+    "vjp",
+]
 
 DivergenceMethod = Literal["auto", "exact", "autograd", "hutchinson", "hutch++", "fd"]
 JacobianMethod = Literal["auto", "autograd", "fd"]
@@ -77,7 +85,7 @@ class DivergenceResult:
     n_vjp: int
 
 
-def _score_with_graph(score: Score, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def score_with_graph(score: Score, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Evaluate the score at a leaf copy of x that requires grad; raise if it has no graph."""
     x_leaf = x.detach().requires_grad_(True)
     try:
@@ -96,20 +104,20 @@ def _score_with_graph(score: Score, x: torch.Tensor, t: torch.Tensor) -> tuple[t
     return x_leaf, s
 
 
-def _vjp(s: torch.Tensor, x_leaf: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def vjp(s: torch.Tensor, x_leaf: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """v^T J at every point: sum_i v_i d s_i / d x (a zero tensor where s does not depend on x)."""
     (g,) = torch.autograd.grad(s, x_leaf, grad_outputs=v, retain_graph=True, allow_unused=True)
     return torch.zeros_like(x_leaf) if g is None else g
 
 
 def _jacobian_autograd(score: Score, x: torch.Tensor, t: torch.Tensor) -> JacobianResult:
-    x_leaf, s = _score_with_graph(score, x, t)
+    x_leaf, s = score_with_graph(score, x, t)
     d = x.shape[-1]
     rows = []
     for i in range(d):
         e = torch.zeros_like(s)
         e[..., i] = 1.0
-        rows.append(_vjp(s, x_leaf, e))
+        rows.append(vjp(s, x_leaf, e))
     value = torch.stack(rows, dim=-2).detach()
     return JacobianResult(value, torch.zeros_like(value), s.detach(), "autograd", 1, d)
 
@@ -169,15 +177,17 @@ def jacobian(score: Any, x: Any, t: Any, method: JacobianMethod = "auto") -> Jac
     raise ValueError(f"jacobian: method must be 'auto', 'autograd' or 'fd'; got {method!r}")
 
 
-def _rademacher(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def rademacher(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Independent +-1 entries of ``shape`` (Hutchinson probes), in ``like``'s dtype and device,
+    drawn with ``generator`` on that device."""
     bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
     return (2 * bits - 1).to(like.dtype)
 
 
 def _hutchinson(score: Score, x: torch.Tensor, t: torch.Tensor, n_probes: int, generator) -> DivergenceResult:
-    x_leaf, s = _score_with_graph(score, x, t)
-    probes = _rademacher((n_probes, *x.shape), x, generator)
-    samples = torch.stack([(_vjp(s, x_leaf, v) * v).sum(-1) for v in probes])
+    x_leaf, s = score_with_graph(score, x, t)
+    probes = rademacher((n_probes, *x.shape), x, generator)
+    samples = torch.stack([(vjp(s, x_leaf, v) * v).sum(-1) for v in probes])
     value = samples.mean(0).detach()
     error = (samples.std(0, correction=1) / n_probes**0.5).detach()
     return DivergenceResult(value, error, s.detach(), "hutchinson", 1, n_probes)
@@ -188,21 +198,21 @@ def _hutch_plus_plus(score: Score, x: torch.Tensor, t: torch.Tensor, n_probes: i
     k = n_probes // 3
     if k < 2:
         raise ValueError(f"hutch++ needs n_probes >= 6 (three blocks of at least 2); got {n_probes}")
-    x_leaf, s = _score_with_graph(score, x, t)
-    sketch = _rademacher((k, *x.shape), x, generator)
-    range_cols = torch.stack([_vjp(s, x_leaf, v) for v in sketch], dim=-1).detach()
+    x_leaf, s = score_with_graph(score, x, t)
+    sketch = rademacher((k, *x.shape), x, generator)
+    range_cols = torch.stack([vjp(s, x_leaf, v) for v in sketch], dim=-1).detach()
     q, _ = torch.linalg.qr(range_cols)
     rank = q.shape[-1]
-    low_rank = sum((_vjp(s, x_leaf, q[..., j]) * q[..., j]).sum(-1) for j in range(rank))
+    low_rank = sum((vjp(s, x_leaf, q[..., j]) * q[..., j]).sum(-1) for j in range(rank))
     n_vjp = k + rank
     if rank >= d:
         value = low_rank.detach()
         return DivergenceResult(value, torch.zeros_like(value), s.detach(), "hutch++", 1, n_vjp)
-    probes = _rademacher((k, *x.shape), x, generator)
+    probes = rademacher((k, *x.shape), x, generator)
     residual = []
     for v in probes:
         w = v - torch.einsum("...ij,...j->...i", q, torch.einsum("...ij,...i->...j", q, v))
-        residual.append((_vjp(s, x_leaf, w) * w).sum(-1))
+        residual.append((vjp(s, x_leaf, w) * w).sum(-1))
     residual = torch.stack(residual)
     value = (low_rank + residual.mean(0)).detach()
     error = (residual.std(0, correction=1) / k**0.5).detach()

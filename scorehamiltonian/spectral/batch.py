@@ -15,27 +15,27 @@ norms, error bounds, convergence flags and ConvergenceWarning / ConvergenceError
 ``spectrum(member, k)``.
 
 Conventions of the batched LOBPCG (the orthonormal-basis form of Hetmaniuk and Lehoucq 2006,
-as ``eigensolvers._lobpcg``):
+as ``lobpcg.lobpcg``):
 
-- Each member's basis is the row block S_b = [X_b; P_b; W_b] (m = k + ``_GUARD`` rows each):
+- Each member's basis is the row block S_b = [X_b; P_b; W_b] (m = k + ``GUARD`` rows each):
   [X; P] orthonormal, W the preconditioned residuals of the unconverged columns (soft
-  locking), projected once off [X; P]; a row of W that keeps less than ``_NEW_DIRECTION`` of
+  locking), projected once off [X; P]; a row of W that keeps less than ``NEW_DIRECTION`` of
   its norm carries no new direction and is set to zero. Members differ in how many of their
   rows carry a direction; a row that carries none (a zero row, or a direction dropped below
-  ``_DROP`` in coefficient space) is a *phantom*: its Gram entry is set to 1 and its
+  ``DROP`` in coefficient space) is a *phantom*: its Gram entry is set to 1 and its
   Rayleigh-Ritz diagonal to 1 + 2 ||K||_F (K the member's reduced matrix), decoupled from the
   rest, so that every member keeps the same block sizes, the Gram matrices stay definite for
   the batched Cholesky factorisation, and phantoms sort above every genuine Ritz value.
 - Orthonormalisation happens in coefficient space: the W block by the eigendecomposition of
-  its Gram matrix (directions below ``_DROP`` dropped), then the whole basis by Cholesky; a
+  its Gram matrix (directions below ``DROP`` dropped), then the whole basis by Cholesky; a
   member whose Gram matrix is numerically semi-definite falls back, alone, to the single
-  solver's ``_whitening`` (eigendecomposition, directions dropped). P is the part of the
+  solver's ``whitening`` (eigendecomposition, directions dropped). P is the part of the
   previous X orthogonal to the new X, orthonormalised in coefficient space (twice).
 - A member stops being updated (and costs nothing more) when its first k columns meet
-  ``tol`` by the single solver's test (``eigensolvers._passed``: error bound plus round-off
+  ``tol`` by the single solver's test (``lobpcg.converged_or_stuck``: error bound plus round-off
   term), when those that miss are stuck at the round-off floor, or when its preconditioned
   residuals add no new direction; the others go on, up to ``maxiter`` iterations. As in
-  ``eigensolvers._lobpcg``, the start block stops no member: every member takes at least
+  ``lobpcg.lobpcg``, the start block stops no member: every member takes at least
   one LOBPCG step, with the columns that have not passed (module docstring of
   :mod:`.eigensolvers`: a start's guard values are no neighbours to trust). Measured before
   both solvers had the rule, with ``spectrum(H, k=2)`` stopping at the start: 1D bimodal,
@@ -44,7 +44,7 @@ as ``eigensolvers._lobpcg``):
   1620 batched results did (bimodal, asymmetric and trimodal, three times each, k = 1 to 3,
   tol = 1e-3 to 1e-8, 20 seeds).
 - Preconditioners approximate (H_b - sigma_b)^{-1}, sigma_b below lambda_0 of member b from
-  its ground state (``eigensolvers._shift_below``): "fourier", (-Laplacian_h + c_b)^{-1} by
+  its ground state (``eigensolvers.shift_below``): "fourier", (-Laplacian_h + c_b)^{-1} by
   DST-I on every axis with c_b a quarter of the median of V_b - sigma_b (at least 1), the
   rule of ``spectrum(..., preconditioner="fourier")``; "jacobi", 1 / (diag_b - sigma_b);
   None, the identity.
@@ -62,7 +62,7 @@ preconditioner, nested iteration) is 15 to 40 times faster than the batch. The b
 than one large one (GPUs; not measured here).
 
 What is not batched: the construction (the score is evaluated member by member), the start
-(``eigensolvers._start_block`` per member), the per-member convergence test (q x q numpy
+(``eigensolvers.start_block`` per member), the per-member convergence test (q x q numpy
 work) and the final check (one ``ScoreHamiltonian.matvec`` per member, by design). Multigrid
 and AMG preconditioners are not available here (they are per operator).
 """
@@ -81,29 +81,15 @@ from ..common.errors import ConvergenceError, InputShapeError
 from ..common.validation import as_float_tensor, checked_times
 from ..score.derivatives import DivergenceMethod
 from ..score.interface import as_score
-from .eigensolvers import (
-    _DEFAULT_MAXITER,
-    _DROP,
-    _GUARD,
-    _NEW_DIRECTION,
-    _WORK_DTYPE,
-    SpectrumResult,
-    _check_arguments,
-    _Counted,
-    _dst1,
-    _final_check,
-    _passed,
-    _result,
-    _shift_below,
-    _start_block,
-    _symmetric,
-    _whitening,
-    fourier_shift,
-    laplacian_eigenvalues,
-)
+from .blocks import DROP, NEW_DIRECTION, WORK_DTYPE, Counted, symmetric, whitening
+from .eigensolvers import DEFAULT_MAXITER, check_arguments, shift_below, start_block
 from .grid import Grid
+from .lobpcg import converged_or_stuck
 from .memory import check_memory, estimate_memory
-from .operator import Form, ScoreHamiltonian, _shifted_sum
+from .operator import Form, ScoreHamiltonian
+from .preconditioners import dst1, fourier_shift, laplacian_eigenvalues
+from .solution import GUARD, SpectrumResult, final_check, spectrum_result
+from .stencil import shifted_sum
 
 __all__ = ["HamiltonianBatch", "batch_spectrum"]
 
@@ -202,12 +188,12 @@ class HamiltonianBatch:
         diag = self._diag if index is None else self._diag[index]
         a, r, N = rows.shape
         u = rows.reshape(a, r, *self.grid.n)
-        out = (diag.reshape(a, 1, *self.grid.n) * u).add_(_shifted_sum(u, self._weights))
+        out = (diag.reshape(a, 1, *self.grid.n) * u).add_(shifted_sum(u, self._weights))
         return out.reshape(a, r, N)
 
     def _work_apply(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """``_apply`` for float64 work rows: cast to the batch's dtype and back."""
-        return self._apply(rows.to(self.dtype), None if index.numel() == len(self) else index).to(_WORK_DTYPE)
+        return self._apply(rows.to(self.dtype), None if index.numel() == len(self) else index).to(WORK_DTYPE)
 
 
 def _solver_bytes(B: int, N: int, m: int) -> int:
@@ -232,21 +218,21 @@ def batch_spectrum(
     generator: torch.Generator | None = None,
 ) -> list[SpectrumResult]:
     """The k lowest eigenvalues of every member of ``batch``, with error bounds, one
-    :class:`~.eigensolvers.SpectrumResult` per time (in the batch's order).
+    :class:`~.solution.SpectrumResult` per time (in the batch's order).
 
     Block LOBPCG on all B operators at once (module docstring), started per member from
     ``member.ground_state`` (``deflate``; it also places the preconditioner's shift), the
-    (x_a - <x_a>) g columns and random columns drawn from ``generator`` (k + ``_GUARD``
-    columns in all, ``eigensolvers._start_block``), preconditioned by "fourier", "jacobi" or
+    (x_a - <x_a>) g columns and random columns drawn from ``generator`` (k + ``GUARD``
+    columns in all, ``eigensolvers.start_block``), preconditioned by "fourier", "jacobi" or
     None. ``maxiter``: LOBPCG iterations, at least 1 (default 500). ``tol``: relative accuracy
     from the ground level, as in :func:`~.eigensolvers.spectrum` (eigenvalue i converged when
     its error bound is at most tol * max(theta_i - theta_0, theta_1 - theta_0); units of H,
     1 / x^2). Bad arguments raise as in ``spectrum`` (ValueError for k, the preconditioner or
     maxiter, :class:`InputDtypeError` for a tol out of the dtype's reach).
 
-    Every member ends with the package's honest check (``eigensolvers._final_check``: its
+    Every member ends with the package's honest check (``solution.final_check``: its
     vectors orthonormalised and multiplied by ``member.matvec`` once more) and
-    ``eigensolvers._result``, so eigenvalues, residual norms, error bounds, ``converged``
+    ``solution.spectrum_result``, so eigenvalues, residual norms, error bounds, ``converged``
     flags and the ConvergenceWarning (ConvergenceError with ``raise_on_failure``) for a member
     short of ``tol`` are exactly those of ``spectrum``'s. ``method`` is
     "batched lobpcg (B operators, <preconditioner>) at t=<t>", ``n_matvec`` and ``work`` count
@@ -256,26 +242,26 @@ def batch_spectrum(
     """
     start = time.perf_counter()
     members = batch.members
-    _check_arguments(members[0], k, tol, "lobpcg")
+    check_arguments(members[0], k, tol, "lobpcg")
     if preconditioner not in ("fourier", "jacobi", None):
         raise ValueError(f"preconditioner must be 'fourier', 'jacobi' or None; got {preconditioner!r}")
-    budget = _DEFAULT_MAXITER["lobpcg"] if maxiter is None else int(maxiter)
+    budget = DEFAULT_MAXITER["lobpcg"] if maxiter is None else int(maxiter)
     if budget < 1:
         raise ValueError(f"maxiter must be >= 1 (the start block alone is never accepted); got {maxiter}")
     B, N, _ = batch.shape
-    m = k + _GUARD
+    m = k + GUARD
     check_memory(_solver_bytes(B, N, m), f"batch_spectrum(k={k}) on {B} operators of {N} unknowns", batch.device)
-    ops = [_Counted(member) for member in members]
-    diag = batch._diag.to(_WORK_DTYPE)
+    ops = [Counted(member) for member in members]
+    diag = batch._diag.to(WORK_DTYPE)
     grounds = [member.ground_state if deflate else None for member in members]
-    shifts = [_shift_below(op, member, g) for op, member, g in zip(ops, members, grounds)]
-    X0 = torch.stack([_start_block(op, m, None, g, batch.grid, generator).T for op, g in zip(ops, grounds)])
+    shifts = [shift_below(op, member, g) for op, member, g in zip(ops, members, grounds)]
+    X0 = torch.stack([start_block(op, m, None, g, batch.grid, generator).T for op, g in zip(ops, grounds)])
     precond = _Preconditioner(batch, diag, shifts, preconditioner)
     X = _Solver(batch, ops, diag, precond, k, tol).run(X0, budget)
-    checks = [_final_check(op, X[b].T, diag[b]) for b, op in enumerate(ops)]
+    checks = [final_check(op, X[b].T, diag[b]) for b, op in enumerate(ops)]
     results = []
-    for check, op, t in zip(checks, ops, batch.times):  # a loop: _result's warnings name the caller's line
-        results.append(_result(check, k, op, start, f"batched lobpcg ({B} operators, {precond.name}) at t={t:g}",
+    for check, op, t in zip(checks, ops, batch.times):  # a loop: spectrum_result's warnings name the caller's line
+        results.append(spectrum_result(check, k, op, start, f"batched lobpcg ({B} operators, {precond.name}) at t={t:g}",
                                tol, return_eigenvectors, raise_on_failure))
     wall_time = time.perf_counter() - start
     return [replace(result, wall_time=wall_time) for result in results]
@@ -288,7 +274,7 @@ class _Preconditioner:
     def __init__(self, batch: HamiltonianBatch, diag: torch.Tensor, shifts: list[float],
                  choice: BatchPreconditioner) -> None:
         self.name, self.dims = choice or "none", tuple(batch.grid.n)
-        sigma = torch.tensor(shifts, dtype=_WORK_DTYPE, device=diag.device)[:, None]
+        sigma = torch.tensor(shifts, dtype=WORK_DTYPE, device=diag.device)[:, None]
         if choice == "fourier":
             c = fourier_shift(diag, batch.grid, sigma)
             eig = laplacian_eigenvalues(batch.grid, diag.device)
@@ -306,10 +292,10 @@ class _Preconditioner:
         u = R.reshape(a, r, *self.dims)
         axes = range(2, 2 + len(self.dims))
         for axis in axes:
-            u = _dst1(u, axis)
+            u = dst1(u, axis)
         u = u * self.inv[index].unsqueeze(1)
         for axis in axes:
-            u = _dst1(u, axis)
+            u = dst1(u, axis)
         return u.reshape(a, r, N)
 
 
@@ -333,14 +319,14 @@ def _compact(rows: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torc
 def _orthonormal_columns(Y: torch.Tensor, against: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Columns of Y (a, q, j) made orthonormal and orthogonal to the orthonormal columns of
     ``against`` (a, q, i), twice over (each pass: projected off twice, then the Gram matrix's
-    eigendecomposition with directions below ``_DROP`` dropped, as ``eigensolvers._orthonormal``).
+    eigendecomposition with directions below ``DROP`` dropped, as ``blocks.orthonormal``).
     Dropped columns are zero; returns them and the mask of kept columns (a, j)."""
     for _ in range(2):
         for _ in range(2):
             Y = Y - against @ (against.mT @ Y)
-        w, U = torch.linalg.eigh(_symmetric(Y.mT @ Y))
+        w, U = torch.linalg.eigh(symmetric(Y.mT @ Y))
         top = w[:, -1:]
-        keep = (w > _DROP**2 * top) & (top > 0)
+        keep = (w > DROP**2 * top) & (top > 0)
         Y = Y @ (U * torch.where(keep, w.clamp_min(1e-300).rsqrt(), 0.0).unsqueeze(1))
     return Y, keep
 
@@ -349,8 +335,8 @@ def _whiten(G: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     """(W, Z, genuine) with W G W^T = I and Z = the factor with G = Z^T Z per member, by a
     batched Cholesky factorisation (W = L^{-1}, Z = L^T; the phantom coordinates, identity in
     G, stay decoupled). A member whose G is numerically semi-definite is whitened alone by
-    ``eigensolvers._whitening`` on its kept coordinates (eigendecomposition, directions below
-    ``_DROP`` dropped); its rows of W and Z past the kept directions are zero. ``genuine``
+    ``blocks.whitening`` on its kept coordinates (eigendecomposition, directions below
+    ``DROP`` dropped); its rows of W and Z past the kept directions are zero. ``genuine``
     (a, q) marks the whitened coordinates that carry a direction."""
     a, q, _ = G.shape
     L, info = torch.linalg.cholesky_ex(G)
@@ -358,7 +344,7 @@ def _whiten(G: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     Z, genuine = L.mT.clone(), kept.clone()
     for j in (info != 0).nonzero().flatten().tolist():
         index = kept[j].nonzero().flatten()
-        Wj, Zj = _whitening(G[j][index][:, index])
+        Wj, Zj = whitening(G[j][index][:, index])
         r = Wj.shape[0]
         W[j], Z[j] = 0.0, 0.0
         W[j, :r, index], Z[j, :r, index] = Wj, Zj
@@ -374,21 +360,21 @@ def _rayleigh_ritz(S: torch.Tensor, HS: torch.Tensor, valid: torch.Tensor, fixed
     with [X_new; P_new] = C^T S (P_new the part of the old X orthogonal to the new X, zero
     rows where it has none), and P_new's mask (a, m) when ``with_p``."""
     a, q, _ = S.shape
-    M, A = _symmetric(S @ S.mT), _symmetric(HS @ S.mT)
+    M, A = symmetric(S @ S.mT), symmetric(HS @ S.mT)
     E = torch.zeros(a, q, q, dtype=S.dtype, device=S.device)
     E[:, :fixed, :fixed] = _eye(fixed, S) * valid[:, None, :fixed]
     w, U = torch.linalg.eigh(M[:, fixed:, fixed:])
     top = w[:, -1:]
-    keep = (w > _DROP**2 * top) & (top > 0)
+    keep = (w > DROP**2 * top) & (top > 0)
     E[:, fixed:, fixed:] = U * torch.where(keep, w.clamp_min(1e-300).rsqrt(), 0.0).unsqueeze(1)
     kept = torch.cat([valid[:, :fixed], keep], 1)
-    G = _symmetric(E.mT @ M @ E)
+    G = symmetric(E.mT @ M @ E)
     G.diagonal(dim1=-2, dim2=-1).add_((~kept).to(G.dtype))
     W, Z, genuine = _whiten(G, kept)
     if bool((genuine.sum(1) < m).any()):
         raise ConvergenceError("batched lobpcg: a member's basis lost independence (fewer than k + guard directions)")
     pair = genuine.unsqueeze(2) & genuine.unsqueeze(1)
-    K = _symmetric(W @ E.mT @ A @ E @ W.mT) * pair
+    K = symmetric(W @ E.mT @ A @ E @ W.mT) * pair
     big = 1.0 + 2.0 * torch.linalg.matrix_norm(K)
     K.diagonal(dim1=-2, dim2=-1).add_((~genuine) * big.unsqueeze(1))
     theta, V = torch.linalg.eigh(K)
@@ -405,7 +391,7 @@ class _Solver:
     with rows [X; P; R] (the residuals R = HX - theta X sit where W will go), P's mask, which
     members still run and which of their columns are still active (unconverged)."""
 
-    def __init__(self, batch: HamiltonianBatch, ops: list[_Counted], diag: torch.Tensor,
+    def __init__(self, batch: HamiltonianBatch, ops: list[Counted], diag: torch.Tensor,
                  precond: _Preconditioner, k: int, tol: float) -> None:
         self.batch, self.ops, self.diag, self.precond, self.k, self.tol = batch, ops, diag, precond, k, tol
         self.diag_max = diag.abs().amax(-1).tolist()
@@ -415,9 +401,9 @@ class _Solver:
         B, m, N = X0.shape
         self.m = m
         everyone = torch.arange(B, device=X0.device)
-        self.S = torch.zeros(B, 3 * m, N, dtype=_WORK_DTYPE, device=X0.device)
+        self.S = torch.zeros(B, 3 * m, N, dtype=WORK_DTYPE, device=X0.device)
         self.HS = torch.zeros_like(self.S)
-        self.scratch = torch.zeros(m, N, dtype=_WORK_DTYPE, device=X0.device)
+        self.scratch = torch.zeros(m, N, dtype=WORK_DTYPE, device=X0.device)
         self.p_valid = torch.zeros(B, m, dtype=torch.bool, device=X0.device)
         self.running = torch.ones(B, dtype=torch.bool)
         self.active = torch.ones(B, m, dtype=torch.bool, device=X0.device)
@@ -445,7 +431,7 @@ class _Solver:
         before = torch.linalg.vector_norm(W, dim=-1)
         XP = S[:, : 2 * m]
         W = torch.baddbmm(W, W @ XP.mT, XP, alpha=-1.0)
-        fresh = torch.linalg.vector_norm(W, dim=-1) > _NEW_DIRECTION * before
+        fresh = torch.linalg.vector_norm(W, dim=-1) > NEW_DIRECTION * before
         going = fresh.any(1)
         if not bool(going.all()):
             self.running[index[~going].cpu()] = False
@@ -465,7 +451,7 @@ class _Solver:
     def _update(self, index: torch.Tensor, theta: torch.Tensor, XP: torch.Tensor, HXP: torch.Tensor,
                 p_valid: torch.Tensor | None) -> None:
         """Install the new [X; P], H [X; P] and Ritz values of the members ``index``, store
-        their residuals in the W rows, and decide which go on (``eigensolvers._passed``). The
+        their residuals in the W rows, and decide which go on (``lobpcg.converged_or_stuck``). The
         start block's Rayleigh-Ritz values (``p_valid`` None) stop no member (module docstring)."""
         m, rows = self.m, XP.shape[1]
         R = torch.addcmul(HXP[:, :m], XP[:, :m], theta.unsqueeze(-1), value=-1.0)
@@ -474,7 +460,7 @@ class _Solver:
             self.p_valid[index] = p_valid
         theta_cpu, rnorm_cpu = theta.cpu(), R.norm(dim=-1).cpu()
         for j, b in enumerate(index.tolist()):
-            passed, stuck = _passed(theta_cpu[j], XP[j, :m].T, rnorm_cpu[j], self.diag[b], self.diag_max[b],
+            passed, stuck = converged_or_stuck(theta_cpu[j], XP[j, :m].T, rnorm_cpu[j], self.diag[b], self.diag_max[b],
                                     self.ops[b].eps, self.tol, self.scratch.T)
             if p_valid is not None and (not (~passed)[: self.k].any() or (passed | stuck)[: self.k].all()):
                 self.running[b] = False

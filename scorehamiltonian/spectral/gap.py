@@ -29,10 +29,11 @@ import torch
 
 from ..common.errors import ConvergenceError, InputShapeError, ResolutionError
 from ..score.interface import as_score
-from .eigensolvers import ConvergenceWarning, spectrum
+from .eigensolvers import spectrum
 from .grid import Grid, box_from_mixture, box_from_score, mixture_mass_outside
 from .memory import available_memory, estimate_memory
 from .operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
+from .solution import ConvergenceWarning
 
 __all__ = ["GapLevel", "GapResult", "spectral_gap"]
 

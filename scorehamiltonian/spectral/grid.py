@@ -20,7 +20,14 @@ from scipy.special import ndtri
 from ..common.errors import InputShapeError
 from ..score.mixture import GaussianMixture
 
-__all__ = ["Grid", "box_from_mixture", "box_from_samples", "box_from_score", "box_over_times", "mixture_mass_outside"]
+__all__ = [
+    "Grid",
+    "box_from_mixture",
+    "box_from_samples",
+    "box_from_score",
+    "box_over_times",
+    "mixture_mass_outside",
+]
 
 
 def _per_axis(value: Any, dim: int, name: str, cast=float) -> tuple:

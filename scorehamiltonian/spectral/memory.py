@@ -47,7 +47,9 @@ from dataclasses import dataclass
 import torch
 
 from ..common.errors import InsufficientMemoryError
+from .blocks import UPDATE_CHUNKS, WORK_DTYPE
 from .multigrid import COARSEST_SIZE
+from .solution import GUARD
 
 __all__ = ["MemoryEstimate", "available_memory", "check_memory", "estimate_memory"]
 
@@ -89,24 +91,18 @@ def estimate_memory(n: Sequence[int] | int, k: int = 3, dim: int | None = None,
     """The memory of a :class:`ScoreHamiltonian` on a grid of ``n`` nodes per axis (an int
     with ``dim``, or one per axis) and of ``spectrum(H, k)`` with the default solver, in
     bytes (module docstring for the count). ``dtype``: the operator's."""
-    from .eigensolvers import (  # here: eigensolvers imports this module
-        _GUARD,
-        _UPDATE_CHUNKS,
-        _WORK_DTYPE,
-    )
-
     n = (int(n),) * (dim or 1) if isinstance(n, int) else tuple(int(a) for a in n)
     if not n or min(n) < 1 or k < 1:
         raise ValueError(f"estimate_memory needs n >= 1 per axis and k >= 1; got n={n}, k={k}")
     b = torch.finfo(dtype).bits // 8
-    w, m, d = torch.finfo(_WORK_DTYPE).bits // 8, k + _GUARD, len(n)
+    w, m, d = torch.finfo(WORK_DTYPE).bits // 8, k + GUARD, len(n)
     sizes = _levels(n)
     N = sizes[0]
     operator = N * (3 * w + 2 * b)
     build = N * w * (4 * d + 5)
     smoothed = sum(sizes[:-1]) * 3 * m * b
     multigrid = sum(sizes) * b + smoothed + sum(sizes[1:]) * (3 * w + 2 * b + m * b)
-    solver = N * w * (6 * m + 3 * m + 1) + 2 * m * -(-N // _UPDATE_CHUNKS) * w + multigrid
+    solver = N * w * (6 * m + 3 * m + 1) + 2 * m * -(-N // UPDATE_CHUNKS) * w + multigrid
     return MemoryEstimate(n, k, operator, build, solver)
 
 

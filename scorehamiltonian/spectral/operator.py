@@ -34,12 +34,10 @@ import math
 import warnings
 from typing import Any, Literal
 
-import numba
 import numpy as np
 import scipy.fft
 import scipy.sparse as sp
 import torch
-from numba.extending import overload
 
 from ..common.errors import InputShapeError, ResolutionError
 from ..common.threads import run_lines, run_parallel, workers
@@ -48,21 +46,20 @@ from ..score.interface import Score, as_score
 from ..score.potential import quantum_potential
 from .grid import Grid
 from .memory import check_memory, estimate_memory
+from .stencil import shifted_sum, stencil, stencil_lines, stencil_lines_parallel, sweep_parallel, sweep_worker
 from .transfer import interpolate
 
-__all__ = ["BoundaryMassWarning", "ResolutionWarning", "ScoreHamiltonian", "log_density_on_grid", "stencil"]
+__all__ = ["BoundaryMassWarning", "ResolutionWarning", "ScoreHamiltonian", "log_density_on_grid"]
 
 Form = Literal["potential", "ground_state"]
 Backend = Literal["auto", "torch", "numba"]
 
-#: Coefficients (c_0, c_1, ...) of -d^2/dx^2 at unit spacing: (-L u)_i = sum_o c_|o| u_{i+o}.
-_STENCILS = {2: (2.0, -1.0), 4: (30.0 / 12.0, -16.0 / 12.0, 1.0 / 12.0)}
 #: Points per width of the sharpest mode below which the grid is refused, and warned about.
 _MIN_POINTS_PER_WIDTH, _WARN_POINTS_PER_WIDTH = 1.0, 4.0
 _CHUNK = 1 << 16
 #: Below this many unknowns the torch matvec is as fast as the numba kernel (thread start-up).
 _NUMBA_MIN_SIZE = 1 << 16
-#: Lines per band of the 3D smoothing sweep (``_sweep_task``): its rings then hold about
+#: Lines per band of the 3D smoothing sweep (``stencil._sweep_task``): its rings then hold about
 #: (32 + halos) x n2 values a plane, stored together, and stay in cache where whole planes
 #: do not. On 2 threads at 128^3 (4 columns, 4 steps and the residual, order 2) the sweep
 #: took 120-180 ms in whole planes, 97-100 ms in bands of 32-48 lines and 118 ms in bands
@@ -79,232 +76,6 @@ class ResolutionWarning(UserWarning):
 
 class BoundaryMassWarning(UserWarning):
     """The box cuts off probability mass: p_t is not negligible at its faces."""
-
-
-def stencil(order: int) -> tuple[float, ...]:
-    """Coefficients (c_0, c_1, ..., c_r) of the order-``order`` stencil of -d^2/dx^2 at h = 1."""
-    if order not in _STENCILS:
-        raise ValueError(f"order must be 2 or 4; got {order!r}")
-    return _STENCILS[order]
-
-
-def _shifted_sum(u: torch.Tensor, weights: list[tuple[int, int, float]]) -> torch.Tensor:
-    """sum over (axis, offset, w) of w * u shifted by +-offset along axis, zero outside."""
-    out = torch.zeros_like(u)
-    for axis, offset, w in weights:
-        m = u.shape[axis] - offset
-        if m <= 0:
-            continue
-        out.narrow(axis, offset, m).add_(u.narrow(axis, 0, m), alpha=w)
-        out.narrow(axis, 0, m).add_(u.narrow(axis, offset, m), alpha=w)
-    return out
-
-
-@numba.njit(inline="always")
-def _plane_slots(q, planes, wrap, slots):  # pragma: no cover - compiled
-    """slots[reach + o] = (q + o) % wrap, where plane q + o of a column (planes first) is
-    stored (wrap = planes for a whole column, the ring size for a ring of recent planes),
-    or -1 where q + o lies outside the grid, for |o| <= reach = len(slots) // 2."""
-    reach = slots.shape[0] // 2
-    for o in range(-reach, reach + 1):
-        slots[reach + o] = (q + o) % wrap if 0 <= q + o < planes else -1
-
-
-@numba.njit(inline="always")
-def _neighbour(slot, line, n1, weight, here, j, row):  # pragma: no cover - compiled
-    """(slot, row, weight) of the neighbour line ``line`` of line j (stored at ``row``), or
-    (here, row, 0.0) where it lies outside the grid: the line itself with weight zero, which
-    adds exactly nothing, so that the fused loop needs no boundary branch."""
-    if slot >= 0 and 0 <= line < n1:
-        return slot, row + line - j, weight
-    return here, row, 0.0
-
-
-@numba.njit(inline="always")
-def _line_reach1(x, slots, j, row, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
-    """:func:`_stencil_line` at order 2: the interior nodes 1 <= k < n2 - 1 in one fused pass
-    (the kernel before it, a pass per neighbour with the order's reach known only at run
-    time, took 10-13 cycles a node on one thread at 128^3, this one 4-6), then the two end
-    nodes with their k-neighbours checked."""
-    n1, n2, s = diag.shape[1], x.shape[2], slots[1]
-    w0, w1, w2 = coef[1] * h2inv[0], coef[1] * h2inv[1], coef[1] * h2inv[2]
-    sa, ra, wa = _neighbour(slots[0], j, n1, w0, s, j, row)
-    sb, rb, wb = _neighbour(slots[2], j, n1, w0, s, j, row)
-    sc, rc, wc = _neighbour(s, j - 1, n1, w1, s, j, row)
-    sd, rd, wd = _neighbour(s, j + 1, n1, w1, s, j, row)
-
-    def across(k):  # diag x plus the neighbours off the line's axis, at node k
-        return diag[q, j, k] * x[s, row, k] + (wa * x[sa, ra, k] + wb * x[sb, rb, k]) + (wc * x[sc, rc, k] + wd * x[sd, rd, k])
-
-    for k in range(1, n2 - 1):
-        out[k] = across(k) + w2 * (x[s, row, k - 1] + x[s, row, k + 1])
-    for k in (0, n2 - 1):
-        value = across(k)
-        if k >= 1:
-            value += w2 * x[s, row, k - 1]
-        if k + 1 < n2:
-            value += w2 * x[s, row, k + 1]
-        out[k] = value
-
-
-@numba.njit(inline="always")
-def _line_reach2(x, slots, j, row, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
-    """:func:`_stencil_line` at order 4: the interior nodes 2 <= k < n2 - 2 in one fused pass,
-    then the four end nodes with their k-neighbours checked (lines shorter than the stencil
-    repeat some of them, writing the same value)."""
-    n1, n2, s = diag.shape[1], x.shape[2], slots[2]
-    u0, u1, u2 = coef[1] * h2inv[0], coef[1] * h2inv[1], coef[1] * h2inv[2]
-    v0, v1, v2 = coef[-1] * h2inv[0], coef[-1] * h2inv[1], coef[-1] * h2inv[2]
-    sa, ra, wa = _neighbour(slots[1], j, n1, u0, s, j, row)
-    sb, rb, wb = _neighbour(slots[3], j, n1, u0, s, j, row)
-    sc, rc, wc = _neighbour(s, j - 1, n1, u1, s, j, row)
-    sd, rd, wd = _neighbour(s, j + 1, n1, u1, s, j, row)
-    se, re, we = _neighbour(slots[0], j, n1, v0, s, j, row)
-    sf, rf, wf = _neighbour(slots[4], j, n1, v0, s, j, row)
-    sg, rg, wg = _neighbour(s, j - 2, n1, v1, s, j, row)
-    sh, rh, wh = _neighbour(s, j + 2, n1, v1, s, j, row)
-
-    def across(k):  # diag x plus the neighbours off the line's axis, at node k
-        return (diag[q, j, k] * x[s, row, k]
-                + ((wa * x[sa, ra, k] + wb * x[sb, rb, k]) + (wc * x[sc, rc, k] + wd * x[sd, rd, k]))
-                + ((we * x[se, re, k] + wf * x[sf, rf, k]) + (wg * x[sg, rg, k] + wh * x[sh, rh, k])))
-
-    for k in range(2, n2 - 2):
-        out[k] = across(k) + (u2 * (x[s, row, k - 1] + x[s, row, k + 1]) + v2 * (x[s, row, k - 2] + x[s, row, k + 2]))
-    for k in (0, 1, n2 - 2, n2 - 1):
-        if not 0 <= k < n2:
-            continue
-        value = across(k)
-        for o, w in ((1, u2), (2, v2)):
-            if k - o >= 0:
-                value += w * x[s, row, k - o]
-            if k + o < n2:
-                value += w * x[s, row, k + o]
-        out[k] = value
-
-
-def _stencil_line(x, slots, j, row, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
-    """out[:] = (H x)[q, j, :], line j of plane q of H (diag: (planes, n1, n2)) applied to
-    one column x of shape (wrap, rows, n2) whose planes q + o (first axis) lie at
-    x[slots[reach + o]] (slots from :func:`_plane_slots`, reach = len(coef) - 1) and whose
-    line j + o lies at row + o of them: diag * x plus sum_axes sum_o coef[o]
-    h2inv[axis] (x shifted by +-o), zero outside the grid. Compiled code only: ``coef`` is
-    a tuple, and :func:`_stencil_line_for_order` picks the pass for its length when the
-    caller compiles (so the other order's pass is neither compiled nor tested per line)."""
-    raise NotImplementedError("_stencil_line runs inside numba-compiled kernels only")
-
-
-@overload(_stencil_line, inline="always")
-def _stencil_line_for_order(x, slots, j, row, diag, q, coef, h2inv, out):  # pragma: no cover - compiled
-    """:func:`_stencil_line`'s implementation for the length of the tuple type ``coef``."""
-    return (_line_reach1 if coef.count == 2 else _line_reach2).py_func
-
-
-@numba.njit(cache=True)
-def _lines(start, stop, u, diag, coef, h2inv, out):  # pragma: no cover - compiled
-    """out = H u on lines start..stop-1 (line = (c, i, j) of the (m, n0, n1, n2) arrays)."""
-    _, n0, n1, _ = u.shape
-    reach = len(coef) - 1
-    slots = np.empty(2 * reach + 1, np.int64)
-    line = start
-    while line < stop:
-        c, i, first = line // (n0 * n1), (line // n1) % n0, line % n1
-        last = min(n1, first + stop - line)
-        _plane_slots(i, n0, n0, slots)
-        for j in range(first, last):
-            _stencil_line(u[c], slots, j, j, diag, i, coef, h2inv, out[c, i, j])
-        line += last - first
-
-
-@numba.njit(parallel=True, cache=True)
-def _lines_parallel(chunks, u, diag, coef, h2inv, out):  # pragma: no cover - compiled
-    """``_lines`` over all lines, split into ``chunks`` parallel tasks."""
-    m, n0, n1, _ = u.shape
-    total = m * n0 * n1
-    for chunk in numba.prange(chunks):
-        _lines(chunk * total // chunks, (chunk + 1) * total // chunks, u, diag, coef, h2inv, out)
-
-
-@numba.njit(cache=True)
-def _sweep_task(lo, hi, jlo, jhi, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas, betas, out,
-                r, xring, dring, line):  # pragma: no cover - compiled
-    """Planes lo..hi-1 of one column of :meth:`ScoreHamiltonian.smooth`, all its steps in one
-    sweep over the first axis (arrays of shape (planes, n1, n2)), on the lines jlo..jhi-1 of
-    each plane (a band). Step t = 0, 1, ... (coefficients alpha_t, beta_t) forms
-    d = alpha_t d_prev + beta_t dinv (b - (H - shift) x_prev) (d_prev not read when
-    alpha_t = 0) and x = x_prev + d, from x_prev = x0 at t = 0 (or, ``from_zero``,
-    d = x = beta_0 dinv b without a matvec). It runs R = len(coef) - 1 planes behind step
-    t - 1, which has by then produced the planes it reads; its x lives in a ring of 2R + 1
-    planes (xring[t]) and its d in one of R + 1 (dring[t]), so each plane of b, dinv and
-    diag is read from memory once for all steps. The rings hold the band's lines and their
-    halos only (line j at row j - max(0, jlo - (stages - 1) R)), so that they stay in cache.
-    The last step's x goes to planes lo..hi-1, lines jlo..jhi-1 of ``out``; with
-    ``residual``, one more stage writes b - (H - shift) out to ``r``. To produce these, stage
-    t (the residual is the last) computes the planes and lines up to (stages - 1 - t) R
-    beyond them on each side (recomputed by the neighbouring task)."""
-    planes, n1, n2 = b.shape
-    reach = len(coef) - 1
-    steps = alphas.shape[0]
-    stages = steps + 1 if residual else steps
-    xwrap, dwrap = 2 * reach + 1, reach + 1
-    base = max(0, jlo - (stages - 1) * reach)  # line j lies at row j - base of the rings
-    slots = np.empty(2 * reach + 1, np.int64)
-    for front in range(max(0, lo - (stages - 1) * reach), hi + (stages - 1) * reach):
-        for t in range(stages):
-            q, halo = front - t * reach, (stages - 1 - t) * reach
-            if q < max(0, lo - halo) or q >= min(planes, hi + halo):
-                continue
-            stage = min(t, steps - 1)  # the residual stage (t = steps) writes r, not rings
-            x, d = xring[stage, q % xwrap], dring[stage, q % dwrap]
-            rows = range(max(0, jlo - halo), min(n1, jhi + halo))
-            if t == 0 and from_zero:
-                for j in rows:
-                    for k in range(n2):
-                        d[j - base, k] = betas[0] * dinv[q, j, k] * b[q, j, k]
-                        x[j - base, k] = d[j - base, k]
-            else:
-                source, wrap, offset = (x0, planes, 0) if t == 0 else (xring[t - 1], xwrap, base)
-                alpha, beta = alphas[stage], betas[stage]
-                _plane_slots(q, planes, wrap, slots)
-                for j in rows:
-                    _stencil_line(source, slots, j, j - offset, diag, q, coef, h2inv, line)
-                    before, previous = source[q % wrap, j - offset], dring[max(t - 1, 0), q % dwrap, j - base]
-                    if t == steps:
-                        for k in range(n2):
-                            r[q, j, k] = b[q, j, k] - line[k] + shift * before[k]
-                    elif alpha == 0.0:
-                        for k in range(n2):
-                            d[j - base, k] = beta * dinv[q, j, k] * (b[q, j, k] - line[k] + shift * before[k])
-                            x[j - base, k] = before[k] + d[j - base, k]
-                    else:
-                        for k in range(n2):
-                            step = b[q, j, k] - line[k] + shift * before[k]
-                            d[j - base, k] = alpha * previous[k] + beta * dinv[q, j, k] * step
-                            x[j - base, k] = before[k] + d[j - base, k]
-            if t == steps - 1 and lo <= q < hi:
-                out[q, jlo:jhi] = x[jlo - base : jhi - base]
-
-
-@numba.njit(cache=True)
-def _sweep_worker(worker, workers, pieces, bands, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas,
-                  betas, out, r, xring, dring, line):  # pragma: no cover - compiled
-    """The sweeps (tasks = columns x ``pieces`` plane ranges x ``bands`` line ranges)
-    numbered worker, worker + workers, ...: :func:`_sweep_task` with the worker's own rings."""
-    m, planes, n1 = b.shape[0], b.shape[1], b.shape[2]
-    for task in range(worker, m * pieces * bands, workers):
-        c, piece, band = task // (pieces * bands), (task // bands) % pieces, task % bands
-        _sweep_task(piece * planes // pieces, (piece + 1) * planes // pieces, band * n1 // bands,
-                    (band + 1) * n1 // bands, from_zero, residual, x0[c], b[c], diag, shift, dinv, coef, h2inv, alphas,
-                    betas, out[c], r[c], xring[worker], dring[worker], line[worker])
-
-
-@numba.njit(parallel=True, cache=True)
-def _sweep_parallel(workers, pieces, bands, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv, alphas, betas,
-                    out, r, xring, dring, line):  # pragma: no cover - compiled
-    """:func:`_sweep_worker` for every worker, in parallel."""
-    for worker in numba.prange(workers):
-        _sweep_worker(worker, workers, pieces, bands, from_zero, residual, x0, b, diag, shift, dinv, coef, h2inv,
-                      alphas, betas, out, r, xring, dring, line)
 
 
 def log_density_on_grid(
@@ -492,7 +263,7 @@ class ScoreHamiltonian:
         p = torch.exp(self.log_density) * self.grid.cell_volume
         self.boundary_mass = float(p[self.grid.boundary_shell(1)].sum())
         phi = self.log_density.reshape(self.grid.n)
-        lap = _shifted_sum(phi, [(a, 1, 1.0 / h**2) for a, h in enumerate(self.grid.h)]).reshape(-1)
+        lap = shifted_sum(phi, [(a, 1, 1.0 / h**2) for a, h in enumerate(self.grid.h)]).reshape(-1)
         lap = lap - 2.0 * sum(1.0 / h**2 for h in self.grid.h) * self.log_density
         interior = ~self.grid.boundary_shell(1) & (self.log_density > self.log_density.max() - math.log(1e6))
         curvature = float((-lap[interior]).clamp_min(0).max()) / self.grid.dim if bool(interior.any()) else 0.0
@@ -566,15 +337,15 @@ class ScoreHamiltonian:
         else:
             u = rows.reshape(-1, *self.grid.n)
             weights = [(a + 1, o, w) for a, o, w in self._weights]
-            torch.add(self._diag.reshape(1, *self.grid.n) * u, _shifted_sum(u, weights),
+            torch.add(self._diag.reshape(1, *self.grid.n) * u, shifted_sum(u, weights),
                       out=target.reshape(u.shape))
         return target.T.reshape(v.shape) if out is None else out
 
     def _pass(self, u: torch.Tensor, out: torch.Tensor) -> None:
-        """out = H u for contiguous (m, N) row blocks: one numba pass (``_lines``), on one
+        """out = H u for contiguous (m, N) row blocks: one numba pass (``stencil_lines``), on one
         thread when small, else in parallel chunks (a few per thread, for balance)."""
         arrays = [t.detach().numpy().reshape(t.shape[0], *self._n3) for t in (u, out)]
-        run_lines(_lines, _lines_parallel, u.numel(), u.shape[0] * self._n3[0] * self._n3[1], arrays[0],
+        run_lines(stencil_lines, stencil_lines_parallel, u.numel(), u.shape[0] * self._n3[0] * self._n3[1], arrays[0],
                   self._diag.numpy().reshape(self._n3), self._coef, self._h2inv, arrays[1])
 
     def residual(self, u: torch.Tensor, b: torch.Tensor, shift: float, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -592,7 +363,7 @@ class ScoreHamiltonian:
         (x_1 = d_1 = beta_0 dinv b, no matvec; alpha_0 unused). The last iterate is written to
         ``out``; with ``residual``, b - (H - shift) out is written there too. On the numba
         backend every step and the residual run in one sweep over the grid
-        (:func:`_sweep_task`: b, dinv and the diagonal are read from memory once, not once
+        (:func:`~.stencil._sweep_task`: b, dinv and the diagonal are read from memory once, not once
         per step); in torch, one step after another. ``out`` and ``residual`` must not alias
         x0, b or each other. Returns ``out``."""
         if not steps or (x0 is not None and steps[0][0] != 0.0):
@@ -638,7 +409,7 @@ class ScoreHamiltonian:
         bands = max(1, round(n1 / _SWEEP_BAND))
         pieces = max(1, min(threads // math.gcd(m * bands, threads), planes // (4 * (len(steps) + 1) * reach)))
         dtype = self._h2inv.dtype
-        rows = min(n1, -(-n1 // bands) + 2 * len(steps) * reach)  # a band and its halos (_sweep_task)
+        rows = min(n1, -(-n1 // bands) + 2 * len(steps) * reach)  # a band and its halos (stencil._sweep_task)
         rings = (np.empty((threads, len(steps), 2 * reach + 1, rows, n2), dtype),
                  np.empty((threads, len(steps), reach + 1, rows, n2), dtype), np.empty((threads, n2), dtype))
 
@@ -650,9 +421,9 @@ class ScoreHamiltonian:
                 self._diag.numpy().reshape(self._n3), shift, dinv.numpy().reshape(self._n3), self._coef, self._h2inv,
                 alphas, betas, view(out), view(out if residual is None else residual), *rings)
         if threads == 1:
-            _sweep_worker(0, 1, *args)
+            sweep_worker(0, 1, *args)
         else:
-            run_parallel(threads, _sweep_parallel, threads, *args)
+            run_parallel(threads, sweep_parallel, threads, *args)
 
     def diagonal(self) -> torch.Tensor:
         """The diagonal of H, (N,)."""

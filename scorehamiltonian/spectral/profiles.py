@@ -16,264 +16,39 @@ The result is a :class:`GapProfile` (save / load as JSON, plot).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
 import math
 import os
-import struct
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import gpytorch
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..common.errors import (
-    CheckpointError,
-    InputShapeError,
-    OutputError,
-    SamplesRequiredError,
-    TimeRangeError,
-)
+from ..common.errors import CheckpointError, OutputError, SamplesRequiredError, TimeRangeError
 from ..common.executors import TaskFailure, executor_from, map_tasks
 from ..common.files import read_json, write_json
-from ..common.validation import as_float_tensor, checked_times
-from ..score import derivatives
+from ..common.seeds import seeded_rng, time_seed
+from ..common.validation import checked_times
 from ..score.derivatives import DivergenceMethod
 from ..score.interface import ExactScore, Score, as_score
-from .eigensolvers import ConvergenceWarning
 from .gap import spectral_gap
+from .solution import ConvergenceWarning
+from .speed import adiabatic_speed
 
-__all__ = ["AdiabaticSpeed", "GapProfile", "adiabatic_speed", "gap_profile", "seeded_rng", "time_seed"]
+__all__ = ["GapProfile", "gap_profile"]
 
 #: Format tags of the files written here.
 PROFILE_FORMAT = "scorehamiltonian.gap_profile/1"
 CHECKPOINT_FORMAT = "scorehamiltonian.gap_profile.checkpoint/1"
-
-#: Divergence estimators whose per-point error is a standard error of zero-mean probe noise.
-_STOCHASTIC_DIVERGENCES = ("hutchinson", "hutch++")
-#: Adam iterations and learning rate of a GP hyperparameter fit.
-_GP_ITERATIONS = 60
-_GP_LEARNING_RATE = 0.15
-#: Floor of the GP observation noise (variance, in units of the standardised targets).
-_GP_NOISE_FLOOR = 1e-8
 #: Observation-noise variance (log units) given to a point whose error is not finite.
 _GP_UNKNOWN_NOISE = 1.0
-
 SampleSource = Callable[[float, torch.Generator], torch.Tensor]
-
-
-# --------------------------------------------------------------------------- adiabatic speed
-
-
-@dataclass(frozen=True)
-class AdiabaticSpeed:
-    """A(t) = || d/dt sqrt(p_t) ||_{L2} from samples of p_t (units 1 / t).
-
-    value, stderr : A(t) and its Monte Carlo standard error (delta method).
-    mean, mean_stderr : the sample mean of d/dt log p_t and its standard error; the exact
-        mean is 0 (mass conservation), so |mean| of a few mean_stderr or more flags a
-        score that is not the score of the samples' density.
-    n_samples : samples used; divergence_method : the divergence estimator used.
-    """
-
-    value: float
-    stderr: float
-    mean: float
-    mean_stderr: float
-    n_samples: int
-    divergence_method: str
-
-
-def _dlogp_dt(score: Score, x: torch.Tensor, t: float, method: DivergenceMethod,
-              generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """d/dt log p_t at the points x (n, d) from the score (formula in :func:`adiabatic_speed`).
-
-    Returns (value, error, method): shapes (n,), error = (g^2 / 2) times the divergence
-    estimator's per-point error, and the divergence method used.
-    """
-    div = derivatives.divergence(score, x, t, method=method, generator=generator)
-    s = div.score
-    f = float(score.process.f(t))
-    half_g2 = 0.5 * float(score.process.g2(t))
-    value = -x.shape[-1] * f - f * (x * s).sum(-1) + half_g2 * (div.value + (s * s).sum(-1))
-    return value, half_g2 * div.error, div.method
-
-
-def adiabatic_speed(
-    score: Any,
-    t: float,
-    samples: Any = None,
-    n_samples: int = 20000,
-    generator: torch.Generator | None = None,
-    divergence: DivergenceMethod = "auto",
-) -> AdiabaticSpeed:
-    """The adiabatic speed A(t) = || d/dt sqrt(p_t) ||_{L2} = (1/2) sqrt(E_{p_t}[(d/dt log p_t)^2]).
-
-    Derivation. X_t solves dX = f(t) X dt + g(t) dW in R^d, so p_t obeys the Fokker-Planck
-    equation d/dt p = -div(f x p) + (g^2 / 2) Laplacian p = -d f p - f x . grad p
-    + (g^2 / 2) Laplacian p. Dividing by p, with s = grad log p and
-    Laplacian p / p = div(p s) / p = div s + |s|^2:
-
-        d/dt log p_t(x) = -d f(t) - f(t) x . s_t(x) + (g(t)^2 / 2) (div s_t(x) + |s_t(x)|^2).
-
-    Then d/dt sqrt(p) = sqrt(p) (d/dt log p) / 2, so A^2 = int p (d/dt log p)^2 / 4 dx
-    = E_p[(d/dt log p)^2] / 4, and E_p[d/dt log p] = d/dt int p = 0 (the check reported as
-    ``mean``). A is in units of 1 / t (t the process's own time); 2 int A dt is the
-    Fisher-Rao length of the path.
-
-    Estimator. With q_i = d/dt log p_t(x_i) at n samples, Q = mean_i(w_i), w_i = q_i^2
-    (minus (g^2/2)^2 e_i^2 for the stochastic divergence estimators "hutchinson" and
-    "hutch++", whose per-point standard error e_i adds probe noise of variance e_i^2 to q_i:
-    the subtraction removes that bias), A = sqrt(max(Q, 0)) / 2 and, by the delta method,
-    stderr = se(Q) / (4 sqrt(Q)) with se(Q) = std(w) / sqrt(n) (sqrt(se(Q)) / 2 when Q <= 0,
-    where the delta method fails). The deterministic error of "fd" divergences is not
-    included.
-
-    score : a :class:`Score` or a callable (wrapped by :func:`as_score`).
-    samples : (n, d) samples of p_t. Without them the score must be an :class:`ExactScore`,
-        whose marginal p_t is sampled exactly (``n_samples`` draws with ``generator``);
-        otherwise :class:`SamplesRequiredError` is raised. Samples are not produced by
-        Langevin dynamics with the score: it does not cross the barriers between modes, and
-        A(t) weighs the basins by their mass. Pass e.g. data noised to t,
-        alpha_t x0 + sigma_t z.
-    divergence : the estimator of div s (:func:`scorehamiltonian.score.derivatives.divergence`;
-        "auto" is exact for an :class:`ExactScore`); ``generator`` also seeds its probes.
-    """
-    score = as_score(score)
-    t = float(score.process.time(float(t)))
-    if samples is None:
-        if not isinstance(score, ExactScore):
-            raise SamplesRequiredError(
-                f"adiabatic_speed needs samples of p_t for {score!r}: pass samples=(n, d) tensor (e.g. "
-                "data noised to t, alpha_t x0 + sigma_t z); only an ExactScore is sampled automatically"
-            )
-        if int(n_samples) < 2:
-            raise ValueError(f"n_samples must be at least 2 for a standard error; got {n_samples}")
-        x = score.marginal(t).sample(int(n_samples), generator)
-    else:
-        x = as_float_tensor(samples, "samples")
-        if x.ndim != 2 or x.shape[0] < 2 or (score.dim is not None and x.shape[1] != score.dim):
-            want = f"(n, {score.dim})" if score.dim is not None else "(n, d)"
-            raise InputShapeError(f"samples must have shape {want} with n >= 2; got {tuple(x.shape)}")
-    q, err, method = _dlogp_dt(score, x, t, divergence, generator)
-    w = q**2 - err**2 if method in _STOCHASTIC_DIVERGENCES else q**2
-    n = q.shape[0]
-    q_mean, q_se = float(q.mean()), float(q.std(correction=1)) / math.sqrt(n)
-    total, total_se = float(w.mean()), float(w.std(correction=1)) / math.sqrt(n)
-    if total > 0:
-        value, stderr = 0.5 * math.sqrt(total), total_se / (4.0 * math.sqrt(total))
-    else:
-        value, stderr = 0.0, 0.5 * math.sqrt(total_se)
-    return AdiabaticSpeed(value, stderr, q_mean, q_se, n, method)
-
-
-# --------------------------------------------------------------------------- Gaussian process
-
-
-def time_seed(seed: int, t: float) -> int:
-    """The seed :func:`gap_profile` uses at time t: the first 63 bits of sha256("seed:t.hex()").
-
-    It depends only on the sweep's ``seed`` and the exact float t, not on the order in which
-    times are solved, so a resumed or re-ordered sweep draws the same random numbers at t.
-    """
-    digest = hashlib.sha256(f"{int(seed)}:{float(t).hex()}".encode()).digest()
-    return struct.unpack("<Q", digest[:8])[0] >> 1
-
-
-@contextlib.contextmanager
-def seeded_rng(seed: int) -> Iterator[None]:
-    """Seed the global torch and numpy RNGs with ``seed`` inside the block, restoring both after.
-
-    :func:`spectral_gap` draws the eigen-solver's random start columns from torch (numpy's
-    is seeded too, for a user's score that draws from it); :func:`gap_profile` runs it at
-    time t inside ``seeded_rng(time_seed(seed, t))``, which is how a single time is
-    reproduced.
-    """
-    state = np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        try:
-            yield
-        finally:
-            np.random.set_state(state)
-
-
-class _ExactGP(gpytorch.models.ExactGP):
-    """Constant mean, scaled Matern-5/2 or RBF kernel, on a scalar input."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, likelihood: gpytorch.likelihoods.Likelihood,
-                 kernel: str) -> None:
-        super().__init__(x, y, likelihood)
-        lengthscale = gpytorch.constraints.Interval(0.02, 5.0)
-        base = (gpytorch.kernels.MaternKernel(nu=2.5, lengthscale_constraint=lengthscale) if kernel == "matern52"
-                else gpytorch.kernels.RBFKernel(lengthscale_constraint=lengthscale))
-        base.lengthscale = 0.3
-        self.mean_module = gpytorch.means.ConstantMean()
-        self.covar_module = gpytorch.kernels.ScaleKernel(base)
-
-    def forward(self, x: torch.Tensor) -> gpytorch.distributions.MultivariateNormal:
-        return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run torch on one thread inside the block (restoring the caller's setting after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _fit_gp(u: np.ndarray, y: np.ndarray, noise: np.ndarray, u_new: np.ndarray,
-            kernel: str) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and standard deviation of the latent function at u_new.
-
-    u : inputs in [0, 1]; y : targets; noise : their observation-noise variances (same units
-    as y). Targets are standardised, hyperparameters (constant mean, output scale,
-    lengthscale) maximise the exact marginal likelihood with a fixed Adam run from a fixed
-    start, so the fit is a deterministic function of the data. NaN with fewer than 2 points.
-    The matrices are tiny: the fit runs on one thread (many times faster on a busy machine).
-    """
-    if u.size < 2:
-        return np.full(u_new.shape, np.nan), np.full(u_new.shape, np.nan)
-    order = np.argsort(u, kind="stable")
-    u, y, noise = u[order], y[order], noise[order]
-    centre, scale = float(y.mean()), float(y.std())
-    scale = scale if scale > 1e-12 else 1.0
-    x_train = torch.as_tensor(u, dtype=torch.float64)
-    y_train = torch.as_tensor((y - centre) / scale, dtype=torch.float64)
-    noise_var = torch.as_tensor(np.maximum(noise / scale**2, _GP_NOISE_FLOOR), dtype=torch.float64)
-    with _one_thread(), gpytorch.settings.min_fixed_noise(double_value=_GP_NOISE_FLOOR):
-        likelihood = gpytorch.likelihoods.FixedNoiseGaussianLikelihood(noise=noise_var, learn_additional_noise=False)
-        model = _ExactGP(x_train, y_train, likelihood, kernel).double()
-        mll = gpytorch.mlls.ExactMarginalLogLikelihood(likelihood, model)
-        optimizer = torch.optim.Adam(model.parameters(), lr=_GP_LEARNING_RATE)
-        model.train()
-        likelihood.train()
-        for _ in range(_GP_ITERATIONS):
-            optimizer.zero_grad()
-            loss = -mll(model(x_train), y_train)
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        with torch.no_grad(), gpytorch.settings.fast_pred_var(False):
-            posterior = model(torch.as_tensor(u_new, dtype=torch.float64))
-            mean, std = posterior.mean.numpy(), posterior.variance.clamp_min(0).sqrt().numpy()
-    return centre + scale * mean, scale * std
-
-
-# --------------------------------------------------------------------------- the profile
-
-
 _ARRAY_FIELDS = (
     "times", "lambda0", "lambda1", "eigenvalues", "gap", "gap_error", "converged", "speed",
     "speed_stderr", "speed_mean", "speed_mean_stderr", "proposal_gap_std", "proposal_speed_std",
@@ -390,9 +165,6 @@ def _dtype(name: str) -> Any:
     return {"converged": bool, "solve_order": np.int64}.get(name, np.float64)
 
 
-# --------------------------------------------------------------------------- the sweep
-
-
 def _score_description(score: Score) -> dict[str, Any]:
     """What identifies a score in a checkpoint: type, repr, process, mixture or weights hash."""
     desc: dict[str, Any] = {
@@ -480,6 +252,8 @@ def _log_targets(records: list[dict[str, Any]], value: str, error: str) -> tuple
 
 def _bands(records: list[dict[str, Any]], band_times: np.ndarray, kernel: str) -> dict[str, np.ndarray]:
     """GP mean and std of log gap and log A on band_times (inputs: log t scaled to [0, 1])."""
+    from . import gp  # gpytorch loads on the first adaptive sweep, not with the package
+
     lo, hi = math.log(band_times[0]), math.log(band_times[-1])
     width = hi - lo if hi > lo else 1.0
 
@@ -489,7 +263,7 @@ def _bands(records: list[dict[str, Any]], band_times: np.ndarray, kernel: str) -
     out = {}
     for name, value, error in (("gap", "gap", "gap_error"), ("speed", "speed", "speed_stderr")):
         t, y, noise = _log_targets(records, value, error)
-        mean, std = _fit_gp(scaled(t), y, noise, scaled(band_times), kernel)
+        mean, std = gp.fit_gp(scaled(t), y, noise, scaled(band_times), kernel)
         out[f"band_log_{name}_mean"], out[f"band_log_{name}_std"] = mean, std
     return out
 

@@ -63,54 +63,30 @@ above ``HEAVY_TAIL_SHARE`` of the Dirichlet sum) marks that case.
 
 from __future__ import annotations
 
-import copy
-import itertools
 import math
 import warnings
-from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
-from ..common.errors import InputShapeError, NotPositiveDefiniteError, SamplesRequiredError
-from ..common.seeds import draw_seed
+from ..common.errors import InputShapeError, SamplesRequiredError
 from ..common.validation import as_float_tensor
 from ..score.interface import ExactScore, as_score
+from .ritz_basis import SAMPLES_PER_FUNCTION, BasisName, FeatureMap, basis_name, feature_map
 
 __all__ = ["RitzResult", "ritz_gap"]
 
-BasisName = Literal["auto", "polynomial", "tanh", "poly+tanh", "network"]
-
 #: Eigenvalues of the (unit-diagonal) covariance B below rcond times its largest are discarded.
 DEFAULT_RCOND = 1e-10
-#: Samples per basis function in the fit half below which the result is flagged (and "auto" shrinks).
-SAMPLES_PER_FUNCTION = 10
 #: Relative standard error above which the result is flagged.
 LARGE_RELATIVE_ERROR = 0.1
 #: Share of the held-out Dirichlet sum carried by one sample above which the result is flagged.
 HEAVY_TAIL_SHARE = 0.05
-#: Number of leading principal axes carrying ridge features.
-RIDGE_AXES = 3
-#: Smallest and largest ridge width, in whitened units.
-RIDGE_WIDTHS = (0.005, 1.0)
-#: Fit samples a ridge feature's transition (one width either side of its centre) must hold.
-#: A step whose transition holds no sample has zero sample Dirichlet energy: it would fit the
-#: gaps between samples instead of p_t.
-MIN_TRANSITION_SAMPLES = 100
-#: Number of distinct ridge widths.
-N_RIDGE_WIDTHS = 6
 #: Largest basis accepted (B and A are dense m x m matrices).
 MAX_BASIS_SIZE = 5000
 #: Bootstrap resamples for the standard errors of the held-out Ritz values.
 N_BOOTSTRAP = 200
-#: The "network" basis: hidden width (= basis functions), training steps and learning rate.
-NETWORK_WIDTH = 32
-NETWORK_STEPS = 400
-NETWORK_LEARNING_RATE = 1e-2
-#: Steps between the held-out checks of the network's training (early stopping).
-NETWORK_CHECK = 10
 
 
 @dataclass(frozen=True)
@@ -152,7 +128,7 @@ class RitzResult:
     dim: int
     t: float
     flags: tuple[str, ...]
-    features: _FeatureMap = field(repr=False, compare=False)
+    features: FeatureMap = field(repr=False, compare=False)
     coefficients: torch.Tensor = field(repr=False, compare=False)
     offsets: torch.Tensor = field(repr=False, compare=False)
 
@@ -178,251 +154,6 @@ class RitzResult:
         flat = x.reshape(-1, self.dim)
         grads = self.features.gradients(flat, self.coefficients[:, k : k + 1])[:, 0]
         return grads.reshape(x.shape)
-
-
-@dataclass(frozen=True)
-class _Whitening:
-    """z = Lambda^{-1/2} U^T (x - mean); axes (columns of U) by decreasing variance Lambda."""
-
-    mean: torch.Tensor
-    axes: torch.Tensor
-    variances: torch.Tensor
-
-    @classmethod
-    def fit(cls, x: torch.Tensor) -> _Whitening:
-        mean = x.mean(0)
-        cov = torch.cov(x.T, correction=1).reshape(x.shape[1], x.shape[1])
-        variances, axes = torch.linalg.eigh(cov)
-        if not bool(variances[0] > 1e-12 * variances[-1]):
-            raise NotPositiveDefiniteError(
-                "the samples' covariance is singular (eigenvalues "
-                f"{variances[0].item():.3g} .. {variances[-1].item():.3g}): they lie in a subspace, "
-                "where p_t has no density and no finite Poincare constant"
-            )
-        return cls(mean, axes.flip(1), variances.flip(0))
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) @ self.axes / self.variances.sqrt()
-
-
-class _HermiteBasis:
-    """prod_j He_{n_j}(z_j) / sqrt(n_j!) for 1 <= sum_j n_j <= degree.
-
-    Each function is stored as ``degree`` slots (variable, power), distinct variables, padded
-    with power 0.
-    """
-
-    def __init__(self, dim: int, degree: int, device: torch.device) -> None:
-        slots = [_slots(combo, degree) for k in range(1, degree + 1)
-                 for combo in itertools.combinations_with_replacement(range(dim), k)]
-        table = torch.tensor(slots, dtype=torch.long, device=device).reshape(-1, degree, 2)
-        self.variables, self.powers = table[..., 0], table[..., 1]
-        self.degree, self.dim = degree, dim
-        self.size = len(slots)
-
-    def _tables(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """He_p(z_j) / sqrt(p!) and its derivative p He_{p-1}(z_j) / sqrt(p!), (n, d, degree+1)."""
-        he = [torch.ones_like(z), z]
-        for p in range(1, self.degree):
-            he.append(z * he[p] - p * he[p - 1])
-        norm = torch.tensor([math.sqrt(math.factorial(p)) for p in range(self.degree + 1)],
-                            dtype=z.dtype, device=z.device)
-        values = torch.stack(he[: self.degree + 1], dim=-1) / norm
-        powers = torch.arange(self.degree + 1, dtype=z.dtype, device=z.device)
-        derivs = torch.cat([torch.zeros_like(values[..., :1]), values[..., :-1]], dim=-1) * powers.sqrt()
-        return values, derivs
-
-    def values(self, z: torch.Tensor) -> torch.Tensor:
-        table, _ = self._tables(z)
-        out = torch.ones(z.shape[0], self.size, dtype=z.dtype, device=z.device)
-        for s in range(self.degree):
-            out = out * table[:, self.variables[:, s], self.powers[:, s]]
-        return out
-
-    def partials(self, z: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        table, derivs = self._tables(z)
-        for j in range(self.dim):
-            cols, parts = [], []
-            for s in range(self.degree):
-                idx = torch.nonzero((self.variables[:, s] == j) & (self.powers[:, s] > 0)).flatten()
-                part = derivs[:, j, self.powers[idx, s]]
-                for other in set(range(self.degree)) - {s}:
-                    part = part * table[:, self.variables[idx, other], self.powers[idx, other]]
-                cols.append(idx)
-                parts.append(part)
-            yield torch.cat(cols), torch.cat(parts, dim=1)
-
-
-def _slots(combo: tuple[int, ...], degree: int) -> list[list[int]]:
-    """(variable, power) pairs of a multiset of variables, padded to ``degree`` slots."""
-    pairs = [[var, power] for var, power in sorted(Counter(combo).items())]
-    return pairs + [[0, 0]] * (degree - len(pairs))
-
-
-class _RidgeBasis:
-    """tanh((u . z - c) / w) for directions u (F, d), centres c (F,) and widths w (F,)."""
-
-    def __init__(self, directions: torch.Tensor, centres: torch.Tensor, widths: torch.Tensor) -> None:
-        self.directions, self.centres, self.widths = directions, centres, widths
-        self.size = centres.numel()
-        self.dim = directions.shape[1]
-
-    @classmethod
-    def fit(cls, z: torch.Tensor, n_features: int, generator: torch.Generator | None) -> _RidgeBasis:
-        """Features on the leading axes and random directions in their span, from whitened z."""
-        dim = z.shape[1]
-        n_axes = min(dim, RIDGE_AXES)
-        axes = torch.eye(n_axes, dim, dtype=z.dtype, device=z.device)
-        random = _random_directions(2 * n_axes if n_axes > 1 else 0, n_axes, z, generator)
-        directions = torch.cat([axes, random @ axes])
-        n_centres = max(1, n_features // (directions.shape[0] * N_RIDGE_WIDTHS))
-        grids = [_centres_and_widths(z @ u, n_centres) for u in directions]
-        rows = torch.repeat_interleave(directions, n_centres * N_RIDGE_WIDTHS, dim=0)
-        return cls(rows, torch.cat([g[0] for g in grids]), torch.cat([g[1] for g in grids]))
-
-    def values(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.tanh((z @ self.directions.T - self.centres) / self.widths)
-
-    def partials(self, z: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        slope = (1.0 - self.values(z) ** 2) / self.widths
-        for j in range(self.dim):
-            idx = torch.nonzero(self.directions[:, j]).flatten()
-            yield idx, slope[:, idx] * self.directions[idx, j]
-
-
-def _centres_and_widths(y: torch.Tensor, n_centres: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centres evenly spaced over the central 99.8 % of y, each with N_RIDGE_WIDTHS geometric widths.
-
-    The narrowest width at centre c is the distance from c to its MIN_TRANSITION_SAMPLES-th
-    nearest sample (at least RIDGE_WIDTHS[0]); the widest is RIDGE_WIDTHS[1] or that, if larger.
-    """
-    lo, hi = torch.quantile(y, torch.tensor([0.001, 0.999], dtype=y.dtype, device=y.device))
-    centres = torch.linspace(float(lo), float(hi), n_centres, dtype=y.dtype, device=y.device)
-    k = min(MIN_TRANSITION_SAMPLES, y.numel())
-    narrow = torch.kthvalue((y[:, None] - centres).abs(), k, dim=0).values.clamp_min(RIDGE_WIDTHS[0])
-    wide = narrow.clamp_min(RIDGE_WIDTHS[1])
-    steps = torch.linspace(0.0, 1.0, N_RIDGE_WIDTHS, dtype=y.dtype, device=y.device)
-    widths = narrow[:, None] * (wide / narrow)[:, None] ** steps
-    return centres.repeat_interleave(N_RIDGE_WIDTHS), widths.flatten()
-
-
-def _random_directions(n: int, dim: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """n unit vectors uniform on the sphere in R^dim."""
-    device = generator.device if generator is not None else like.device
-    u = torch.randn(n, dim, dtype=like.dtype, device=device, generator=generator).to(like.device)
-    return u / u.norm(dim=1, keepdim=True)
-
-
-def _network_quotient(model: torch.nn.Module, z: torch.Tensor, variances: torch.Tensor,
-                      create_graph: bool) -> torch.Tensor:
-    """mean |grad_x f|^2 / var f of the network's output f over z (z requires grad)."""
-    f = model(z).squeeze(-1)
-    (grad,) = torch.autograd.grad(f.sum(), z, create_graph=create_graph)
-    return ((grad**2) / variances).sum(-1).mean() / f.var()
-
-
-class _NetworkBasis:
-    """h(z): the last hidden layer of a tanh network d -> W -> W, whose scalar head w . h was
-    trained to minimise the Rayleigh quotient of the fit samples (module docstring)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        self.net = net
-        self.size = NETWORK_WIDTH
-
-    @classmethod
-    def fit(cls, z: torch.Tensor, variances: torch.Tensor, generator: torch.Generator | None) -> _NetworkBasis:
-        """Train on whitened fit samples z (|grad_x f|^2 = sum_j (d f / d z_j)^2 / Lambda_j):
-        on 80 % of them, keeping the parameters whose quotient on the other 20 % was lowest
-        (checked every ``NETWORK_CHECK`` steps), so that a network that starts to fit the
-        gaps between samples is stopped where it still describes p_t."""
-        seed = draw_seed(generator)
-        n_train = max(2, int(0.8 * z.shape[0]))
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            torch.manual_seed(seed)
-            net = torch.nn.Sequential(torch.nn.Linear(z.shape[1], NETWORK_WIDTH), torch.nn.Tanh(),
-                                      torch.nn.Linear(NETWORK_WIDTH, NETWORK_WIDTH), torch.nn.Tanh()
-                                      ).to(dtype=z.dtype, device=z.device)
-            head = torch.nn.Linear(NETWORK_WIDTH, 1).to(dtype=z.dtype, device=z.device)
-            model = torch.nn.Sequential(net, head)
-            optimiser = torch.optim.Adam(model.parameters(), lr=NETWORK_LEARNING_RATE)
-            train, check = (part.detach().clone().requires_grad_(True) for part in (z[:n_train], z[n_train:]))
-            best, state = math.inf, copy.deepcopy(net.state_dict())
-            for step in range(NETWORK_STEPS + 1):
-                if step % NETWORK_CHECK == 0:
-                    held_out = float(_network_quotient(model, check, variances, create_graph=False))
-                    if held_out < best:
-                        best, state = held_out, copy.deepcopy(net.state_dict())
-                if step == NETWORK_STEPS:
-                    break
-                optimiser.zero_grad()
-                _network_quotient(model, train, variances, create_graph=True).backward()
-                optimiser.step()
-        net.load_state_dict(state)
-        net.requires_grad_(False)
-        return cls(net)
-
-    def values(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
-
-    def partials(self, z: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        columns = torch.arange(self.size, device=z.device)
-        for j in range(z.shape[1]):
-            direction = torch.zeros_like(z)
-            direction[:, j] = 1.0
-            _, tangent = torch.func.jvp(self.net, (z,), (direction,))
-            yield columns, tangent
-
-
-class _FeatureMap:
-    """Whitening followed by one or more bases; values, gradients and Gram matrices in x."""
-
-    def __init__(self, whitening: _Whitening, parts: list[Any]) -> None:
-        self.whitening, self.parts = whitening, parts
-        self.size = sum(p.size for p in parts)
-        self.dim = whitening.mean.numel()
-
-    def check(self, x: Any) -> torch.Tensor:
-        x = as_float_tensor(x, "x", dtype=self.whitening.mean.dtype, device=self.whitening.mean.device)
-        if x.ndim == 0 or x.shape[-1] != self.dim:
-            raise InputShapeError(f"x must have shape (..., {self.dim}); got {tuple(x.shape)}")
-        return x
-
-    def values(self, x: torch.Tensor) -> torch.Tensor:
-        """Basis functions at x (n, d): (n, m)."""
-        z = self.whitening(x)
-        return torch.cat([p.values(z) for p in self.parts], dim=1)
-
-    def partials(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """For j = 0..d-1: (columns, d phi / d z_j of those columns, (n, len(columns)))."""
-        z = self.whitening(x)
-        offsets = itertools.accumulate([0] + [p.size for p in self.parts])
-        streams = [_shifted(p.partials(z), off) for p, off in zip(self.parts, offsets)]
-        for pieces in zip(*streams):
-            yield torch.cat([c for c, _ in pieces]), torch.cat([v for _, v in pieces], dim=1)
-
-    def dirichlet_gram(self, x: torch.Tensor) -> torch.Tensor:
-        """A_ik = mean_n grad_x phi_i . grad_x phi_k = sum_j mean(dz_j phi_i dz_j phi_k) / Lambda_j."""
-        gram = x.new_zeros(self.size, self.size)
-        for j, (cols, part) in enumerate(self.partials(x)):
-            gram[cols[:, None], cols] += part.T @ part / self.whitening.variances[j]
-        return gram / x.shape[0]
-
-    def z_gradients(self, x: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-        """d f / d z_j of f = phi @ coefficients (m, r): shape (n, r, d)."""
-        cols_parts = list(self.partials(x))
-        return torch.stack([part @ coefficients[cols] for cols, part in cols_parts], dim=-1)
-
-    def gradients(self, x: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
-        """grad_x f of f = phi @ coefficients (m, r): shape (n, r, d)."""
-        scaled = self.z_gradients(x, coefficients) / self.whitening.variances.sqrt()
-        return scaled @ self.whitening.axes.T
-
-
-def _shifted(stream: Iterator[tuple[torch.Tensor, torch.Tensor]], offset: int
-             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The (columns, partials) stream of one basis with its columns moved by ``offset``."""
-    for cols, part in stream:
-        yield cols + offset, part
 
 
 def ritz_gap(
@@ -467,7 +198,7 @@ def ritz_gap(
     n_fit = _split_size(x.shape[0], fit_fraction)
     order = _permutation(x.shape[0], x, generator)
     x_fit, x_eval = x[order[:n_fit]], x[order[n_fit:]]
-    features = _feature_map(x_fit, basis, degree, n_features, generator)
+    features = feature_map(x_fit, basis, degree, n_features, generator)
     if features.size > MAX_BASIS_SIZE:
         raise ValueError(f"the basis has {features.size} functions, above MAX_BASIS_SIZE = "
                          f"{MAX_BASIS_SIZE}; lower degree or n_features")
@@ -480,7 +211,7 @@ def ritz_gap(
     if int(n_eigenvalues) < 1:
         raise ValueError(f"n_eigenvalues must be at least 1; got {n_eigenvalues!r}")
     fit = _fit(features, x_fit, int(n_eigenvalues), rcond)
-    return _evaluate(features, x_eval, fit, x.shape[1], t, _basis_name(basis), n_fit, generator)
+    return _evaluate(features, x_eval, fit, x.shape[1], t, basis_name(basis), n_fit, generator)
 
 
 def _samples(score: Any, t: float, samples: Any, n_samples: int, generator) -> torch.Tensor:
@@ -521,44 +252,6 @@ def _permutation(n: int, like: torch.Tensor, generator: torch.Generator | None) 
     return torch.randperm(n, generator=generator, device=device).to(like.device)
 
 
-def _basis_name(basis: str) -> str:
-    return "poly+tanh" if basis == "auto" else basis
-
-
-def _feature_map(x_fit: torch.Tensor, basis: str, degree: int | None, n_features: int | None,
-                 generator: torch.Generator | None) -> _FeatureMap:
-    """Whitening from the fit half and the requested basis (sizes chosen for "auto")."""
-    if basis not in ("auto", "polynomial", "tanh", "poly+tanh", "network"):
-        raise ValueError(f"basis must be 'auto', 'polynomial', 'tanh', 'poly+tanh' or 'network'; got {basis!r}")
-    whitening = _Whitening.fit(x_fit)
-    z = whitening(x_fit)
-    n, dim = x_fit.shape
-    budget = n // (2 * SAMPLES_PER_FUNCTION) if basis == "auto" else None
-    parts: list[Any] = []
-    if basis == "network":
-        return _FeatureMap(whitening, [_HermiteBasis(dim, 1, x_fit.device),
-                                       _NetworkBasis.fit(z, whitening.variances, generator)])
-    if basis != "tanh":
-        parts.append(_HermiteBasis(dim, degree or _auto_degree(dim, budget), x_fit.device))
-    if basis != "polynomial":
-        parts.append(_RidgeBasis.fit(z, n_features or _auto_features(dim, budget), generator))
-    return _FeatureMap(whitening, parts)
-
-
-def _auto_degree(dim: int, budget: int | None) -> int:
-    """Highest default degree (3 up to d = 5, 2 up to d = 60, then 1) whose basis fits the sample budget."""
-    degree = 3 if dim <= 5 else 2 if dim <= 60 else 1
-    while degree > 1 and budget is not None and math.comb(dim + degree, degree) - 1 > budget:
-        degree -= 1
-    return degree
-
-
-def _auto_features(dim: int, budget: int | None) -> int:
-    """Default ridge-feature count (240 in 1D, 270 otherwise), capped by the sample budget."""
-    count = 240 if dim == 1 else 270
-    return max(N_RIDGE_WIDTHS, min(count, budget)) if budget is not None else count
-
-
 class _Fit(NamedTuple):
     """Coefficients (m, r) of the r lowest Ritz functions, their in-sample Ritz values, rank kept."""
 
@@ -567,7 +260,7 @@ class _Fit(NamedTuple):
     rank: int
 
 
-def _fit(features: _FeatureMap, x: torch.Tensor, r: int, rcond: float) -> _Fit:
+def _fit(features: FeatureMap, x: torch.Tensor, r: int, rcond: float) -> _Fit:
     """Solve A c = theta B c on x after unit-variance scaling and the rcond cut of B."""
     phi = features.values(x)
     phi = phi - phi.mean(0)
@@ -663,7 +356,7 @@ def _flags(value: float, stderr: float, first_ritz: float, n_fit: int, size: int
     return raised
 
 
-def _evaluate(features: _FeatureMap, x: torch.Tensor, fit: _Fit, dim: int, t: float, basis: str,
+def _evaluate(features: FeatureMap, x: torch.Tensor, fit: _Fit, dim: int, t: float, basis: str,
               n_fit: int, generator: torch.Generator | None) -> RitzResult:
     """Fix the fitted functions, normalise them on the held-out x and estimate their quotients."""
     raw = features.values(x) @ fit.coefficients

@@ -59,24 +59,18 @@ Error of the result (``EnergyResult.error``, absolute, nats), the sum of three p
   = -d f + (g^2 / 2)(div s + |s|^2) - f x . s (continuity equation along the fixed x); twice
   that is reported, as for the reference error.
 
-Line-integral readout (:func:`line_energy`): log p_t(b) - log p_t(a) = int_gamma s_t . dl along
-several paths gamma from a to b (Gauss-Legendre in the path parameter). For a true score every
-path gives the same number; the spread (the cycle closure: the integral around the loop made
-of two paths) is the audit figure of a learned score, and :func:`energy` reports it beside the
-energies of any score that is not an :class:`ExactScore`.
+The cycle closure of :func:`~.line_energy.line_energy` is reported beside the energies of any score
+that is not an :class:`ExactScore`.
 """
 
 from __future__ import annotations
 
-import functools
-import itertools
 import math
 import warnings
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 import numpy as np
-import scipy.optimize
 import torch
 
 from ..common.errors import ScheduleError, ScoreHamiltonianError
@@ -87,53 +81,18 @@ from ..sampling.schedules import Schedule, as_schedule, standard_schedule
 from ..score import derivatives
 from ..score.interface import ExactScore, Score, as_score
 from ..score.processes import ForwardProcess
-from ..spectral.eigensolvers import ConvergenceWarning
+from ..spectral.solution import ConvergenceWarning
+from . import integrators
+from .line_energy import line_energy
 
-__all__ = ["DEFAULT_STEPS", "EnergyResult", "LineEnergyResult", "default_schedule", "energy", "line_energy", "start_time"]
+__all__ = ["DEFAULT_STEPS", "EnergyResult", "default_schedule", "energy", "start_time"]
 
 EnergyMethod = Literal["rk4", "heun", "euler", "dopri5"]
 DivergenceChoice = Literal["exact", "hutchinson"]
-
 #: Steps of the default schedule (EDM rho = 7 between the process's t_max and t_min).
 DEFAULT_STEPS = 128
 #: Relative tolerance, in units of the process's time range, for a schedule's end points.
 _SPAN_RTOL = 1e-9
-#: Differences below this fraction of 1 + |E| count as round-off in the asymptotic check.
-_ROUNDOFF_RTOL = 1e-10
-#: Factor between the tolerances of the dopri5 solve and of its error-estimating companion.
-_LOOSE_FACTOR = 10.0
-
-#: Butcher tableaus (a, b, c) of the explicit fixed-step integrators, and their orders.
-_TABLEAUS: dict[str, tuple[list[list[float]], list[float], list[float]]] = {
-    "euler": ([], [1.0], [0.0]),
-    "heun": ([[1.0]], [0.5, 0.5], [0.0, 1.0]),
-    "rk4": ([[0.5], [0.0, 0.5], [0.0, 0.0, 1.0]], [1 / 6, 1 / 3, 1 / 3, 1 / 6], [0.0, 0.5, 0.5, 1.0]),
-}
-ORDERS = {"euler": 1, "heun": 2, "rk4": 4, "dopri5": 5}
-#: Steps shorter than this fraction of the longest are never split (``_split_steps``).
-_NEGLIGIBLE_STEP = 1e-3
-
-
-@dataclass(frozen=True)
-class LineEnergyResult:
-    """log p_t(b) - log p_t(a) from line integrals of the score along several paths.
-
-    value : (n,) the mean over paths of int s_t . dl (nats).
-    error : (n,) quadrature_error + closure: bounds the distance of every path's integral
-        from ``value``.
-    closure : (n,) max - min over paths: the largest cycle-closure residual |oint s . dl| of a
-        loop made of two of the paths (zero to quadrature error for a true score).
-    quadrature_error : (n,) max over paths of |I_n - I_{n/2}| (Gauss-Legendre with n and n/2
-        nodes): an over-estimate of the error of I_n for a smooth integrand.
-    per_path : (n, P) each path's integral; nfe : score evaluations per point.
-    """
-
-    value: torch.Tensor
-    error: torch.Tensor
-    closure: torch.Tensor
-    quadrature_error: torch.Tensor
-    per_path: torch.Tensor
-    nfe: int
 
 
 @dataclass(frozen=True)
@@ -195,8 +154,8 @@ class _Field:
             res = derivatives.divergence(self.score, x, t, method=self.exact)
             self.n_vjp += res.n_vjp
             return res.score, res.value[:, None]
-        x_leaf, s = derivatives._score_with_graph(self.score, x, t)
-        div = torch.stack([(derivatives._vjp(s, x_leaf, v) * v).sum(-1) for v in self.probes], -1)
+        x_leaf, s = derivatives.score_with_graph(self.score, x, t)
+        div = torch.stack([(derivatives.vjp(s, x_leaf, v) * v).sum(-1) for v in self.probes], -1)
         self.n_vjp += len(self.probes)
         return s.detach(), div.detach()
 
@@ -206,106 +165,6 @@ class _Field:
         s, div = self.score_and_divergence(t, x)
         f, half_g2 = self.process.f(t), 0.5 * self.process.g2(t)
         return f * x - half_g2 * s, x.shape[-1] * f - half_g2 * div
-
-
-def _fixed_step(field: _Field, x: torch.Tensor, m: int, times: torch.Tensor, method: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Integrate (x, l) over the increasing ``times`` with an explicit Runge-Kutta tableau."""
-    a, b, c = _TABLEAUS[method]
-    state = (x, torch.zeros(x.shape[0], m, dtype=x.dtype, device=x.device))
-    for t0, t1 in itertools.pairwise(times):
-        h = t1 - t0
-        stages: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for i, ci in enumerate(c):
-            stages.append(field(t0 + ci * h, _combine(state, h, a[i - 1], stages) if i else state))
-        state = _combine(state, h, b, stages)
-    return state
-
-
-def _combine(state: tuple[torch.Tensor, ...], h: torch.Tensor, coeffs: list[float],
-             stages: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
-    """state + h sum_i coeffs_i stages_i, component by component."""
-    return tuple(s0 + h * sum(c * k[j] for c, k in zip(coeffs, stages)) for j, s0 in enumerate(state))
-
-
-def _dopri5(field: _Field, x: torch.Tensor, m: int, span: torch.Tensor, rtol: float, atol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchdiffeq import odeint
-
-    y0 = (x, torch.zeros(x.shape[0], m, dtype=x.dtype, device=x.device))
-    xs, ls = odeint(field, y0, span, rtol=rtol, atol=atol, method="dopri5")
-    return xs[-1], ls[-1]
-
-
-def _single_step(steps: Any) -> int | None:
-    """The step left unpaired by step doubling, given the step lengths (a torch or numpy
-    vector): none for an even count, else the smallest step at an even position (the pairs
-    before and after it then tile the rest)."""
-    if len(steps) % 2 == 0:
-        return None
-    return 2 * int(steps[0::2].argmin())
-
-
-def _coarse(times: torch.Tensor) -> torch.Tensor:
-    """Every other time of the grid, keeping both ends; with an odd number of steps the
-    smallest step at an even position stays single (``_single_step``)."""
-    j = _single_step(times.diff().abs())
-    if j is None:
-        return times[::2]
-    return torch.cat([times[: j + 1 : 2], times[j + 1 :: 2]])
-
-
-@functools.cache
-def _least_pair_ratio(order: int) -> float:
-    """The smallest ratio r = h_small / h_large of two paired steps at which step doubling
-    still covers their local error c (h_1^(p+1) + h_2^(p+1)) (equal c): the root of
-    f (1 + r)^(p+1) - f (1 + r^(p+1)) - (1 + r^(p+1)) = 0, f = 2 for Euler (its estimate is
-    doubled) else 1; 0.149 for RK4, 0.268 for Heun and Euler."""
-    f = 2.0 if order == 1 else 1.0
-    return float(scipy.optimize.brentq(
-        lambda r: f * ((1 + r) ** (order + 1) - 1 - r ** (order + 1)) - (1 + r ** (order + 1)), 1e-9, 1.0))
-
-
-def _split_steps(times: torch.Tensor, order: int) -> list[int]:
-    """The steps whose error step doubling cannot see: the larger step of every pair of the
-    first coarsening whose ratio h_small / h_large is below ``_least_pair_ratio``, and a
-    single step larger than both neighbours; steps shorter than ``_NEGLIGIBLE_STEP`` times
-    the longest are left out (their error, ~h^(p+1), cannot matter)."""
-    steps = times.diff().abs().cpu().numpy()
-    j = _single_step(steps)
-    starts = list(range(0, len(steps) - 1, 2)) if j is None else (
-        list(range(0, j, 2)) + list(range(j + 1, len(steps) - 1, 2)))
-    least, floor = _least_pair_ratio(order), _NEGLIGIBLE_STEP * steps.max()
-    split = [a if steps[a] > steps[a + 1] else a + 1 for a in starts
-             if min(steps[a], steps[a + 1]) < least * max(steps[a], steps[a + 1])]
-    if j is not None and 0 < j < len(steps) - 1 and steps[j] > max(steps[j - 1], steps[j + 1]):
-        split.append(j)
-    return sorted(i for i in split if steps[i] > floor)
-
-
-def _refine(times: torch.Tensor, split: list[int]) -> torch.Tensor:
-    """The grid with the midpoint of each step in ``split`` inserted."""
-    mids = (times[split] + times[[i + 1 for i in split]]) / 2
-    return torch.cat([times, mids]).sort(descending=bool(times[0] > times[-1])).values
-
-
-def _integrator_error(values: list[torch.Tensor], method: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Step-doubling error of values[0], the observed ratio and whether the refinement is asymptotic.
-
-    With d1 = |E_h - E_2h| and d2 = |E_2h - E_4h|: error = max(d1, d2 / 2^p) (times 2 for Euler);
-    the second term covers points where the leading error term changes sign and d1 alone
-    vanishes. Ratio d2 / d1 (2^p asymptotically). Asymptotic: ratio >= 2^(p-1), or d1 at
-    round-off level. dopri5: |E - E_loose|, ratio NaN, no such check (all True).
-    """
-    d1 = (values[0] - values[1]).abs()
-    if method == "dopri5":
-        return d1, torch.full_like(d1, math.nan), torch.ones_like(d1, dtype=torch.bool)
-    order = ORDERS[method]
-    d2 = (values[1] - values[2]).abs()
-    ratio = d2 / d1
-    roundoff = d1 <= _ROUNDOFF_RTOL * (1.0 + values[0].abs())
-    error = torch.maximum(d1, d2 / 2.0**order) * (2.0 if order == 1 else 1.0)
-    if len(values) == 4:
-        error = error + (values[0] - values[3]).abs() * 2.0**order / (2.0**order - 1.0)
-    return error, ratio, (ratio >= 2.0 ** (order - 1)) | roundoff
 
 
 def _reference_error(field: _Field, x_T: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
@@ -391,27 +250,7 @@ def _probes(divergence: str, n_probes: int, x: torch.Tensor, generator: torch.Ge
         raise ValueError(f"divergence must be 'exact' or 'hutchinson'; got {divergence!r}")
     if int(n_probes) < 2:
         raise ValueError(f"n_probes must be at least 2 for a standard error; got {n_probes}")
-    return derivatives._rademacher((int(n_probes), *x.shape), x, generator)
-
-
-def _solve(field: _Field, x: torch.Tensor, m: int, times: torch.Tensor, method: str, rtol: float, atol: float
-           ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(x_T, l per probe) on the grid and its error-estimating companions.
-
-    Fixed steps: the grid, every other time of it and every fourth (step doubling twice), and
-    the grid with the steps of ``_split_steps`` halved when there are any.
-    dopri5: tolerances (rtol, atol) and ten times looser.
-    """
-    if method == "dopri5":
-        span = times[[0, -1]]
-        return [_dopri5(field, x, m, span, f * rtol, f * atol) for f in (1.0, _LOOSE_FACTOR)]
-    if method not in _TABLEAUS:
-        raise ValueError(f"method must be one of 'rk4', 'heun', 'euler', 'dopri5'; got {method!r}")
-    grids = [times, _coarse(times), _coarse(_coarse(times))]
-    split = _split_steps(times, ORDERS[method])
-    if split:
-        grids.append(_refine(times, split))
-    return [_fixed_step(field, x, m, grid, method) for grid in grids]
+    return derivatives.rademacher((int(n_probes), *x.shape), x, generator)
 
 
 def _log_reference(process: ForwardProcess, x_T: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
@@ -511,11 +350,11 @@ class _Task:
         probes = _probes(self.divergence, self.n_probes, flat, generator)
         m = 1 if probes is None else probes.shape[0]
         field = _Field(self.score, process, probes)
-        solutions = _solve(field, flat, m, times, self.method, self.rtol, self.atol)
+        solutions = integrators.integrate(field, flat, m, times, self.method, self.rtol, self.atol)
         x_T, ell = solutions[0]
         T = times[-1]
         values = [-(_log_reference(process, xs, T) + ls.mean(-1)) for xs, ls in solutions]
-        integrator_error, ratio, converged = _integrator_error(values, self.method)
+        integrator_error, ratio, converged = integrators.integrator_error(values, self.method)
         reference_error = _reference_error(field, x_T, T)
         divergence_error = ell.std(-1, correction=1) / math.sqrt(m) if m > 1 else torch.zeros_like(values[0])
         start_error = (_start_error(field, flat, times[0]) if self.t_start > process.t_min
@@ -596,87 +435,3 @@ def _warn_unconverged(converged: torch.Tensor, schedule: Schedule) -> None:
 def _closure(score: Score, x: torch.Tensor, t: float) -> torch.Tensor:
     anchor = x.mean(0, keepdim=True) if x.shape[0] > 1 else torch.zeros_like(x)
     return line_energy(score, anchor.expand_as(x), x, t=t).closure
-
-
-# --------------------------------------------------------------------------- line integrals
-
-
-def _perpendicular_basis(u: torch.Tensor) -> torch.Tensor:
-    """(n, d, d - 1) orthonormal directions perpendicular to the unit vectors u (n, d).
-
-    Columns 2..d of the Householder reflection that maps e_1 to +-u.
-    """
-    e1 = torch.zeros_like(u)
-    e1[:, 0] = 1.0
-    flip = (u[:, :1] < 0).to(u.dtype) * 2 - 1
-    v = u - flip * e1
-    reflection = torch.eye(u.shape[1], dtype=u.dtype, device=u.device) - 2 * v[:, :, None] * v[:, None, :] / (
-        (v**2).sum(-1)[:, None, None]
-    )
-    return reflection[:, :, 1:]
-
-
-def _default_bulges(a: torch.Tensor, b: torch.Tensor, n_paths: int) -> torch.Tensor:
-    """(P, n, d) bulge vectors: 0 (straight), then +-|b - a| / 2 along perpendicular directions
-    in turn (along the segment itself in 1D, where every path gives the same integral)."""
-    delta = b - a
-    length = delta.norm(dim=-1, keepdim=True)
-    u = delta / length.clamp_min(torch.finfo(a.dtype).tiny)
-    basis = u[:, :, None] if a.shape[1] == 1 else _perpendicular_basis(u)
-    bulges = [torch.zeros_like(a)]
-    for k in range(1, n_paths):
-        direction = basis[:, :, ((k - 1) // 2) % basis.shape[2]]
-        bulges.append((-1) ** (k - 1) * 0.5 * length * direction)
-    return torch.stack(bulges)
-
-
-def _path_integral(score: Score, a: torch.Tensor, b: torch.Tensor, bulges: torch.Tensor, t: float,
-                   n_nodes: int) -> torch.Tensor:
-    """(n, P) int_0^1 s_t(gamma(u)) . gamma'(u) du, gamma(u) = a + u (b - a) + sin(pi u) bulge."""
-    nodes, weights = (torch.as_tensor(v, dtype=a.dtype, device=a.device) for v in np.polynomial.legendre.leggauss(n_nodes))
-    u, w = 0.5 * (nodes + 1.0), 0.5 * weights
-    delta = (b - a)[None, None]
-    points = a[None, None] + u[:, None, None, None] * delta + torch.sin(math.pi * u)[:, None, None, None] * bulges[None]
-    tangent = delta + math.pi * torch.cos(math.pi * u)[:, None, None, None] * bulges[None]
-    s = score(points.reshape(-1, a.shape[1]), t).reshape(points.shape)
-    return torch.einsum("q,qpnd->np", w, (s * tangent)).detach()
-
-
-def line_energy(
-    score: Any,
-    a: Any,
-    b: Any,
-    t: float | None = None,
-    paths: int | Any = 3,
-    n_nodes: int = 32,
-) -> LineEnergyResult:
-    """log p_t(b) - log p_t(a) = int_gamma s_t . dl along several paths, with the cycle closure.
-
-    Paths gamma_k(u) = a + u (b - a) + sin(pi u) delta_k, u in [0, 1], integrated by
-    Gauss-Legendre with ``n_nodes`` nodes in u (and n_nodes / 2 for the error estimate).
-    ``paths`` is the number P of paths (the straight one and P - 1 arcs bulging by
-    |b - a| / 2 to alternate sides along the directions perpendicular to b - a), or a tensor of
-    bulge vectors delta_k, shape (P, d) or (P, n, d). a, b : (n, d) or (d,) end points;
-    t : the time of the score (default the process's t_min). Units: nats.
-    """
-    score = as_score(score)
-    a, b = (check_points(v, score.dim, name) for v, name in ((a, "a"), (b, "b")))
-    a, b = torch.broadcast_tensors(a, b)
-    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-    t = score.process.t_min if t is None else float(t)
-    if int(n_nodes) < 4:
-        raise ValueError(f"n_nodes must be at least 4 (the error estimate uses n_nodes / 2); got {n_nodes}")
-    if isinstance(paths, int):
-        if paths < 2:
-            raise ValueError(f"paths must be at least 2 for a cycle closure; got {paths}")
-        bulges = _default_bulges(a, b, paths)
-    else:
-        bulges = torch.as_tensor(paths, dtype=a.dtype, device=a.device)
-        bulges = bulges[:, None].expand(-1, *a.shape) if bulges.ndim == 2 else bulges.expand(-1, *a.shape)
-    fine = _path_integral(score, a, b, bulges, t, int(n_nodes))
-    coarse = _path_integral(score, a, b, bulges, t, int(n_nodes) // 2)
-    quadrature = (fine - coarse).abs().amax(-1)
-    closure = fine.amax(-1) - fine.amin(-1)
-    nfe = bulges.shape[0] * (int(n_nodes) + int(n_nodes) // 2)
-    return LineEnergyResult(fine.mean(-1), quadrature + closure, closure, quadrature, fine, nfe)
-

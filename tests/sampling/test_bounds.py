@@ -11,7 +11,7 @@ import pytest
 from scorehamiltonian import OU, GaussianMixture, Grid, example
 from scorehamiltonian.sampling.bounds import score_error_bound, tracking_bound
 from scorehamiltonian.sampling.diagnostics import low_modes
-from scorehamiltonian.sampling.propagation import GridModel
+from scorehamiltonian.sampling.grid_model import GridModel
 from scorehamiltonian.sampling.schedules import Schedule
 from scorehamiltonian.spectral.operator import ResolutionWarning
 

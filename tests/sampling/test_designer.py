@@ -20,9 +20,9 @@ from scorehamiltonian.sampling.designer import (
     design_grid,
     design_schedule,
     perturbed_mixtures,
-    reduced_prediction,
 )
 from scorehamiltonian.sampling.propagation import propagate_exact
+from scorehamiltonian.sampling.reduced import reduced_prediction
 from scorehamiltonian.sampling.schedules import Schedule, standard_schedule
 
 PROCESS = OU()

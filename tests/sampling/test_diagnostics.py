@@ -18,8 +18,8 @@ from scorehamiltonian.sampling.diagnostics import (
     spectral_diagnostics,
     time_derivative,
 )
-from scorehamiltonian.sampling.propagation import GridModel
-from scorehamiltonian.spectral.profiles import _dlogp_dt, adiabatic_speed
+from scorehamiltonian.sampling.grid_model import GridModel
+from scorehamiltonian.spectral.speed import adiabatic_speed, dlogp_dt
 
 matplotlib.use("Agg")
 PROC = OU(T=10.0)
@@ -61,7 +61,7 @@ def test_time_derivative_matches_the_profiles_formula():
     model = GridModel(ASYM, PROC, t_range=(1e-3, 5.0))
     for t in (1e-3, 0.4):
         a, b = time_derivative(model, t)
-        ref = _dlogp_dt(ExactScore(ASYM, PROC), torch.from_numpy(model.points), t, "exact", None)[0].numpy()
+        ref = dlogp_dt(ExactScore(ASYM, PROC), torch.from_numpy(model.points), t, "exact", None)[0].numpy()
         assert np.abs(a - ref).max() <= 1e-12 * np.abs(ref).max()
         assert abs(model.level(t).psi @ b) < 1e-14
 

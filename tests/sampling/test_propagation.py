@@ -12,7 +12,8 @@ from scipy.stats import norm
 
 from scorehamiltonian import OU, VE, ExactScore, GaussianMixture, Grid, ScoreHamiltonian, example
 from scorehamiltonian.common.errors import InputShapeError, ResolutionError, ScheduleError, TimeRangeError
-from scorehamiltonian.sampling.propagation import GridModel, propagate_exact
+from scorehamiltonian.sampling.grid_model import GridModel
+from scorehamiltonian.sampling.propagation import propagate_exact
 from scorehamiltonian.sampling.schedules import Schedule
 from scorehamiltonian.spectral.operator import BoundaryMassWarning
 
@@ -26,14 +27,14 @@ def test_numpy_mixture_derivatives_match_the_package():
     (full covariances, 2D, three components): round-off agreement."""
     import torch
 
-    from scorehamiltonian.sampling.propagation import _evaluate, _marginal
+    from scorehamiltonian.sampling.grid_model import evaluate_marginal, noised_marginal
     from scorehamiltonian.score.derivatives import jacobian
 
-    from .conftest import random_mixture
+    from ..conftest import random_mixture
 
     mixture = random_mixture(2, k=3, seed=4)
     x = np.random.default_rng(0).normal(size=(50, 2)) * 2
-    log_p, _, score, jac = _evaluate(_marginal(mixture, 0.8, 0.3), x, jacobian=True)
+    log_p, _, score, jac = evaluate_marginal(noised_marginal(mixture, 0.8, 0.3), x, jacobian=True)
     ref = mixture.evaluate(torch.from_numpy(x), 0.8, 0.3)
     assert np.allclose(log_p, ref.log_prob.numpy(), rtol=1e-12, atol=1e-12)
     assert np.allclose(score, ref.score.numpy(), rtol=1e-10, atol=1e-12)

@@ -13,13 +13,9 @@ import scipy.sparse as sp
 import torch
 
 from scorehamiltonian.common.errors import ConvergenceError, InputDtypeError, ScoreHamiltonianError
-from scorehamiltonian.spectral.eigensolvers import (
-    ConvergenceWarning,
-    SpectrumResult,
-    SymmetricOperator,
-    fourier_preconditioner,
-    spectrum,
-)
+from scorehamiltonian.spectral.eigensolvers import spectrum
+from scorehamiltonian.spectral.preconditioners import fourier_preconditioner
+from scorehamiltonian.spectral.solution import ConvergenceWarning, SpectrumResult, SymmetricOperator
 
 ITERATIVE = [("lobpcg", "amg"), ("lobpcg", "fourier"), ("lobpcg", "jacobi"), ("lanczos", "auto")]
 ALL_METHODS = [*ITERATIVE, ("eigsh", "auto"), ("eigsh-sa", "auto"), ("auto", "auto")]
@@ -399,17 +395,17 @@ def test_tol_below_the_round_off_floor_stops_early_and_says_so():
 def test_whitening_survives_a_numerically_singular_gram_matrix():
     # After iterating at the round-off floor the Gram matrix of the search basis can lose
     # definiteness; Rayleigh-Ritz then whitens it by its eigendecomposition instead of failing.
-    from scorehamiltonian.spectral.eigensolvers import _whitening
+    from scorehamiltonian.spectral.blocks import whitening
 
     A = torch.randn(6, 3, generator=seeded(), dtype=torch.float64)
     G = A @ A.T - 1e-14 * torch.eye(6, dtype=torch.float64)
     assert int(torch.linalg.cholesky_ex(G)[1]) != 0
-    W, Z = _whitening(G)
+    W, Z = whitening(G)
     assert W.shape == (3, 6) and Z.shape == (3, 6)
     assert torch.allclose(W @ G @ W.T, torch.eye(3, dtype=torch.float64), atol=1e-10)
     assert torch.allclose(Z.T @ Z, G, atol=1e-10)
     C = torch.randn(6, 6, generator=seeded(1), dtype=torch.float64)
     G = C @ C.T + torch.eye(6, dtype=torch.float64)
-    W, Z = _whitening(G)
+    W, Z = whitening(G)
     assert torch.allclose(W, torch.linalg.inv(torch.linalg.cholesky(G)), atol=1e-12)
     assert torch.allclose(Z.T @ Z, G, atol=1e-10)

@@ -18,7 +18,7 @@ from scorehamiltonian import (
     box_from_mixture,
 )
 from scorehamiltonian.score.examples import four_mode_benchmark
-from scorehamiltonian.spectral import eigensolvers, transfer
+from scorehamiltonian.spectral import blocks, transfer
 from scorehamiltonian.spectral import ritz_update as _ritz_update
 from scorehamiltonian.spectral.eigensolvers import spectrum
 from scorehamiltonian.spectral.multigrid import DEGREE, Multigrid, hierarchy, rayleigh_quotient
@@ -222,14 +222,14 @@ def test_nested_iteration_matches_a_cold_start_within_the_bounds():
 
 def test_the_in_place_rayleigh_ritz_update_is_the_same_on_both_paths(monkeypatch):
     """LOBPCG writes each Rayleigh-Ritz update over its own blocks in place: on the CPU in one
-    numba pass (``_ritz_update``), on other devices by torch in ``_UPDATE_CHUNKS`` column
+    numba pass (``ritz_update``), on other devices by torch in ``UPDATE_CHUNKS`` column
     chunks. The torch path, in one chunk and in 16 (127^2 = 16129 columns, a remainder
     included), gives the numba path's iterations and eigenvalues to round-off."""
     H = four_modes(127)
     fused = spectrum(H, k=2, tol=1e-7, generator=seeded())
-    monkeypatch.setattr(eigensolvers, "_NUMBA_UPDATE", False)
+    monkeypatch.setattr(blocks, "_NUMBA_UPDATE", False)
     for chunks in (1, 16):
-        monkeypatch.setattr(eigensolvers, "_UPDATE_CHUNKS", chunks)
+        monkeypatch.setattr(blocks, "UPDATE_CHUNKS", chunks)
         chunked = spectrum(H, k=2, tol=1e-7, generator=seeded())
         assert chunked.n_matvec == fused.n_matvec and chunked.converged.all()
         torch.testing.assert_close(chunked.eigenvalues, fused.eigenvalues, rtol=1e-12, atol=0)

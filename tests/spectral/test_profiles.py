@@ -22,16 +22,12 @@ import scorehamiltonian
 import scorehamiltonian.spectral.profiles as gap_profile_module
 from scorehamiltonian import EDM, OU, VE, CheckpointError, ExactScore, GaussianMixture, VPLinear, as_score
 from scorehamiltonian.common.errors import SamplesRequiredError
-from scorehamiltonian.spectral.eigensolvers import ConvergenceWarning
+from scorehamiltonian.common.seeds import seeded_rng, time_seed
 from scorehamiltonian.spectral.gap import spectral_gap
 from scorehamiltonian.spectral.grid import box_from_mixture
-from scorehamiltonian.spectral.profiles import (
-    GapProfile,
-    adiabatic_speed,
-    gap_profile,
-    seeded_rng,
-    time_seed,
-)
+from scorehamiltonian.spectral.profiles import GapProfile, gap_profile
+from scorehamiltonian.spectral.solution import ConvergenceWarning
+from scorehamiltonian.spectral.speed import adiabatic_speed
 
 matplotlib.use("Agg")
 

@@ -12,7 +12,9 @@ import torch
 from scorehamiltonian import OU, VE, ExactScore, GaussianMixture, as_score, example
 from scorehamiltonian.common.errors import ScheduleError, TimeRangeError
 from scorehamiltonian.sampling.schedules import standard_schedule
-from scorehamiltonian.thermo.energy import ORDERS, energy, line_energy
+from scorehamiltonian.thermo.energy import energy
+from scorehamiltonian.thermo.integrators import ORDERS
+from scorehamiltonian.thermo.line_energy import line_energy
 
 #: Processes of the tests: OU (t_min = 0, sigma_0 = 0) and VE with a large sigma_max, so that
 #: the reference law N(0, sigma_T^2) is within 1e-3 of p_T.
@@ -122,7 +124,7 @@ def test_coarse_schedule_warns_and_flags_points():
 
 
 def test_step_doubling_pairs_and_its_least_step_ratio():
-    from scorehamiltonian.thermo.energy import _coarse, _least_pair_ratio
+    from scorehamiltonian.thermo.integrators import _coarse, _least_pair_ratio
 
     # The ratio at which a pair's doubled estimate still covers its local error (equal c):
     # Euler 4r = 1 + r^2, Heun 3r + 3r^2 = 1 + r^3, RK4 the root of (1+r)^5 - 2 - 2 r^5.
@@ -142,7 +144,7 @@ def test_an_appended_step_is_measured_by_halving_it():
     # 0.40 step is paired with the 0.05 one, so E_h and E_2h share most of its error.
     # Measured with step doubling alone: 7 of 8 points under-covered while flagged converged.
     # Halving that step (Richardson) must cover every point.
-    from scorehamiltonian.thermo.energy import _split_steps
+    from scorehamiltonian.thermo.integrators import _split_steps
 
     process = VE()
     score = ExactScore(example("asymmetric"), process)

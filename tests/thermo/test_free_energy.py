@@ -21,7 +21,9 @@ from scorehamiltonian.common.errors import (
     SamplesRequiredError,
     ScheduleError,
 )
-from scorehamiltonian.thermo.free_energy import ScoreEnergy, free_energy_difference, lambda_schedule
+from scorehamiltonian.thermo.free_energy import free_energy_difference
+from scorehamiltonian.thermo.lambda_schedules import lambda_schedule
+from scorehamiltonian.thermo.path import ScoreEnergy
 
 Z_SCORE = 4.0
 MAX_ERROR = 0.1
