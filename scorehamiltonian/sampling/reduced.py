@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..score.interface import ExactScore
 from ..spectral.ritz import ritz_gap
 from .schedules import Schedule
 
@@ -48,10 +47,7 @@ class ReducedPrediction:
 def _level_samples(score: Any, t: float, samples: Any, n: int, generator: torch.Generator) -> torch.Tensor:
     if samples is not None:
         return samples(t, generator)
-    if not isinstance(score, ExactScore):
-        raise TypeError("the reduced model needs samples=callable(t, generator) -> (n, d) samples of p_t for "
-                        f"{type(score).__name__}; only an ExactScore is sampled automatically")
-    return score.marginal(t).sample(n, generator)
+    return score.sample(n, t, generator)
 
 
 def _modes(ritz: Any, x: torch.Tensor, n_modes: int) -> torch.Tensor:
@@ -131,7 +127,8 @@ def reduced_prediction(score: Any, schedule: Schedule, *, n_modes: int = 3, n_sa
     (the Ritz functions of t_{k+1} are then evaluated where their samples were sparse): it is
     meant for the slow, between-basin error.
 
-    score : an :class:`ExactScore` (sampled exactly) or any score with ``samples`` =
+    score : any score that can sample p_t (:meth:`Score.sample`: an exact marginal, or data
+        attached with ``as_score(..., data=x0)``), or any score with ``samples`` =
         callable(t, generator) -> (n, d) draws of p_t. ``seed`` seeds the generator of every
         level; ``ritz_options`` go to :func:`ritz_gap`.
     """

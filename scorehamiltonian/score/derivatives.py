@@ -26,7 +26,7 @@ import torch
 
 from ..common.errors import NotDifferentiableError
 from ..common.validation import require_finite
-from .interface import Score, as_score
+from .interface import DensityScore, Score, as_score
 
 __all__ = [
     "DivergenceResult",
@@ -237,7 +237,7 @@ def divergence(
     score = as_score(score)
     x, t = score.prepare(x, t)
     if method == "auto":
-        if hasattr(score, "evaluate"):
+        if isinstance(score, DensityScore):
             return _divergence(score, x, t, "exact", n_probes, generator)
         preferred = "autograd" if x.shape[-1] <= AUTO_EXACT_MAX_DIM else "hutch++"
         try:
@@ -251,8 +251,8 @@ def _divergence(
     score: Score, x: torch.Tensor, t: torch.Tensor, method: str, n_probes: int, generator
 ) -> DivergenceResult:
     if method == "exact":
-        if not hasattr(score, "evaluate"):
-            raise ValueError(f"{score!r} has no closed-form divergence; choose another method")
+        if not isinstance(score, DensityScore):
+            raise ValueError(f"{score!r} has no closed-form divergence (not a DensityScore); choose another method")
         ev = score.evaluate(x, t)
         require_finite(torch.cat([ev.score, ev.divergence[..., None]], -1), x, t, "exact score or divergence")
         return DivergenceResult(ev.divergence, torch.zeros_like(ev.divergence), ev.score, "exact", 1, 0)

@@ -5,6 +5,16 @@ x's shape, dtype and device. Every :class:`Score` checks its input (shape, dtype
 process's time range) and its output (shape, finiteness: NaN or Inf raises
 :class:`NonFiniteScoreError` naming the first x and t where it appeared).
 
+What a score may know beyond itself, each said one way:
+
+- an exact log-density: the score is a :class:`DensityScore` (``log_prob``, ``divergence``
+  and ``evaluate``), as :class:`ExactScore` (a Gaussian mixture) and :class:`AnalyticScore`
+  (any log p_t(x) written as a torch function, ``as_score(log_prob=...)``) are;
+- samples: ``score.sample(n, t, generator)`` draws from p_t; an exact score samples its
+  marginal, any other score samples the data attached with ``as_score(..., data=x0)``
+  (samples of p_0, noised to t by the process), and without either raises
+  :class:`SamplesRequiredError` naming ``data=``.
+
 Network conventions (THEORY section 1), for X_t = alpha_t X_0 + sigma_t Z:
   epsilon-prediction  eps(x, c):  s = -eps / sigma_t
   x0-prediction       D(x, c):    s = (alpha_t D - x) / sigma_t^2
@@ -14,18 +24,19 @@ Network conventions (THEORY section 1), for X_t = alpha_t X_0 + sigma_t Z:
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 
-from ..common.errors import InputShapeError, TimeRangeError
-from ..common.validation import broadcast_time, check_points, require_finite
+from ..common.errors import InputShapeError, SamplesRequiredError, TimeRangeError
+from ..common.validation import as_float_tensor, broadcast_time, check_points, require_finite
 from .mixture import GaussianMixture, MixtureEvaluation
 from .processes import OU, ForwardProcess
 
-__all__ = ["ExactScore", "ModelScore", "Score", "as_score"]
+__all__ = ["AnalyticScore", "DensityScore", "ExactScore", "ModelScore", "Score", "as_score"]
 
 ScoreKind = Literal["score", "eps", "x0"]
 TimeInput = Literal["t", "sigma", "log_snr"]
@@ -38,10 +49,13 @@ class Score(ABC):
     ----------
     process : the forward process whose times the score accepts.
     dim : the dimension d, or None when the score accepts any d.
+    data : (N, d) samples of p_0 attached with ``as_score(..., data=x0)``, or None; what
+        :meth:`sample` draws from when the score cannot sample its own marginal.
     """
 
     process: ForwardProcess
     dim: int | None = None
+    data: torch.Tensor | None = None
 
     def prepare(self, x: Any, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Check x (shape (..., d), floating) and t (inside the time range); broadcast t."""
@@ -74,12 +88,55 @@ class Score(ABC):
         """The dtype the score computes in when called with points of ``dtype``."""
         return dtype
 
+    @property
+    def can_sample(self) -> bool:
+        """Whether :meth:`sample` can draw from p_t (an exact marginal, or attached data)."""
+        return self.data is not None
+
+    def sample(self, n: int, t: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n samples of p_t, shape (n, d): rows of the attached ``data`` (drawn with replacement
+        by ``generator``) noised to t, alpha_t x_0 + sigma_t z. Without data it raises
+        :class:`SamplesRequiredError`: attach samples of p_0 with ``as_score(score, data=x0)``."""
+        if self.data is None:
+            raise SamplesRequiredError(
+                f"{self!r} cannot sample p_t: attach samples of the data p_0 with as_score(score, data=x0) "
+                "(an (N, d) tensor), or pass samples= to the function that needs them"
+            )
+        t = float(self.process.time(float(t)))
+        x0 = self.data[torch.randint(0, self.data.shape[0], (int(n),), generator=generator)]
+        noise = torch.randn(x0.shape, dtype=x0.dtype, generator=generator)
+        return self.process.perturb(x0, t, noise)
+
     @abstractmethod
     def _evaluate(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The score at checked x (..., d) and t (...,)."""
 
 
-class ExactScore(Score):
+class DensityScore(Score):
+    """A score whose log-density is known exactly: the one way a score says so.
+
+    Subclasses implement :meth:`evaluate`, returning log p_t(x) (nats), s_t(x) and
+    div s_t(x) in one pass. ``normalised``: whether log p_t integrates to one; when False it
+    is exact up to a constant in x at each t (enough for the ground-state form of the
+    operator and for energy differences, not for absolute energies).
+    """
+
+    normalised: bool = True
+
+    @abstractmethod
+    def evaluate(self, x: Any, t: Any) -> MixtureEvaluation:
+        """log p_t(x) (...,), s_t(x) (..., d) and div s_t(x) (...,) in one pass."""
+
+    def log_prob(self, x: Any, t: Any) -> torch.Tensor:
+        """log p_t(x) in nats, shape x.shape[:-1] (up to a constant when not ``normalised``)."""
+        return self.evaluate(x, t).log_prob
+
+    def divergence(self, x: Any, t: Any) -> torch.Tensor:
+        """Exact div s_t(x) = Laplacian log p_t(x), shape x.shape[:-1]."""
+        return self.evaluate(x, t).divergence
+
+
+class ExactScore(DensityScore):
     """The exact score of a Gaussian mixture noised by a forward process.
 
     ``ExactScore(mixture, process)(x, t)`` with x of shape (n, d) and t a float or a tensor
@@ -101,20 +158,73 @@ class ExactScore(Score):
         x, t = self.prepare(x, t)
         return self.mixture.evaluate(x, self.process.alpha(t), self.process.sigma(t))
 
-    def log_prob(self, x: Any, t: Any) -> torch.Tensor:
-        """log p_t(x) in nats, shape x.shape[:-1]."""
-        return self.evaluate(x, t).log_prob
-
-    def divergence(self, x: Any, t: Any) -> torch.Tensor:
-        """Exact div s_t(x) = Laplacian log p_t(x), shape x.shape[:-1]."""
-        return self.evaluate(x, t).divergence
-
     def marginal(self, t: float) -> GaussianMixture:
         """p_t as a :class:`GaussianMixture` (t a float)."""
         return self.mixture.marginal(self.process, t)
 
+    @property
+    def can_sample(self) -> bool:
+        """Always: the marginal mixture is sampled exactly."""
+        return True
+
+    def sample(self, n: int, t: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n exact draws of p_t (its marginal mixture), shape (n, d)."""
+        return self.marginal(float(t)).sample(int(n), generator)
+
     def _evaluate(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self.mixture.evaluate(x, self.process._alpha(t), self.process._sigma(t)).score
+
+
+class AnalyticScore(DensityScore):
+    """The score of a log-density written as a torch function: ``log_prob(x, t)`` -> log p_t(x).
+
+    ``log_prob`` takes x of shape (n, d) and t of shape (n,) and returns (n,), differentiable
+    by autograd; the score is its gradient and the divergence its Laplacian (the trace of
+    the Hessian, d backward passes: exact). It must be the log-density of the noised
+    marginal p_t at every t it is asked for: a log-density known only for the data (t = 0)
+    is the score of p_0 alone, to be asked at t_min only. ``normalised``:
+    whether it integrates to one (default False: exact up to a constant in x).
+    """
+
+    def __init__(self, log_prob: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                 process: ForwardProcess | None = None, dim: int | None = None, normalised: bool = False) -> None:
+        if not callable(log_prob):
+            raise TypeError(f"log_prob must be callable as log_prob(x, t); got {type(log_prob).__name__}")
+        self.function, self.dim, self.normalised = log_prob, dim, bool(normalised)
+        self.process = process if process is not None else OU()
+
+    def __repr__(self) -> str:
+        name = getattr(self.function, "__name__", type(self.function).__name__)
+        return f"AnalyticScore({name}, process={self.process!r})"
+
+    def _log_prob_and_score(self, x: torch.Tensor, t: torch.Tensor, create_graph: bool
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        flat, times = x.reshape(-1, x.shape[-1]), t.reshape(-1)
+        with torch.enable_grad():
+            leaf = flat.detach().requires_grad_(True)
+            log_p = self.function(leaf, times)
+            if not isinstance(log_p, torch.Tensor) or log_p.shape != times.shape:
+                shape = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
+                raise InputShapeError(f"{self!r}: log_prob returned {shape} for x of shape {tuple(flat.shape)}; "
+                                      f"expected ({flat.shape[0]},)")
+            if not log_p.requires_grad:
+                raise InputShapeError(f"{self!r}: log_prob does not depend differentiably on x (no autograd graph)")
+            (score,) = torch.autograd.grad(log_p.sum(), leaf, create_graph=create_graph)
+        return leaf, log_p, score
+
+    def evaluate(self, x: Any, t: Any) -> MixtureEvaluation:
+        """log p_t(x), s_t(x) = grad log p_t and div s_t(x) = trace of the Hessian, by autograd."""
+        x, t = self.prepare(x, t)
+        leaf, log_p, score = self._log_prob_and_score(x, t, create_graph=True)
+        with torch.enable_grad():
+            div = sum(torch.autograd.grad(score[:, i].sum(), leaf, retain_graph=True)[0][:, i]
+                      for i in range(leaf.shape[1]))
+        shape = x.shape[:-1]
+        return MixtureEvaluation(log_p.detach().reshape(shape), score.detach().reshape(x.shape),
+                                 div.detach().reshape(shape))
+
+    def _evaluate(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self._log_prob_and_score(x, t, create_graph=x.requires_grad)[2].reshape(x.shape)
 
 
 class ModelScore(Score):
@@ -179,20 +289,55 @@ class ModelScore(Score):
 
 
 def as_score(
-    model: Score | Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    model: Score | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     kind: ScoreKind = "score",
     process: ForwardProcess | None = None,
     time_input: TimeInput = "t",
     dim: int | None = None,
+    *,
+    log_prob: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    normalised: bool = False,
+    data: Any = None,
 ) -> Score:
-    """Wrap a callable or torch module ``model(x, c)`` as a :class:`Score`.
+    """Wrap a callable or torch module ``model(x, c)``, or a log-density, as a :class:`Score`.
 
-    A :class:`Score` is returned unchanged (then kind must be "score" and no process or
-    dim may be given). See :class:`ModelScore` for the conventions of ``kind`` and
-    ``time_input``; the process defaults to :class:`OU`.
+    - ``model``: a network or callable read by :class:`ModelScore` (see it for ``kind`` and
+      ``time_input``); the process defaults to :class:`OU`.
+    - ``log_prob=`` instead of a model: an :class:`AnalyticScore` (log p_t(x) as a torch
+      function of (x, t); ``normalised`` says whether it integrates to one).
+    - A :class:`Score` is returned unchanged (then kind must be "score" and no process, dim
+      or log_prob may be given).
+
+    ``data``: (N, d) samples of p_0 attached to the score (a copy of a given :class:`Score`),
+    from which :meth:`Score.sample` draws samples of p_t where the score has no sampler of
+    its own. NaN or infinite rows, or a dimension other than the score's, raise
+    :class:`InputShapeError`.
     """
-    if isinstance(model, Score):
+    if log_prob is not None:
+        if model is not None or kind != "score" or time_input != "t":
+            raise ValueError("as_score: pass either a model or log_prob=, not both")
+        score: Score = AnalyticScore(log_prob, process, dim, normalised)
+    elif isinstance(model, Score):
         if kind != "score" or process is not None or dim is not None or time_input != "t":
-            raise ValueError("as_score: a Score is already a score; pass it without options")
-        return model
-    return ModelScore(model, kind=kind, process=process, time_input=time_input, dim=dim)
+            raise ValueError("as_score: a Score is already a score; pass it without options (data= excepted)")
+        score = copy.copy(model) if data is not None else model
+    elif model is None:
+        raise TypeError("as_score needs a model (a callable or torch module) or log_prob=")
+    else:
+        score = ModelScore(model, kind=kind, process=process, time_input=time_input, dim=dim)
+    if data is not None:
+        score.data = _checked_data(data, score.dim)
+    return score
+
+
+def _checked_data(data: Any, dim: int | None) -> torch.Tensor:
+    """Samples of p_0 as a float tensor (N, d), finite, of the score's dimension."""
+    x = as_float_tensor(data, "data")
+    if x.ndim != 2 or x.shape[0] < 1 or (dim is not None and x.shape[1] != dim):
+        want = f"(N, {dim})" if dim is not None else "(N, d)"
+        raise InputShapeError(f"data must have shape {want}; got {tuple(x.shape)}")
+    bad = ~torch.isfinite(x).all(dim=1)
+    if bool(bad.any()):
+        raise InputShapeError(f"data contain NaN or Inf in {int(bad.sum())} of {x.shape[0]} rows "
+                              f"(first: row {int(torch.nonzero(bad)[0])})")
+    return x

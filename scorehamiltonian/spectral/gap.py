@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 
 from ..common.errors import ConvergenceError, InputShapeError, ResolutionError
-from ..score.interface import as_score
+from ..score.interface import DensityScore, as_score
 from .eigensolvers import spectrum
 from .grid import Grid, box_from_mixture, box_from_score, mixture_mass_outside
 from .memory import available_memory, estimate_memory
@@ -188,7 +188,7 @@ def spectral_gap(
             "the gap computed is that of p_t cut to the box, which can differ from the true gap by more "
             "than the error reported; widen the box or pass box=None", BoundaryMassWarning, stacklevel=2)
     if form == "auto":
-        form = "ground_state" if hasattr(score, "log_prob") else "potential"
+        form = "ground_state" if isinstance(score, DensityScore) else "potential"
     limit = max_unknowns or MAX_UNKNOWNS.get(dim, 0)
     grid = Grid(lo, hi, FIRST_NODES.get(dim, 15))
     levels: list[GapLevel] = []

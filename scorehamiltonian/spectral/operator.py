@@ -42,7 +42,7 @@ import torch
 from ..common.errors import InputShapeError, ResolutionError
 from ..common.threads import run_lines, run_parallel, workers
 from ..score.derivatives import DivergenceMethod
-from ..score.interface import Score, as_score
+from ..score.interface import DensityScore, Score, as_score
 from ..score.potential import quantum_potential
 from .grid import Grid
 from .memory import check_memory, estimate_memory
@@ -83,7 +83,7 @@ def log_density_on_grid(
 ) -> tuple[torch.Tensor, float]:
     """log p_t at the nodes (normalised so that sum_i p_i prod h = 1) and the curl residual.
 
-    With an exact ``log_prob`` (:class:`ExactScore`) it is used directly (residual 0).
+    With an exact log-density (a :class:`DensityScore`) it is used directly (residual 0).
     Otherwise phi solves the least-squares problem min sum_edges (phi_j - phi_i - b_ij)^2 over
     the grid's edges, b_ij = h (s_i + s_j) . e / 2 (trapezoid line integral of the score along
     the edge); its normal equations are the graph Laplacian with natural (Neumann)
@@ -92,7 +92,7 @@ def log_density_on_grid(
     score (trapezoid error), larger for a non-conservative field.
     """
     points = grid.points(dtype=torch.float64)
-    if hasattr(score, "log_prob"):
+    if isinstance(score, DensityScore):
         phi = torch.cat([score.log_prob(chunk, t) for chunk in points.split(_CHUNK)])
         residual = 0.0
     else:

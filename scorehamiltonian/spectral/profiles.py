@@ -406,16 +406,16 @@ def gap_profile(
     (a task lost with its worker is recorded as "task: Type: message").
     Non-converged gaps are flagged in ``converged``; one warning summarises both at the end.
 
-    score : a :class:`Score` or callable. samples : for scores other than
-        :class:`ExactScore`, a callable (t, generator) -> (n, d) samples of p_t (e.g. data
-        noised to t); identified in the hash by its qualified name only.
+    score : a :class:`Score` or callable. samples : for scores that cannot sample p_t
+        themselves (:meth:`Score.sample`), a callable (t, generator) -> (n, d) samples of p_t
+        (e.g. data noised to t); identified in the hash by its qualified name only.
     progress : a tqdm progress bar (off with False).
     """
     score = as_score(score)
-    if samples is None and not isinstance(score, ExactScore):
+    if samples is None and not score.can_sample:
         raise SamplesRequiredError(
-            f"gap_profile needs samples of p_t for the adiabatic speed of {score!r}: pass "
-            "samples=callable(t, generator) -> (n, d) tensor; only an ExactScore is sampled automatically"
+            f"gap_profile needs samples of p_t for the adiabatic speed of {score!r}: attach samples of "
+            "the data with as_score(score, data=x0), or pass samples=callable(t, generator) -> (n, d) tensor"
         )
     gap_options = dict(gap_options or {})
     clash = {"score", "t", "rtol", "k"} & set(gap_options)

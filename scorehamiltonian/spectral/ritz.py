@@ -70,9 +70,9 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..common.errors import InputShapeError, SamplesRequiredError
+from ..common.errors import InputShapeError
 from ..common.validation import as_float_tensor
-from ..score.interface import ExactScore, as_score
+from ..score.interface import as_score
 from .ritz_basis import SAMPLES_PER_FUNCTION, BasisName, FeatureMap, basis_name, feature_map
 
 __all__ = ["RitzResult", "ritz_gap"]
@@ -215,15 +215,9 @@ def ritz_gap(
 
 
 def _samples(score: Any, t: float, samples: Any, n_samples: int, generator) -> torch.Tensor:
-    """The user's samples, checked, or exact draws from an ExactScore's marginal."""
+    """The user's samples, checked, or draws of :meth:`Score.sample` (exact, or the attached data)."""
     if samples is None:
-        if not isinstance(score, ExactScore):
-            raise SamplesRequiredError(
-                f"ritz_gap needs samples of p_t for {score!r}: pass samples=(n, d) tensor (e.g. "
-                "data noised to t, alpha_t x0 + sigma_t z, or the model's sampler stopped at t); "
-                "only an ExactScore is sampled automatically"
-            )
-        return score.marginal(t).sample(int(n_samples), generator)
+        return score.sample(int(n_samples), t, generator)
     x = as_float_tensor(samples, "samples")
     if x.ndim != 2 or (score.dim is not None and x.shape[1] != score.dim):
         want = f"(n, {score.dim})" if score.dim is not None else "(n, d)"

@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from ..common.errors import InputShapeError, SamplesRequiredError
+from ..common.errors import InputShapeError
 from ..common.validation import as_float_tensor
 from ..score import derivatives
 from ..score.derivatives import DivergenceMethod
-from ..score.interface import ExactScore, Score, as_score
+from ..score.interface import Score, as_score
 
 __all__ = ["AdiabaticSpeed", "adiabatic_speed", "dlogp_dt"]
 
@@ -92,26 +92,22 @@ def adiabatic_speed(
     included.
 
     score : a :class:`Score` or a callable (wrapped by :func:`as_score`).
-    samples : (n, d) samples of p_t. Without them the score must be an :class:`ExactScore`,
-        whose marginal p_t is sampled exactly (``n_samples`` draws with ``generator``);
-        otherwise :class:`SamplesRequiredError` is raised. Samples are not produced by
+    samples : (n, d) samples of p_t. Without them ``n_samples`` draws of
+        :meth:`Score.sample` are used (an exact marginal, or the data attached with
+        ``as_score(..., data=x0)``); a score with neither raises
+        :class:`SamplesRequiredError`. Samples are not produced by
         Langevin dynamics with the score: it does not cross the barriers between modes, and
         A(t) weighs the basins by their mass. Pass e.g. data noised to t,
         alpha_t x0 + sigma_t z.
     divergence : the estimator of div s (:func:`scorehamiltonian.score.derivatives.divergence`;
-        "auto" is exact for an :class:`ExactScore`); ``generator`` also seeds its probes.
+        "auto" is exact for a :class:`DensityScore`); ``generator`` also seeds its probes.
     """
     score = as_score(score)
     t = float(score.process.time(float(t)))
     if samples is None:
-        if not isinstance(score, ExactScore):
-            raise SamplesRequiredError(
-                f"adiabatic_speed needs samples of p_t for {score!r}: pass samples=(n, d) tensor (e.g. "
-                "data noised to t, alpha_t x0 + sigma_t z); only an ExactScore is sampled automatically"
-            )
         if int(n_samples) < 2:
             raise ValueError(f"n_samples must be at least 2 for a standard error; got {n_samples}")
-        x = score.marginal(t).sample(int(n_samples), generator)
+        x = score.sample(int(n_samples), t, generator)
     else:
         x = as_float_tensor(samples, "samples")
         if x.ndim != 2 or x.shape[0] < 2 or (score.dim is not None and x.shape[1] != score.dim):

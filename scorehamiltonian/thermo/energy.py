@@ -60,7 +60,7 @@ Error of the result (``EnergyResult.error``, absolute, nats), the sum of three p
   that is reported, as for the reference error.
 
 The cycle closure of :func:`~.line_energy.line_energy` is reported beside the energies of any score
-that is not an :class:`ExactScore`.
+that has no exact log-density (not a :class:`DensityScore`).
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ from ..common.seeds import draw_seed
 from ..common.validation import check_points
 from ..sampling.schedules import Schedule, as_schedule, standard_schedule
 from ..score import derivatives
-from ..score.interface import ExactScore, Score, as_score
+from ..score.interface import DensityScore, Score, as_score
 from ..score.processes import ForwardProcess
 from ..spectral.solution import ConvergenceWarning
 from . import integrators
@@ -114,8 +114,8 @@ class EnergyResult:
     times : the increasing time grid of the fixed-step integrators ([t_start, T] for dopri5).
     x_T : (..., d) the end points of the trajectories at T.
     closure : (...,) the cycle closure of :func:`line_energy` between each point and the batch
-        mean (the origin for a single point) at t_min, for scores that are not an
-        :class:`ExactScore`; None for exact scores.
+        mean (the origin for a single point) at t_min, for scores that are not a
+        :class:`DensityScore`; None for scores with an exact log-density.
     failures : (first row, stop row, "Type: message") of each batch that failed (batched
         runs); its rows are NaN with an infinite error and not converged.
     """
@@ -143,7 +143,7 @@ class _Field:
 
     def __init__(self, score: Score, process: ForwardProcess, probes: torch.Tensor | None) -> None:
         self.score, self.process, self.probes = score, process, probes
-        self.exact = "exact" if isinstance(score, ExactScore) else "autograd"
+        self.exact = "exact" if isinstance(score, DensityScore) else "autograd"
         self.nfe = 0
         self.n_vjp = 0
 
@@ -290,7 +290,7 @@ def energy(
         dopri5 uses only its end points.
     method : "rk4" (default), "heun", "euler" on the schedule's times, or "dopri5" (adaptive,
         torchdiffeq) with tolerances ``rtol``, ``atol``.
-    divergence : "exact" (closed form for an ExactScore, else autograd: d vector-Jacobian
+    divergence : "exact" (closed form for a DensityScore, else autograd: d vector-Jacobian
         products per evaluation) or "hutchinson" (``n_probes`` Rademacher probes drawn once with
         ``generator``, a seeded torch.Generator on x's device).
     closure : report the line-integral cycle closure (default: for scores that are not exact).
@@ -314,7 +314,7 @@ def energy(
     batch_shape, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
     t_start = _check_start(score, process, t_start)
     schedule = _resolve_schedule(schedule, process, method, t_start, int(n_steps))
-    want_closure = not isinstance(score, ExactScore) if closure is None else closure
+    want_closure = not isinstance(score, DensityScore) if closure is None else closure
     task = _Task(score, process, schedule, method, divergence, int(n_probes), rtol, atol, want_closure, t_start)
     if executor is None and batch_size is None:
         parts, failures = [task.run(flat, generator)], []

@@ -18,7 +18,9 @@ import torch
 
 from ..common.errors import InputShapeError, ScheduleError
 from ..sampling.schedules import as_schedule
-from ..score.interface import Score
+from ..score.derivatives import divergence
+from ..score.interface import DensityScore
+from ..score.mixture import MixtureEvaluation
 from ..score.processes import OU
 from ..spectral.gap import spectral_gap
 from ..spectral.grid import box_from_samples
@@ -68,9 +70,12 @@ def _speed(w: torch.Tensor) -> tuple[float, float]:
     return 0.5 * math.sqrt(var), var_se / (4 * math.sqrt(var)) if var > 0 else math.inf
 
 
-class _PathScore(Score):
+class _PathScore(DensityScore):
     """The score -grad U_l of p_l, with log p_l = -U_l up to its constant (the box and
-    boundary-mass checks of :func:`spectral_gap` read it); time-independent (any t of OU)."""
+    boundary-mass checks of :func:`spectral_gap` read it) and div s = -Laplacian U_l by
+    autograd; time-independent (any t of OU)."""
+
+    normalised = False
 
     def __init__(self, path: LinearPath, lam: float, dim: int) -> None:
         self.path, self.lam, self.dim, self.process = path, lam, dim, OU()
@@ -78,6 +83,11 @@ class _PathScore(Score):
     def log_prob(self, x: torch.Tensor, t: Any) -> torch.Tensor:
         u0, u1 = self.path.ends(x.reshape(-1, x.shape[-1]))
         return -((1 - self.lam) * u0 + self.lam * u1).reshape(x.shape[:-1])
+
+    def evaluate(self, x: Any, t: Any) -> MixtureEvaluation:
+        x, t = self.prepare(x, t)
+        div = divergence(self, x, t, method="autograd")
+        return MixtureEvaluation(self.log_prob(x, t), div.score, div.value)
 
     def _evaluate(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])

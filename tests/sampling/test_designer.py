@@ -10,7 +10,12 @@ import pytest
 import torch
 
 from scorehamiltonian import OU, ExactScore, GaussianMixture, as_score, example
-from scorehamiltonian.common.errors import InputShapeError, ScheduleError, TimeRangeError
+from scorehamiltonian.common.errors import (
+    InputShapeError,
+    SamplesRequiredError,
+    ScheduleError,
+    TimeRangeError,
+)
 from scorehamiltonian.sampling.designer import (
     DEFAULT_BASELINES,
     _aggregate,
@@ -237,7 +242,7 @@ def test_reduced_design_keeps_the_invariants_and_lowers_the_predicted_error():
 
 def test_reduced_model_needs_samples_for_a_learned_score():
     learned = as_score(lambda x, t: -x, process=PROCESS, dim=1)
-    with pytest.raises(TypeError, match="samples"):
+    with pytest.raises(SamplesRequiredError, match="data="):
         reduced_prediction(learned, Schedule([T_MAX, T_MIN], [1.0]))
     with pytest.raises(ValueError, match="robust"):
         design_schedule(learned, None, 4, 1.0, robust="mean")

@@ -170,3 +170,67 @@ def test_epsilon_adapter_refuses_zero_sigma():
     score = as_score(lambda x, t: x, kind="eps", process=OU())
     with pytest.raises(TimeRangeError, match="sigma_t"):
         score(torch.zeros(2, 1, dtype=torch.float64), 0.0)
+
+
+def _mixture_log_prob(exact: ExactScore):
+    """log p_t of a Gaussian mixture written out by hand in torch (full covariances)."""
+    mix, proc = exact.mixture, exact.process
+
+    def log_prob(x, t):
+        alpha, sigma = proc.alpha(t)[:, None, None], proc.sigma(t)[:, None, None]
+        covs = alpha[..., None] ** 2 * mix.covs + sigma[..., None] ** 2 * torch.eye(mix.dim, dtype=x.dtype)
+        comps = torch.distributions.MultivariateNormal(alpha * mix.means, covariance_matrix=covs)
+        return torch.logsumexp(torch.log(mix.weights) + comps.log_prob(x[:, None, :]), dim=1)
+
+    return log_prob
+
+
+def test_analytic_score_equals_the_exact_mixture_score(process):
+    """as_score(log_prob=...) differentiates the log-density by autograd: its score and its
+    divergence (the Hessian's trace) equal the closed forms of ExactScore to round-off, and it
+    is a DensityScore whose log_prob is the function given."""
+    from scorehamiltonian.score.interface import DensityScore
+
+    exact = ExactScore(random_mixture(2, seed=3), process)
+    analytic = as_score(log_prob=_mixture_log_prob(exact), process=process, dim=2, normalised=True)
+    assert isinstance(analytic, DensityScore) and isinstance(exact, DensityScore)
+    x = torch.randn(30, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for t in interior_times(process)[1:4]:
+        got, want = analytic.evaluate(x, float(t)), exact.evaluate(x, float(t))
+        torch.testing.assert_close(got.log_prob, want.log_prob, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got.score, want.score, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(got.divergence, want.divergence, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(analytic(x, float(t)), want.score, rtol=1e-10, atol=1e-10)
+
+
+def test_attached_data_are_noised_to_t_and_checked():
+    """as_score(..., data=x0): sample(n, t) returns alpha_t x0 + sigma_t z for rows of the data
+    (reproducibly with a generator); the exact score samples its marginal; a score with neither
+    raises SamplesRequiredError naming data=; bad data name the problem."""
+    from scorehamiltonian import SamplesRequiredError
+
+    process = OU()
+    data = torch.tensor([[1.0, -1.0], [3.0, 2.0]], dtype=torch.float64)
+    model = as_score(lambda x, t: -x, process=process, dim=2)
+    with pytest.raises(SamplesRequiredError, match="data="):
+        model.sample(5, 0.1)
+    assert not model.can_sample
+    attached = as_score(model, data=data)
+    assert attached is not model and attached.can_sample and model.data is None
+    draws = attached.sample(4000, 0.0, torch.Generator().manual_seed(0))
+    assert {tuple(r) for r in draws.tolist()} <= {tuple(r) for r in data.tolist()}
+    t = 2.0
+    draws = attached.sample(20000, t, torch.Generator().manual_seed(1))
+    again = attached.sample(20000, t, torch.Generator().manual_seed(1))
+    assert torch.equal(draws, again)
+    alpha, sigma = float(process.alpha(t)), float(process.sigma(t))
+    # mean alpha * mean(x0) and variance alpha^2 var(x0) + sigma^2 per axis, within 5 standard errors
+    want_mean = alpha * data.mean(0)
+    want_var = alpha**2 * data.var(0, correction=0) + sigma**2
+    assert ((draws.mean(0) - want_mean).abs() < 5 * (want_var / draws.shape[0]).sqrt()).all()
+    assert ((draws.var(0) / want_var - 1).abs() < 5 * (2 / draws.shape[0]) ** 0.5).all()
+    assert ExactScore(random_mixture(2), process).sample(3, 0.5).shape == (3, 2)
+    with pytest.raises(InputShapeError, match="NaN or Inf in 1 of 2 rows"):
+        as_score(model, data=torch.tensor([[0.0, float("nan")], [1.0, 1.0]]))
+    with pytest.raises(InputShapeError, match=r"\(N, 2\)"):
+        as_score(model, data=torch.zeros(4, 3))
