@@ -6,7 +6,7 @@ Subcommands:
   gap       spectral gap of the Score Hamiltonian with its error estimate, along t
   schedule  standard and designed schedules judged by exact propagation, with their bounds
   energy    -log p_0(x) by the probability-flow ODE, with its error (and the exact value)
-  train     train an MLP score by denoising score matching on samples of an example
+  train     train an MLP score (or an ensemble) by denoising score matching on a data file or an example
   examples  list the built-in example targets
 """
 
@@ -25,14 +25,17 @@ from ..sampling.designer import design_schedule
 from ..sampling.propagation import propagate_exact
 from ..sampling.schedules import standard_schedule
 from ..score.audit import score_audit, score_error
+from ..score.checkpoints import load_score, save_score
+from ..score.ensemble import train_ensemble
 from ..score.examples import EXAMPLES, example
 from ..score.interface import ExactScore, Score
 from ..score.potential import quantum_potential
 from ..score.processes import PROCESS_NAMES, ForwardProcess
-from ..score.training import load_score, save_score, train_dsm
+from ..score.training import train_dsm
 from ..spectral.gap import spectral_gap
 from ..thermo.energy import energy
 from .config import BUILTIN, builtin_config, load_config
+from .data import DATA_FORMATS, load_data
 from .report import build_report, check_output_folder, write_report
 
 #: Default audit times, as fractions of the process's t_max.
@@ -59,10 +62,19 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--seed", type=int, default=0)
 
     train = sub.add_parser("train", help="train an MLP score by denoising score matching")
-    train.add_argument("--example", choices=sorted(EXAMPLES), default="bimodal")
+    train_source = train.add_mutually_exclusive_group()
+    train_source.add_argument("--example", choices=sorted(EXAMPLES), help="built-in target to sample (default bimodal)")
+    train_source.add_argument("--data", help="samples of the data, N x d: " + ", ".join(DATA_FORMATS)
+                              + " (name an array of an .npz or .pt file as FILE:NAME)")
     train.add_argument("--process", choices=sorted(PROCESS_NAMES), default="ou")
-    train.add_argument("--samples", type=int, default=10_000, help="training samples (default 10000)")
+    train.add_argument("--samples", type=int, default=10_000, help="training samples of an example (default 10000)")
+    train.add_argument("--ensemble", type=int, default=1, metavar="K",
+                       help="train K models (seeds and bootstrap resamples) into one ensemble checkpoint")
+    train.add_argument("--steps", type=int, help="optimisation steps (default from d and N)")
+    train.add_argument("--t-min", type=float, default=1e-2, help="smallest training time (default 0.01)")
+    train.add_argument("--validation", type=float, default=0.1, help="held-out fraction (default 0.1)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.add_argument("--out", required=True, help="checkpoint file to write")
 
     gap = sub.add_parser("gap", help="spectral gap of the Score Hamiltonian with its error, along t")
@@ -158,19 +170,39 @@ def _audit(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    mixture = example(args.example)
     process = PROCESS_NAMES[args.process]()
     generator = torch.Generator().manual_seed(args.seed)
-    samples = mixture.sample(args.samples, generator)
-    score = train_dsm(samples, process, seed=args.seed)
+    reference = None
+    if args.data:
+        samples, label = load_data(args.data), f"data {args.data}"
+    else:
+        name = args.example or "bimodal"
+        reference = ExactScore(example(name), process)
+        samples, label = reference.mixture.sample(args.samples, generator), f"example {name!r}"
+    if args.ensemble < 1:
+        raise ValueError(f"--ensemble must be at least 1; got {args.ensemble}")
+    options = {"steps": args.steps, "t_min": args.t_min, "validation": args.validation, "progress": not args.quiet}
+    print(f"scorehamiltonian train: {label}, {samples.shape[0]} samples in d = {samples.shape[1]}, {process!r}"
+          + (f", ensemble of {args.ensemble}" if args.ensemble > 1 else ""), flush=True)
+    if args.ensemble > 1:
+        score = train_ensemble(samples, args.ensemble, process, seed=args.seed, **options)
+        members = score.members
+    else:
+        score = train_dsm(samples, process, seed=args.seed, **options)
+        members = [score]
     save_score(score, args.out)
-    print(f"wrote {args.out}: MLP score of example {args.example!r} under {process!r}")
-    reference = ExactScore(mixture, process)
-    for frac in DEFAULT_TIME_FRACTIONS[1:]:
-        t = frac * process.t_max
-        x = reference.marginal(t).sample(4000, generator)
-        err = score_error(score, reference, x, t)
-        print(f"  t = {t:8.4g}: relative score error {err.relative:.4f} +- {err.relative_stderr:.4f}")
+    for k, member in enumerate(members):
+        record = member.model.training_config
+        held = "-" if record["held_out_loss"] is None else f"{record['held_out_loss']:.4f}"
+        print(f"  model {k}: {record['steps']} steps, training loss {record['final_loss']:.4f}, "
+              f"held-out loss {held} (best at step {record['best_step']})")
+    print(f"wrote {args.out}")
+    if reference is not None:
+        for frac in DEFAULT_TIME_FRACTIONS[1:]:
+            t = frac * process.t_max
+            x = reference.marginal(t).sample(4000, generator)
+            err = score_error(score, reference, x, t)
+            print(f"  t = {t:8.4g}: relative score error {err.relative:.4f} +- {err.relative_stderr:.4f}")
 
 
 def _gap(args: argparse.Namespace) -> None:

@@ -46,11 +46,12 @@ from ..sampling.designer import design_schedule
 from ..sampling.propagation import propagate_exact
 from ..sampling.schedules import Schedule, standard_schedule
 from ..score.audit import score_audit, score_error
+from ..score.checkpoints import load_score
 from ..score.examples import example
 from ..score.interface import ExactScore, Score
 from ..score.potential import quantum_potential
 from ..score.processes import PROCESS_NAMES
-from ..score.training import load_score, train_dsm
+from ..score.training import train_dsm
 from ..spectral.eigensolvers import spectrum
 from ..spectral.gap import spectral_gap
 from ..spectral.grid import Grid, box_from_mixture

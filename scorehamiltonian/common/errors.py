@@ -12,6 +12,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "ConvergenceError",
+    "DataError",
     "InputDtypeError",
     "InputShapeError",
     "InsufficientMemoryError",
@@ -93,3 +94,7 @@ class ScheduleError(ScoreHamiltonianError, ValueError):
 
 class ConfigError(ScoreHamiltonianError, ValueError):
     """A report configuration is malformed; the message names the field and what was expected."""
+
+
+class DataError(ScoreHamiltonianError, ValueError):
+    """A data file cannot be read as an (N, d) table of finite numbers (the message names it)."""

@@ -5,10 +5,14 @@ X_t = alpha_t X_0 + sigma_t Z is the input of everything else in the toolkit.
 
 - ``processes``: the forward processes (:class:`OU`, :class:`VPLinear`, :class:`VE`, :class:`EDM`).
 - ``mixture``: :class:`GaussianMixture`, whose noised marginals are exact (the ground truth).
-- ``interface``: the one score interface (:class:`Score`), the exact score of a mixture
-  (:class:`ExactScore`) and any network with the score / epsilon / x0 conventions
-  (:func:`as_score`).
-- ``training``: denoising score matching of a small MLP (:func:`train_dsm`) and its checkpoints.
+- ``interface``: the one score interface (:class:`Score`, with ``sample`` for samples of
+  p_t), scores with an exact log-density (:class:`DensityScore`: :class:`ExactScore` of a
+  mixture, :class:`AnalyticScore` of any torch log-density) and any network with the score /
+  epsilon / x0 conventions (:func:`as_score`).
+- ``training``: denoising score matching of a small MLP (:func:`train_dsm`), with held-out
+  rows and early stopping; ``ensemble``: K such models and their spread
+  (:class:`ScoreEnsemble`, :func:`train_ensemble`); ``checkpoints``: their files
+  (:func:`save_score`, :func:`load_score`).
 - ``derivatives``: the divergence and Jacobian of a score (exact, autograd, Hutchinson, finite
   differences), with error estimates.
 - ``potential``: the quantum potential V_t = |s_t|^2 / 4 + div(s_t) / 2 (:func:`quantum_potential`).
@@ -17,21 +21,34 @@ X_t = alpha_t X_0 + sigma_t Z is the input of everything else in the toolkit.
 """
 
 from .audit import ScoreAudit, ScoreError, score_audit, score_error
+from .checkpoints import load_score, save_score
 from .derivatives import DivergenceResult, JacobianResult, divergence, jacobian
+from .ensemble import ScoreEnsemble, train_ensemble
 from .examples import EXAMPLES, example
-from .interface import ExactScore, ModelScore, Score, as_score
+from .interface import (
+    AnalyticScore,
+    DensityScore,
+    ExactScore,
+    ExtrapolationWarning,
+    ModelScore,
+    Score,
+    as_score,
+)
 from .mixture import GaussianMixture, MixtureEvaluation
 from .potential import PotentialResult, quantum_potential
 from .processes import EDM, OU, VE, ForwardProcess, VPLinear, process_from_config
-from .training import MLPScore, load_score, save_score, train_dsm
+from .training import MLPScore, train_dsm
 
 __all__ = [
     "EDM",
     "EXAMPLES",
     "OU",
     "VE",
+    "AnalyticScore",
+    "DensityScore",
     "DivergenceResult",
     "ExactScore",
+    "ExtrapolationWarning",
     "ForwardProcess",
     "GaussianMixture",
     "JacobianResult",
@@ -41,6 +58,7 @@ __all__ = [
     "PotentialResult",
     "Score",
     "ScoreAudit",
+    "ScoreEnsemble",
     "ScoreError",
     "VPLinear",
     "as_score",
@@ -54,4 +72,5 @@ __all__ = [
     "score_audit",
     "score_error",
     "train_dsm",
+    "train_ensemble",
 ]

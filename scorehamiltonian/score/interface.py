@@ -25,6 +25,7 @@ Network conventions (THEORY section 1), for X_t = alpha_t X_0 + sigma_t Z:
 from __future__ import annotations
 
 import copy
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Literal
@@ -36,10 +37,14 @@ from ..common.validation import as_float_tensor, broadcast_time, check_points, r
 from .mixture import GaussianMixture, MixtureEvaluation
 from .processes import OU, ForwardProcess
 
-__all__ = ["AnalyticScore", "DensityScore", "ExactScore", "ModelScore", "Score", "as_score"]
+__all__ = ["AnalyticScore", "DensityScore", "ExactScore", "ExtrapolationWarning", "ModelScore", "Score", "as_score"]
 
 ScoreKind = Literal["score", "eps", "x0"]
 TimeInput = Literal["t", "sigma", "log_snr"]
+
+
+class ExtrapolationWarning(UserWarning):
+    """A learned score is evaluated where it was not trained (below its training t_min)."""
 
 
 class Score(ABC):
@@ -51,11 +56,15 @@ class Score(ABC):
     dim : the dimension d, or None when the score accepts any d.
     data : (N, d) samples of p_0 attached with ``as_score(..., data=x0)``, or None; what
         :meth:`sample` draws from when the score cannot sample its own marginal.
+    t_trained : the smallest time a learned score was trained at (None: valid over the
+        process's whole range); evaluating a :class:`ModelScore` below it warns
+        (:class:`ExtrapolationWarning`).
     """
 
     process: ForwardProcess
     dim: int | None = None
     data: torch.Tensor | None = None
+    t_trained: float | None = None
 
     def prepare(self, x: Any, t: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Check x (shape (..., d), floating) and t (inside the time range); broadcast t."""
@@ -268,6 +277,10 @@ class ModelScore(Score):
 
     def _evaluate(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         proc = self.process
+        if self.t_trained is not None and bool((t < self.t_trained * (1 - 1e-12)).any()):
+            warnings.warn(f"{self!r} is evaluated below its training t_min = {self.t_trained:g}: the model never "
+                          "saw those times and its score there is an extrapolation", ExtrapolationWarning,
+                          stacklevel=4)
         sigma = proc._sigma(t)
         if self.kind != "score" and bool((sigma <= 0).any()):
             raise TimeRangeError(

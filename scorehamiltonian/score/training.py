@@ -1,4 +1,4 @@
-"""Denoising score matching for low-dimensional data, and checkpoints of the trained scores.
+"""Denoising score matching: a small MLP score fitted to samples of the data.
 
 A small MLP predicts the noise eps of X_t = alpha_t X_0 + sigma_t Z (THEORY section 1) and is
 read as a score through ``ModelScore(mlp, kind="eps")``: s_t(x) = -eps_theta(x, t) / sigma_t.
@@ -16,33 +16,28 @@ affinely to u in [-1, 1] over the training range and embedded as e = [u, sin(k p
 cos(k pi u / 2), k = 1..n_freq]; it shifts the first layer and scales its response to x
 (see :class:`MLPScore`).
 
-Checkpoints hold plain data only (a format tag, a version, the config of plain Python types
-and the state_dict) and are read with ``torch.load(weights_only=True)``, so loading one never
-runs code from the file.
+Checkpoints of the trained scores are written and read by :mod:`.checkpoints`.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from ..common.errors import CheckpointError, InputShapeError
-from ..common.files import atomic_write
+from ..common.errors import InputShapeError
 from ..common.validation import check_points
 from .interface import ModelScore
 from .processes import OU, ForwardProcess, process_from_config
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "MLPScore", "load_score", "save_score", "train_dsm"]
+__all__ = ["CONFIG_KEYS", "MLPScore", "as_model_score", "default_size", "train_dsm"]
 
-CHECKPOINT_FORMAT = "scorehamiltonian.mlp_score"
-CHECKPOINT_VERSION = 1
-_CHECKPOINT_KEYS = {"format", "version", "config", "training", "state_dict"}
-_CONFIG_KEYS = (
+#: The constructor arguments of :class:`MLPScore`, as stored in its checkpoint.
+CONFIG_KEYS = (
     "dim", "hidden", "depth", "process_config", "data_mean", "data_std",
     "log_snr_min", "log_snr_max", "n_freq",
 )
@@ -170,18 +165,36 @@ class MLPScore(torch.nn.Module):
         return sigma.to(x.dtype) * c_in * y + self.out(h)
 
 
+def default_size(dim: int, n: int) -> tuple[int, int]:
+    """The default (hidden width, steps) of :func:`train_dsm` for ``n`` rows of dimension ``dim``.
+
+    Width: 32 up to d = 4; above, 8 d, at most 256 and at most sqrt(n d) / 2 (but not below
+    32), so that a small data set does not get a network with many more parameters than
+    numbers (d = 8: 64; d = 32 with 50000 rows: 256; d = 64 with 1797 rows: 169). Steps: 1200
+    up to d = 2, 400 sqrt(d) above (d = 8: 1200, d = 32: 2263, d = 64: 3200); early stopping
+    on the held-out rows guards small data sets against over-fitting.
+    """
+    hidden = 32 if dim <= 4 else max(32, min(256, 8 * dim, int(math.sqrt(n * dim) / 2)))
+    steps = 1200 if dim <= 2 else max(1200, round(400 * math.sqrt(dim)))
+    return hidden, steps
+
+
 def train_dsm(
     samples: Any,
     process: ForwardProcess | None = None,
     *,
-    hidden: int = 32,
+    hidden: int | None = None,
     depth: int = 3,
     n_freq: int = 2,
-    steps: int = 1200,
+    steps: int | None = None,
     batch_size: int = 2048,
     lr: float = 1.5e-2,
     t_min: float = 1e-2,
     seed: int = 0,
+    validation: float = 0.1,
+    check_every: int = 50,
+    bootstrap: bool = False,
+    split_seed: int | None = None,
     progress: bool = True,
     device: torch.device | str | None = None,
 ) -> ModelScore:
@@ -212,6 +225,19 @@ def train_dsm(
     deviation per coordinate and [lambda_lo, lambda_hi] go into the preconditioning (see the
     module docstring).
 
+    Held-out rows and early stopping: a fraction ``validation`` of the rows (a seeded
+    permutation, ``split_seed``, default ``seed``) is not trained on; every ``check_every``
+    steps and at the end the same loss is evaluated on them with fixed draws of (x0, t, z)
+    (4096 triples, drawn once), and the parameters of the lowest held-out loss are kept.
+    ``validation=0`` trains on every row and keeps the last parameters. ``bootstrap``:
+    train on a resample with replacement of the training rows (the members of an ensemble,
+    :func:`~.ensemble.train_ensemble`).
+
+    Units: the data stay in the user's units. The network standardises internally (the
+    preconditioning above, with the mean and standard deviation of all rows, stored in the
+    checkpoint), so the returned score, its process and everything computed from it are
+    in the units of ``samples``.
+
     Reproducibility: ``seed`` sets the initialisation (torch.manual_seed inside a forked RNG
     state, so the global RNG is left untouched) and a torch.Generator that draws every
     batch, time and noise; on CPU two runs with the same arguments and thread count give
@@ -221,19 +247,25 @@ def train_dsm(
     ----------
     samples : (n, d) tensor or array of data points x0, n >= 2, finite.
     process : forward process (default ``OU()``); t ranges over [t_min, process.t_max].
-    hidden, depth, n_freq : MLP width, number of hidden layers, Fourier pairs of the embedding.
-    steps, batch_size, lr : optimisation length, minibatch size, peak Adam learning rate.
-    t_min : smallest training time (process units); sigma_{t_min} must be > 0.
+    hidden, depth, n_freq : MLP width, number of hidden layers, Fourier pairs of the embedding
+        (``hidden`` default from :func:`default_size`).
+    steps, batch_size, lr : optimisation length (default from :func:`default_size`),
+        minibatch size, peak Adam learning rate.
+    t_min : smallest training time (process units); sigma_{t_min} must be > 0. Evaluating the
+        score below it warns (the model never saw those times).
     seed : random seed (integer >= 0).
-    progress : show a tqdm bar over the steps with the running loss.
+    validation, check_every, bootstrap, split_seed : held-out fraction in [0, 0.5], steps
+        between its checks, bootstrap resampling of the training rows, seed of the split.
+    progress : show a tqdm bar over the steps with the running and the held-out loss.
     device : where to train; default the device of ``samples`` (CPU for arrays).
 
     Returns
     -------
-    ModelScore with ``.model`` the trained MLPScore (in eval mode); ``.model.config``
-    rebuilds the architecture and ``.model.training_config`` records steps, batch_size, lr,
-    t_min, seed, the number of samples and the final running loss (exponential average over
-    about 50 steps, in units of the loss above).
+    ModelScore with ``.model`` the trained MLPScore (in eval mode) and ``t_trained`` = t_min;
+    ``.model.config`` rebuilds the architecture and ``.model.training_config`` records
+    steps, batch_size, lr, t_min, seed, the number of samples and of training rows, the
+    final running loss (exponential average over about 50 steps, in units of the loss
+    above), the held-out fraction, the best held-out loss and the step it was reached.
     """
     process = process if process is not None else OU()
     x0 = check_points(samples, name="samples")
@@ -244,12 +276,18 @@ def train_dsm(
         raise InputShapeError(f"need at least 2 samples to train on; got n = {n}")
     if not bool(torch.isfinite(x0).all()):
         raise InputShapeError("samples contain NaN or Inf")
-    steps = _int_at_least("steps", steps, 1)
+    default_hidden, default_steps = default_size(d, n)
+    hidden = _int_at_least("hidden", default_hidden if hidden is None else hidden, 1)
+    steps = _int_at_least("steps", default_steps if steps is None else steps, 1)
     batch_size = _int_at_least("batch_size", batch_size, 1)
     seed = _int_at_least("seed", seed, 0)
+    check_every = _int_at_least("check_every", check_every, 1)
     lr = float(lr)
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number; got {lr!r}")
+    validation = float(validation)
+    if not 0.0 <= validation <= 0.5:
+        raise ValueError(f"validation must lie in [0, 0.5]; got {validation!r}")
     t_min = float(process.time(float(t_min)))
     if not (float(process.sigma(t_min)) > 0 and t_min < process.t_max):
         raise ValueError(
@@ -258,6 +296,9 @@ def train_dsm(
         )
     device = torch.device(device) if device is not None else x0.device
     x64 = x0.to(dtype=torch.float64, device="cpu")
+    train, held = _split(n, validation, seed if split_seed is None else int(split_seed))
+    if bootstrap:
+        train = train[torch.randint(train.numel(), (train.numel(),), generator=torch.Generator().manual_seed(seed))]
     lam_lo, lam_hi = _training_log_snr_range(process, t_min, float(x64.var(0).max()))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -267,33 +308,75 @@ def train_dsm(
             log_snr_min=lam_lo, log_snr_max=lam_hi, n_freq=n_freq,
         )
     mlp.to(device)
-    data = x64.to(dtype=torch.float32, device=device)
+    data = x64[train].to(dtype=torch.float32, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
+
+    def draw(rows: torch.Tensor, count: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """(x_t, t, z) for ``count`` draws of the loss on ``rows`` (float32 x_t and z)."""
+        x_batch = rows[torch.randint(rows.shape[0], (count,), generator=generator, device=device)]
+        lam = torch.rand(count, generator=generator, device=device, dtype=torch.float64)
+        t = process.log_snr_to_t(lam_lo + (lam_hi - lam_lo) * lam).clamp(t_min, process.t_max)
+        z = torch.randn(count, d, generator=generator, device=device)
+        return process.perturb(x_batch.double(), t, z.double()).float(), t, z
+
+    check = None
+    if held.numel():
+        check = draw(x64[held].to(dtype=torch.float32, device=device), _HELD_OUT_DRAWS,
+                     torch.Generator(device=device).manual_seed(seed + 1))
     opt = torch.optim.Adam(mlp.parameters(), lr=lr)
-    running = None
+    running, best = None, (math.inf, steps, None)
     bar = tqdm(range(steps), desc="train_dsm", disable=not progress)
     for k in bar:
         for group in opt.param_groups:
             group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * k / steps))
-        x_batch = data[torch.randint(n, (batch_size,), generator=gen, device=device)]
-        lam = torch.rand(batch_size, generator=gen, device=device, dtype=torch.float64)
-        t = process.log_snr_to_t(lam_lo + (lam_hi - lam_lo) * lam).clamp(t_min, process.t_max)
-        z = torch.randn(batch_size, d, generator=gen, device=device)
-        x_t = process.perturb(x_batch.double(), t, z.double()).float()
+        x_t, t, z = draw(data, batch_size, gen)
         loss = torch.mean((mlp(x_t, t) - z) ** 2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         value = loss.detach()
         running = value if running is None else 0.98 * running + 0.02 * value
+        if check is not None and ((k + 1) % check_every == 0 or k == steps - 1):
+            held_loss = _loss(mlp, *check)
+            if held_loss < best[0]:
+                best = (held_loss, k + 1, copy.deepcopy(mlp.state_dict()))
         if progress and (k % 50 == 0 or k == steps - 1):
-            bar.set_postfix(loss=f"{float(running):.4f}")
+            bar.set_postfix(loss=f"{float(running):.4f}", held_out=f"{best[0]:.4f}")
+    if best[2] is not None:
+        mlp.load_state_dict(best[2])
     mlp.eval()
     mlp.training_config = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "t_min": t_min, "seed": seed,
-        "n_samples": n, "final_loss": float(running),
+        "n_samples": n, "n_train": int(train.numel()), "final_loss": float(running), "validation": validation,
+        "held_out_loss": best[0] if math.isfinite(best[0]) else None, "best_step": best[1],
     }
-    return ModelScore(mlp, kind="eps", process=process, dim=d)
+    return as_model_score(mlp, process)
+
+
+#: Fixed (x0, t, z) draws of the held-out loss.
+_HELD_OUT_DRAWS = 4096
+
+
+def _split(n: int, validation: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training rows, held-out rows): a seeded permutation, round(validation n) rows held out
+    (at least one when validation > 0, and at least two rows kept for training)."""
+    held = min(n - 2, max(1, round(validation * n))) if validation > 0 else 0
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[held:].sort().values, order[:held].sort().values
+
+
+def _loss(mlp: MLPScore, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> float:
+    """The epsilon-prediction loss of ``mlp`` on fixed draws, without gradients."""
+    with torch.no_grad():
+        return float(torch.mean((mlp(x_t, t) - z) ** 2))
+
+
+def as_model_score(mlp: MLPScore, process: ForwardProcess) -> ModelScore:
+    """``ModelScore(mlp, kind="eps")`` with ``t_trained`` from the training record."""
+    score = ModelScore(mlp, kind="eps", process=process, dim=mlp.dim)
+    record = mlp.training_config or {}
+    score.t_trained = record.get("t_min")
+    return score
 
 
 def _training_log_snr_range(process: ForwardProcess, t_min: float, var_max: float) -> tuple[float, float]:
@@ -302,90 +385,6 @@ def _training_log_snr_range(process: ForwardProcess, t_min: float, var_max: floa
     lam_full = float(process.log_snr(process.t_max))
     lam_lo = max(lam_full, _LOG_REL_SNR_FLOOR - math.log(var_max)) if var_max > 0 else lam_full
     return (lam_lo if lam_lo < lam_hi else lam_full), lam_hi
-
-
-def save_score(score: ModelScore, path: str | os.PathLike[str]) -> None:
-    """Write ``score`` (a ModelScore wrapping an MLPScore, kind "eps") to a checkpoint file.
-
-    The file is ``torch.save`` of a dict of plain data: ``format`` = CHECKPOINT_FORMAT,
-    ``version`` = CHECKPOINT_VERSION, ``config`` (the MLPScore constructor arguments, with the
-    process config), ``training`` (the training record or None) and ``state_dict`` (CPU
-    tensors). It is written to a temporary file in the target folder and moved into place
-    with os.replace, so a failure never leaves a partial file at ``path``.
-    """
-    if not (isinstance(score, ModelScore) and isinstance(score.model, MLPScore) and score.kind == "eps"):
-        raise TypeError(
-            f"save_score needs a ModelScore of kind 'eps' wrapping an MLPScore (as returned "
-            f"by train_dsm or load_score); got {score!r}"
-        )
-    mlp = score.model
-    if score.process != mlp.process:
-        raise ValueError(
-            f"the score's process {score.process!r} differs from the one the MLP was built "
-            f"for, {mlp.process!r}"
-        )
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "config": mlp.config,
-        "training": mlp.training_config,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in mlp.state_dict().items()},
-    }
-    atomic_write(path, lambda f: torch.save(payload, f))
-
-
-def load_score(path: str | os.PathLike[str], device: torch.device | str | None = None) -> ModelScore:
-    """Read a checkpoint written by :func:`save_score`; return ``ModelScore(mlp, kind="eps")``.
-
-    Loads with ``torch.load(weights_only=True)`` (plain data and tensors only; no code from
-    the file runs), onto ``device`` (CPU by default). Raises :class:`CheckpointError` when
-    the file is missing, unreadable or not a checkpoint (including one holding pickled
-    objects), has another format tag or version, lacks keys, or its config or tensors do not
-    fit an MLPScore. The process is rebuilt with ``process_from_config``.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"no checkpoint file at {path!r}")
-    map_location = torch.device(device) if device is not None else torch.device("cpu")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
-        first_line = (str(exc).strip().splitlines() or [""])[0]
-        raise CheckpointError(
-            f"{path!r} is not a readable scorehamiltonian checkpoint (torch.load with "
-            f"weights_only=True failed: {type(exc).__name__}: {first_line})"
-        ) from exc
-    fmt = payload.get("format") if isinstance(payload, dict) else None
-    if not (isinstance(fmt, str) and fmt == CHECKPOINT_FORMAT):
-        found = repr(fmt) if isinstance(payload, dict) else f"a {type(payload).__name__}, not a dict"
-        raise CheckpointError(f"{path!r} is not a {CHECKPOINT_FORMAT!r} checkpoint (found format {found})")
-    version = payload.get("version")
-    if not (type(version) is int and version == CHECKPOINT_VERSION):
-        raise CheckpointError(
-            f"{path!r} has checkpoint version {version!r}; this code reads version {CHECKPOINT_VERSION}"
-        )
-    missing = _CHECKPOINT_KEYS - set(payload)
-    if missing:
-        raise CheckpointError(f"{path!r} lacks the keys {sorted(missing)}")
-    config, state, training = payload["config"], payload["state_dict"], payload["training"]
-    plain = isinstance(config, dict) and isinstance(state, dict)
-    if not (plain and (training is None or isinstance(training, dict))):
-        raise CheckpointError(
-            f"{path!r}: 'config' and 'state_dict' must be dicts and 'training' a dict or None"
-        )
-    if set(config) != set(_CONFIG_KEYS):
-        raise CheckpointError(
-            f"{path!r}: config keys {sorted(config)} differ from the MLPScore keys {sorted(_CONFIG_KEYS)}"
-        )
-    try:
-        process = process_from_config(config["process_config"])
-        mlp = MLPScore(**config)
-        mlp.load_state_dict(state)
-    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path!r}: config or weights do not fit an MLPScore: {exc}") from exc
-    mlp.training_config = training
-    mlp.to(map_location).eval()
-    return ModelScore(mlp, kind="eps", process=process, dim=mlp.dim)
 
 
 def _int_at_least(name: str, value: Any, minimum: int) -> int:

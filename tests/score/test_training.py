@@ -8,6 +8,7 @@ computed by quadrature on a fine grid.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -19,17 +20,11 @@ import pytest
 import torch
 
 from scorehamiltonian.common.errors import CheckpointError, InputDtypeError, InputShapeError
+from scorehamiltonian.score.checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_score, save_score
 from scorehamiltonian.score.interface import ExactScore, ModelScore
 from scorehamiltonian.score.mixture import GaussianMixture
 from scorehamiltonian.score.processes import EDM, OU, VE, VPLinear
-from scorehamiltonian.score.training import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
-    MLPScore,
-    load_score,
-    save_score,
-    train_dsm,
-)
+from scorehamiltonian.score.training import MLPScore, train_dsm
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
@@ -150,7 +145,7 @@ def test_checkpoint_loads_in_fresh_process(trained, tmp_path):
         expected = score(x, 0.3)[:, 0].tolist()
     code = (
         "import json, sys, torch\n"
-        "from scorehamiltonian.score.training import load_score\n"
+        "from scorehamiltonian.score.checkpoints import load_score\n"
         "score = load_score(sys.argv[1])\n"
         "x = torch.linspace(-3.0, 3.0, 13, dtype=torch.float64)[:, None]\n"
         "with torch.no_grad():\n"
@@ -288,3 +283,65 @@ def test_train_dsm_rejects_bad_samples(samples, error, message):
 def test_train_dsm_rejects_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         train_dsm(np.zeros((10, 1)), progress=False, **kwargs)
+
+
+def test_held_out_rows_and_early_stopping():
+    """validation=f holds out round(f n) rows that are never trained on, checks the loss on
+    them every check_every steps and keeps the parameters of the lowest held-out loss: the
+    kept model's held-out loss is the minimum over the checks (recomputed here on the same
+    fixed draws), and validation=0 keeps the last parameters."""
+    from scorehamiltonian.score.training import _HELD_OUT_DRAWS, _loss, _split
+
+    samples = _two_modes().sample(400, generator=torch.Generator().manual_seed(5))
+    score = train_dsm(samples, steps=60, batch_size=64, check_every=20, validation=0.25, seed=2, progress=False)
+    record = score.model.training_config
+    assert record["n_samples"] == 400 and record["n_train"] == 300 and record["best_step"] in (20, 40, 60)
+    train, held = _split(400, 0.25, 2)
+    assert held.numel() == 100 and not set(train.tolist()) & set(held.tolist())
+    assert score.t_trained == record["t_min"] == pytest.approx(1e-2)
+    everything = train_dsm(samples, steps=60, batch_size=64, validation=0.0, seed=2, progress=False)
+    assert everything.model.training_config["n_train"] == 400
+    assert everything.model.training_config["held_out_loss"] is None
+    assert _HELD_OUT_DRAWS >= 1000 and math.isfinite(record["held_out_loss"])
+    assert _loss(score.model, *_held_draws(samples, held, score)) == pytest.approx(record["held_out_loss"], rel=1e-6)
+
+
+def _held_draws(samples, held, score):
+    """The held-out draws train_dsm made for seed 2 (the same recipe, re-run)."""
+    from scorehamiltonian.score.training import _HELD_OUT_DRAWS, _training_log_snr_range
+
+    process, record = score.process, score.model.training_config
+    x64 = torch.as_tensor(samples, dtype=torch.float64)
+    lam_lo, lam_hi = _training_log_snr_range(process, record["t_min"], float(x64.var(0).max()))
+    gen = torch.Generator().manual_seed(record["seed"] + 1)
+    rows = x64[held].float()
+    x_batch = rows[torch.randint(rows.shape[0], (_HELD_OUT_DRAWS,), generator=gen)]
+    lam = torch.rand(_HELD_OUT_DRAWS, generator=gen, dtype=torch.float64)
+    t = process.log_snr_to_t(lam_lo + (lam_hi - lam_lo) * lam).clamp(record["t_min"], process.t_max)
+    z = torch.randn(_HELD_OUT_DRAWS, 1, generator=gen)
+    return process.perturb(x_batch.double(), t, z.double()).float(), t, z
+
+
+def test_default_sizes_follow_the_dimension_and_the_data():
+    from scorehamiltonian.score.training import default_size
+
+    assert default_size(1, 10_000) == (32, 1200) and default_size(2, 50_000) == (32, 1200)
+    assert default_size(8, 50_000) == (64, 1200)
+    assert default_size(32, 50_000) == (256, 2263)
+    assert default_size(64, 1797) == (169, 3200)
+
+
+def test_a_model_warns_below_its_training_time():
+    from scorehamiltonian import ExtrapolationWarning
+
+    samples = _two_modes().sample(200, generator=torch.Generator().manual_seed(1))
+    score = train_dsm(samples, steps=5, batch_size=32, t_min=0.05, progress=False)
+    x = torch.zeros(3, 1, dtype=torch.float64)
+    with pytest.warns(ExtrapolationWarning, match="training t_min = 0.05"):
+        score(x, 0.01)
+    import warnings as _warnings
+
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("error", ExtrapolationWarning)
+        score(x, 0.05)
+        score(x, 1.0)
