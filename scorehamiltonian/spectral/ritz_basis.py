@@ -89,8 +89,9 @@ class _HermiteBasis:
         self.degree, self.dim = degree, dim
         self.size = len(slots)
 
-    def _tables(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """He_p(z_j) / sqrt(p!) and its derivative p He_{p-1}(z_j) / sqrt(p!), (n, d, degree+1)."""
+    def _tables(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """He_p(z_j) / sqrt(p!) and its first and second derivatives, p He_{p-1}(z_j) / sqrt(p!)
+        and p (p - 1) He_{p-2}(z_j) / sqrt(p!), each (n, d, degree+1)."""
         he = [torch.ones_like(z), z]
         for p in range(1, self.degree):
             he.append(z * he[p] - p * he[p - 1])
@@ -99,17 +100,20 @@ class _HermiteBasis:
         values = torch.stack(he[: self.degree + 1], dim=-1) / norm
         powers = torch.arange(self.degree + 1, dtype=z.dtype, device=z.device)
         derivs = torch.cat([torch.zeros_like(values[..., :1]), values[..., :-1]], dim=-1) * powers.sqrt()
-        return values, derivs
+        seconds = torch.cat([torch.zeros_like(derivs[..., :1]), derivs[..., :-1]], dim=-1) * powers.sqrt()
+        return values, derivs, seconds
 
     def values(self, z: torch.Tensor) -> torch.Tensor:
-        table, _ = self._tables(z)
+        table = self._tables(z)[0]
         out = torch.ones(z.shape[0], self.size, dtype=z.dtype, device=z.device)
         for s in range(self.degree):
             out = out * table[:, self.variables[:, s], self.powers[:, s]]
         return out
 
-    def partials(self, z: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        table, derivs = self._tables(z)
+    def partials(self, z: torch.Tensor, order: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """For j = 0..d-1: (columns, d^order phi / d z_j^order of those columns), order 1 or 2."""
+        tables = self._tables(z)
+        table, derivs = tables[0], tables[order]
         for j in range(self.dim):
             cols, parts = [], []
             for s in range(self.degree):
@@ -152,11 +156,16 @@ class _RidgeBasis:
     def values(self, z: torch.Tensor) -> torch.Tensor:
         return torch.tanh((z @ self.directions.T - self.centres) / self.widths)
 
-    def partials(self, z: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        slope = (1.0 - self.values(z) ** 2) / self.widths
+    def partials(self, z: torch.Tensor, order: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """d^order tanh(a) / d z_j^order, a = (u . z - c) / w: (1 - tanh^2) u_j / w (order 1),
+        -2 tanh (1 - tanh^2) u_j^2 / w^2 (order 2)."""
+        value = self.values(z)
+        slope = (1.0 - value**2) / self.widths
+        curve = -2.0 * value * slope / self.widths
         for j in range(self.dim):
             idx = torch.nonzero(self.directions[:, j]).flatten()
-            yield idx, slope[:, idx] * self.directions[idx, j]
+            u = self.directions[idx, j]
+            yield idx, slope[:, idx] * u if order == 1 else curve[:, idx] * u**2
 
 
 def _centres_and_widths(y: torch.Tensor, n_centres: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -233,13 +242,17 @@ class _NetworkBasis:
     def values(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
 
-    def partials(self, z: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def partials(self, z: torch.Tensor, order: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """First or second derivatives along each z_j, by forward-mode autograd (jvp, or a jvp of a jvp)."""
         columns = torch.arange(self.size, device=z.device)
         for j in range(z.shape[1]):
             direction = torch.zeros_like(z)
             direction[:, j] = 1.0
-            _, tangent = torch.func.jvp(self.net, (z,), (direction,))
-            yield columns, tangent
+
+            def slope(w: torch.Tensor, e: torch.Tensor = direction) -> torch.Tensor:
+                return torch.func.jvp(self.net, (w,), (e,))[1]
+
+            yield columns, slope(z) if order == 1 else torch.func.jvp(slope, (z,), (direction,))[1]
 
 
 class FeatureMap:
@@ -261,13 +274,25 @@ class FeatureMap:
         z = self.whitening(x)
         return torch.cat([p.values(z) for p in self.parts], dim=1)
 
-    def partials(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """For j = 0..d-1: (columns, d phi / d z_j of those columns, (n, len(columns)))."""
+    def partials(self, x: torch.Tensor, order: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """For j = 0..d-1: (columns, d^order phi / d z_j^order of those columns, (n, len(columns))),
+        order 1 or 2."""
         z = self.whitening(x)
         offsets = itertools.accumulate([0] + [p.size for p in self.parts])
-        streams = [_shifted(p.partials(z), off) for p, off in zip(self.parts, offsets)]
+        streams = [_shifted(p.partials(z, order), off) for p, off in zip(self.parts, offsets)]
         for pieces in zip(*streams):
             yield torch.cat([c for c, _ in pieces]), torch.cat([v for _, v in pieces], dim=1)
+
+    def generator(self, x: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """L phi = Laplacian_x phi + s . grad_x phi of every basis function at x (n, d), for the
+        drift s (n, d) (a score at x): shape (n, m). In whitened coordinates
+        Laplacian_x phi = sum_j d^2 phi / d z_j^2 / Lambda_j and s . grad_x phi = s_z . grad_z phi
+        with s_z = Lambda^{-1/2} U^T s."""
+        out = x.new_zeros(x.shape[0], self.size)
+        s_z = (score @ self.whitening.axes) / self.whitening.variances.sqrt()
+        for j, ((cols, first), (_, second)) in enumerate(zip(self.partials(x), self.partials(x, order=2))):
+            out[:, cols] += second / self.whitening.variances[j] + first * s_z[:, j : j + 1]
+        return out
 
     def dirichlet_gram(self, x: torch.Tensor) -> torch.Tensor:
         """A_ik = mean_n grad_x phi_i . grad_x phi_k = sum_j mean(dz_j phi_i dz_j phi_k) / Lambda_j."""

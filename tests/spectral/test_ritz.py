@@ -282,3 +282,27 @@ def test_network_basis_in_50_dimensions():
     score, levels = product_bimodal_50d(0.3)
     res = quiet_ritz(score, 0.3, n_samples=20000, basis="network", generator=seeded(0))
     assert -4 * res.stderr < res.value - levels[0] < 4 * res.stderr + 0.03 * levels[0]
+
+
+def test_the_model_form_measures_the_model_not_the_samples():
+    """Samples of p_t for data N(0, diag(1, 0.25)) and a model whose score is that of
+    N(0, diag(2, 0.25)) (not a DensityScore: form "auto" is "model"). With the linear basis the
+    fitted f_1 is x_1, and -f_1 L f_1 = x_1^2 / nu'_1 at every sample, so the model form gives
+    the model's gap 1 / nu'_1(t) (to the fit's accuracy), the data form the data's 1 / nu_1(t):
+    the result changes with the score; with the data's own score both forms agree."""
+    t = 0.05
+    data = GaussianMixture([1.0], [[0.0, 0.0]], [[1.0, 0.25]])
+    wrong = ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [[2.0, 0.25]]), OU())
+    samples = ExactScore(data, OU()).sample(20000, t, seeded(2))
+    learned = as_score(lambda x, s: wrong(x, s), process=OU(), dim=2)
+    a2, s2 = math.exp(-2 * t), -math.expm1(-2 * t)
+    nu, nu_model = a2 * 1.0 + s2, a2 * 2.0 + s2
+    model = ritz_gap(learned, t, samples=samples, basis="polynomial", degree=1, generator=seeded(3))
+    data_form = ritz_gap(learned, t, samples=samples, basis="polynomial", degree=1, form="data", generator=seeded(3))
+    assert model.form == "model" and data_form.form == "data"
+    assert abs(model.value - 1 / nu_model) < 1e-2 / nu_model + 4 * model.stderr
+    assert abs(data_form.value - 1 / nu) < 4 * data_form.stderr
+    assert model.value < 0.6 / nu
+    own = as_score(lambda x, s: ExactScore(data, OU())(x, s), process=OU(), dim=2)
+    same = ritz_gap(own, t, samples=samples, basis="polynomial", degree=1, generator=seeded(3))
+    assert abs(same.value - 1 / nu) < 1e-2 / nu + 4 * same.stderr
