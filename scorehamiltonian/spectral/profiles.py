@@ -38,6 +38,7 @@ from ..common.validation import checked_times
 from ..score.derivatives import DivergenceMethod
 from ..score.interface import ExactScore, Score, as_score
 from .gap import spectral_gap
+from .ritz import ritz_gap
 from .solution import ConvergenceWarning
 from .speed import adiabatic_speed
 
@@ -217,17 +218,32 @@ def _solve(score: Score, settings: dict[str, Any], samples: SampleSource | None,
     """Gap and speed at t with the seed time_seed(seed, t); failures recorded, not raised."""
     k, seed = settings["k"], settings["seed"]
     record = _empty_record(t, k)
-    with seeded_rng(time_seed(seed, t)):
+    generator = torch.Generator().manual_seed(time_seed(seed, t))
+    if settings["route"] == "ritz":
         try:
+            x = None if samples is None else samples(t, generator)
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                gap = spectral_gap(score, t, rtol=settings["rtol"], k=k, **gap_options)
-            eigenvalues = gap.eigenvalues.to(torch.float64).cpu().tolist()[:k]
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ritz = ritz_gap(score, t, samples=x, n_samples=settings["n_samples"], n_eigenvalues=k - 1,
+                                generator=generator, **gap_options)
+            eigenvalues = [0.0] + ritz.ritz_values.tolist()[: k - 1]
             eigenvalues += [math.nan] * (k - len(eigenvalues))
-            record.update(lambda0=eigenvalues[0], lambda1=eigenvalues[1], eigenvalues=eigenvalues,
-                          gap=float(gap.value), gap_error=float(gap.error), converged=bool(gap.converged))
+            record.update(lambda0=0.0, lambda1=ritz.value, eigenvalues=eigenvalues, gap=ritz.value,
+                          gap_error=ritz.stderr, converged=ritz.reliable)
         except Exception as err:  # noqa: BLE001 - a per-time failure is recorded, the sweep goes on
-            record["failures"].append(f"spectral_gap: {type(err).__name__}: {err}")
+            record["failures"].append(f"ritz_gap: {type(err).__name__}: {err}")
+    else:
+        with seeded_rng(time_seed(seed, t)):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    gap = spectral_gap(score, t, rtol=settings["rtol"], k=k, **gap_options)
+                eigenvalues = gap.eigenvalues.to(torch.float64).cpu().tolist()[:k]
+                eigenvalues += [math.nan] * (k - len(eigenvalues))
+                record.update(lambda0=eigenvalues[0], lambda1=eigenvalues[1], eigenvalues=eigenvalues,
+                              gap=float(gap.value), gap_error=float(gap.error), converged=bool(gap.converged))
+            except Exception as err:  # noqa: BLE001 - as above
+                record["failures"].append(f"spectral_gap: {type(err).__name__}: {err}")
     generator = torch.Generator().manual_seed(time_seed(seed, t))
     try:
         x = None if samples is None else samples(t, generator)
@@ -356,6 +372,7 @@ def gap_profile(
     gap_options: Mapping[str, Any] | None = None,
     executor: Any = None,
     n_workers: int = 2,
+    route: Literal["auto", "grid", "ritz"] = "auto",
 ) -> GapProfile:
     """The gap lambda_1 - lambda_0 of H_t and the adiabatic speed A(t) over many times t.
 
@@ -363,6 +380,14 @@ def gap_profile(
     method, mass_tol, max_unknowns, box, raise_on_failure) gives the gap with its error and
     the k lowest eigenvalues; :func:`adiabatic_speed` (``n_samples`` draws, ``divergence``)
     gives A(t) with its standard error. Units: gap 1 / x^2, A 1 / t, t the process's time.
+
+    Route. ``route="grid"`` is the above (d <= 3); ``"ritz"`` takes the gap from
+    :func:`~.ritz.ritz_gap` on ``n_samples`` samples of p_t instead (any d; ``gap_options``
+    then go to ritz_gap): the held-out Rayleigh quotient of the model's slowest Ritz function
+    with its standard error, lambda_0 = 0 and the held-out Ritz values as the eigenvalues,
+    ``converged`` when no reliability flag is raised (a Ritz value is an estimate with a
+    standard error, not a bound refined to ``rtol``). ``"auto"``: the grid for scores of
+    dimension at most 3 (or unknown), Ritz above.
 
     Times. ``times`` (positive, distinct, in the process's range) are solved in the given
     order; the band grid then spans [min, max] of them and includes them. Otherwise the
@@ -430,6 +455,10 @@ def gap_profile(
         raise ValueError(f"max_solves ({max_solves}) must be at least n_initial ({n_initial})")
     if kernel not in ("matern52", "rbf"):
         raise ValueError(f"kernel must be 'matern52' or 'rbf'; got {kernel!r}")
+    if route not in ("auto", "grid", "ritz"):
+        raise ValueError(f"route must be 'auto', 'grid' or 'ritz'; got {route!r}")
+    if route == "auto":
+        route = "ritz" if score.dim is not None and score.dim > 3 else "grid"
     explicit = checked_times(score.process, times, "the profile is analysed in log t") if times is not None else None
     if explicit is not None and t_range is not None:
         raise ValueError("pass either times or t_range, not both")
@@ -442,7 +471,7 @@ def gap_profile(
         "max_solves": None if explicit is not None or not adaptive else int(max_solves),
         "adaptive": explicit is None and bool(adaptive), "rtol": float(rtol), "k": int(k),
         "band_tol": float(band_tol), "kernel": kernel, "n_band": int(n_band), "n_samples": int(n_samples),
-        "divergence": divergence, "seed": int(seed), "gap_options": gap_options,
+        "divergence": divergence, "seed": int(seed), "gap_options": gap_options, "route": route,
     }
     try:
         text = json.dumps(settings, sort_keys=True)

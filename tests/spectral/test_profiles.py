@@ -298,3 +298,18 @@ def test_save_load_round_trip_and_plot(adaptive, tmp_path):
     fig.savefig(io.BytesIO(), format="png")
     ax = Figure().subplots()
     assert adaptive.plot(ax) is ax.figure and len(ax.figure.axes) == 2
+
+
+def test_the_ritz_route_profiles_a_score_in_high_dimension():
+    """A 5-d Gaussian (gap 1 / nu_max(t) exactly): route "auto" takes ritz_gap above d = 3; with the
+    linear basis every gap is within 4 standard errors of the exact one, lambda_0 is 0 and the
+    sweep is flagged converged."""
+    variances = torch.tensor([3.0, 1.0, 0.5, 0.5, 0.2], dtype=torch.float64)
+    score = ExactScore(GaussianMixture([1.0], torch.zeros(1, 5, dtype=torch.float64), variances[None]), OU())
+    times = [0.1, 1.0]
+    profile = gap_profile(score, times=times, n_samples=6000, progress=False, k=3,
+                          gap_options={"basis": "polynomial", "degree": 1})
+    assert profile.settings["route"] == "ritz" and profile.converged.all()
+    exact = [1.0 / (math.exp(-2 * t) * 3.0 - math.expm1(-2 * t)) for t in times]
+    assert np.all(np.abs(profile.gap - exact) < 4 * profile.gap_error)
+    assert np.all(profile.lambda0 == 0.0) and np.all(np.isfinite(profile.speed))
