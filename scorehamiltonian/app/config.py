@@ -56,13 +56,22 @@ CONFIG_SCHEMA: dict[str, Any] = _section({
     "title": {"type": "string", "default": ""},
     "seed": _integer(0, minimum=0),
     "model": _section({
-        "example": {"enum": sorted(EXAMPLES), "description": "the exact target (reference of every check)"},
+        "example": {"enum": sorted(EXAMPLES), "description": "the exact target (the reference of every check)"},
         "kind": {"enum": ["exact", "mlp", "file"], "default": "exact"},
         "path": {"type": "string", "minLength": 1, "description": "checkpoint file, for kind = 'file'"},
+        "data": {"type": "string", "minLength": 1, "description": "data file to train on, for kind = 'mlp'"},
         "process": {"enum": sorted(PROCESS_NAMES), "default": "ou"},
         "train_samples": _integer(10_000, minimum=100),
         "train_steps": _integer(1200),
-    }, required=("example",)),
+        "ensemble": _integer(1),
+    }),
+    "reference": {"type": "object", "additionalProperties": False, "properties": {
+        "example": {"enum": sorted(EXAMPLES), "description": "a built-in exact target"},
+        "samples": {"type": "string", "minLength": 1, "description": "held-out samples of the data (a file)"},
+        "log_prob": {"type": "string", "minLength": 1, "description": "'package.module:function', log p_0(x)"},
+        "normalised": {"type": "boolean", "default": False},
+        "dim": {"type": "integer", "minimum": 1},
+    }},
     "gap": _section({
         "t_min": _number(1e-3, 0, exclusive=True),
         "t_max": _number(5.0, 0, exclusive=True),
@@ -117,7 +126,11 @@ def validate_config(config: dict[str, Any], folder: str | os.PathLike[str] = "."
     """The configuration with defaults filled in, or :class:`ConfigError` naming the bad field.
 
     Beyond the schema: t_min < t_max in ``gap`` and ``schedules``; ``model.path`` required
-    for kind "file", forbidden otherwise, and resolved against ``folder`` to an existing file.
+    for kind "file", forbidden otherwise; ``model.data`` only for kind "mlp"; a reference
+    given once (``model.example`` or a ``[reference]`` table, which needs an example, samples
+    or a log_prob); a reference for kind "exact" (an example) and training data for kind
+    "mlp" (``model.data`` or an example); every file path (model.path, model.data,
+    reference.samples) resolved against ``folder`` to an existing file.
     """
     validator = jsonschema.Draft202012Validator(CONFIG_SCHEMA)
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
@@ -129,14 +142,29 @@ def validate_config(config: dict[str, Any], folder: str | os.PathLike[str] = "."
         if config[section]["t_min"] >= config[section]["t_max"]:
             raise ConfigError(f"config field '{section}.t_min': must be below {section}.t_max "
                               f"({config[section]['t_min']} >= {config[section]['t_max']})")
-    model = config["model"]
+    model, reference = config["model"], config.get("reference")
     if (model["kind"] == "file") != ("path" in model):
         raise ConfigError("config field 'model.path': required when model.kind = 'file' and not allowed otherwise")
-    if "path" in model:
-        path = Path(folder) / model["path"]
-        if not path.is_file():
-            raise ConfigError(f"config field 'model.path': no model file at {os.fspath(path)!r}")
-        model["path"] = os.fspath(path.resolve())
+    if "data" in model and model["kind"] != "mlp":
+        raise ConfigError("config field 'model.data': training data are for model.kind = 'mlp' only")
+    if reference is not None:
+        if "example" in model:
+            raise ConfigError("config field 'reference': give the reference once, as model.example or [reference]")
+        if not {"example", "samples", "log_prob"} & set(reference):
+            raise ConfigError("config field 'reference': needs an example, samples or a log_prob")
+    example_given = "example" in model or "example" in (reference or {})
+    if model["kind"] == "exact" and not example_given:
+        raise ConfigError("config field 'model.example': model.kind = 'exact' needs a built-in example")
+    if model["kind"] == "mlp" and not (example_given or "data" in model):
+        raise ConfigError("config field 'model.data': model.kind = 'mlp' needs training data or an example")
+    for section, field_name, noun in (("model", "path", "model"), ("model", "data", "data"),
+                                      ("reference", "samples", "samples")):
+        table = config.get(section) or {}
+        if field_name in table:
+            path = Path(folder) / table[field_name]
+            if not path.is_file():
+                raise ConfigError(f"config field '{section}.{field_name}': no {noun} file at {os.fspath(path)!r}")
+            table[field_name] = os.fspath(path.resolve())
     return config
 
 

@@ -1,0 +1,246 @@
+"""The four sections of the report, each computed from the score and what its reference knows.
+
+1. spectrum: the gap profile lambda_1(t) - lambda_0(t) with its errors and the adiabatic speed
+   A(t) (:func:`~scorehamiltonian.spectral.profiles.gap_profile`: grids in d <= 3, Ritz above),
+   and the lowest eigenpairs at chosen times (grid eigenfunctions in d <= 2; in higher d the
+   slowest Ritz function at samples of p_t, against their two leading principal coordinates);
+2. schedules: the named baselines and a designed schedule, judged by exact propagation with
+   their tracking bounds where the reference is a Gaussian mixture in d <= 2, else by the
+   reduced model in the lowest Ritz modes (a prediction, labelled as such);
+3. energies: -log p_0 by the probability-flow ODE at samples of the data, against the exact
+   value where the reference has a log-density (up to a constant where it is not
+   normalised), and one free-energy difference with a closed form (d <= 3);
+4. audit: finiteness, scale, curl of the score's Jacobian, and the error against the exact
+   score where the reference has one.
+Each returns JSON-ready numbers and the arrays its figure draws.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+from scipy.stats import spearmanr
+
+from ..sampling.bounds import tracking_bound
+from ..sampling.designer import design_schedule
+from ..sampling.propagation import propagate_exact
+from ..sampling.reduced import reduced_prediction
+from ..sampling.schedules import Schedule, standard_schedule
+from ..score.audit import score_audit, score_error
+from ..score.interface import Score
+from ..score.potential import quantum_potential
+from ..spectral.eigensolvers import spectrum
+from ..spectral.gap import spectral_gap
+from ..spectral.grid import Grid, box_from_mixture, box_from_samples
+from ..spectral.operator import ScoreHamiltonian
+from ..spectral.profiles import gap_profile
+from ..spectral.ritz import ritz_gap
+from ..thermo.energy import energy, start_time
+from ..thermo.free_energy import free_energy_difference
+from ..thermo.path import ScoreEnergy
+from .subjects import Reference
+
+__all__ = ["audit_section", "eigenpairs", "energy_section", "free_energy_section", "judge", "profile",
+           "schedule_section"]
+
+#: Interior nodes per axis of the eigenfunction grids (1D, 2D).
+EIGEN_NODES = {1: 255, 2: 63}
+#: Samples of p_t behind the adiabatic speed, the Ritz eigenfunctions and the reduced model.
+N_SAMPLES = 4000
+#: The free-energy difference runs in d <= this (its PF-ODE energies of thousands of samples).
+MAX_FREE_ENERGY_DIM = 3
+
+
+def _sampler(reference: Reference, n: int = N_SAMPLES) -> Any:
+    def draw(t: float, generator: torch.Generator) -> torch.Tensor:
+        return reference.sample(n, t, generator)
+
+    return draw
+
+
+def _exact(score: Score, reference: Reference) -> bool:
+    return reference.exact is not None and score is reference.exact
+
+
+# --------------------------------------------------------------------------- 1. spectrum
+
+
+def profile(score: Score, reference: Reference, config: dict[str, Any], progress: bool) -> Any:
+    """The gap profile over [gap.t_min, gap.t_max] (a network is not analysed below start_time)."""
+    gap = config["gap"]
+    t_min = max(gap["t_min"], start_time(score))
+    return gap_profile(score, t_range=(t_min, gap["t_max"]), n_initial=gap["n_initial"],
+                       max_solves=max(gap["max_solves"], gap["n_initial"]), rtol=gap["rtol"], k=gap["k"],
+                       n_samples=gap["n_samples"], samples=None if _exact(score, reference) else _sampler(reference),
+                       seed=config["seed"], progress=progress)
+
+
+def eigenpairs(score: Score, reference: Reference, t: float, k: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The k lowest eigenpairs of H_t on a grid (order 4) and the gap by spectral_gap in d <= 2;
+    above, the Ritz spectrum and the slowest Ritz function at samples of p_t."""
+    if reference.dim > 2:
+        return _ritz_pairs(score, reference, t, k, seed)
+    if reference.mixture is not None:
+        lo, hi = box_from_mixture(reference.exact.marginal(t), 1e-10)
+    else:
+        lo, hi = box_from_samples(reference.sample(N_SAMPLES, t, torch.Generator().manual_seed(seed)), 1e-10)
+    grid = Grid(lo, hi, EIGEN_NODES[reference.dim])
+    form = "ground_state" if _exact(score, reference) else "potential"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        H = ScoreHamiltonian(score, t, grid, order=4, form=form)
+        res = spectrum(H, k=k, return_eigenvectors=True, generator=torch.Generator().manual_seed(0))
+        gap = spectral_gap(score, t, rtol=1e-4, box=(lo, hi))
+    potential = quantum_potential(score, grid.points(), t).value
+    numbers = {"t": t, "route": "grid", "eigenvalues": res.eigenvalues, "residual_norms": res.residual_norms,
+               "converged": bool(res.converged.all()), "form": form, "grid": list(grid.n),
+               "gap": {"value": gap.value, "error": gap.error, "converged": gap.converged}}
+    arrays = {"t": t, "route": "grid", "axes": [a.numpy() for a in grid.axes()],
+              "potential": potential.reshape(grid.n).numpy(), "eigenvalues": res.eigenvalues.numpy(),
+              "eigenvectors": [res.eigenvectors[:, j].reshape(grid.n).numpy() / math.sqrt(grid.cell_volume)
+                               for j in range(k)]}
+    return numbers, arrays
+
+
+def _ritz_pairs(score: Score, reference: Reference, t: float, k: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    generator = torch.Generator().manual_seed(seed)
+    x = reference.sample(N_SAMPLES, t, generator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ritz = ritz_gap(score, t, samples=x, n_eigenvalues=max(k - 1, 1), generator=generator)
+    shown = x[:2000]
+    centred = shown - shown.mean(0)
+    axes = torch.linalg.svd(centred, full_matrices=False).Vh[:2]
+    numbers = {"t": t, "route": "ritz", "eigenvalues": [0.0, *ritz.ritz_values.tolist()],
+               "residual_norms": None, "converged": ritz.reliable, "form": ritz.form, "grid": None,
+               "gap": {"value": ritz.value, "error": ritz.stderr, "converged": ritz.reliable}, "flags": ritz.flags}
+    arrays = {"t": t, "route": "ritz", "coordinates": (centred @ axes.T).numpy(),
+              "values": ritz.eigenfunction(shown).detach().numpy(), "gap": ritz.value}
+    return numbers, arrays
+
+
+# --------------------------------------------------------------------------- 2. schedules
+
+
+def schedule_section(score: Score, reference: Reference, profile_: Any, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The configured schedules, each judged (:func:`judge`)."""
+    sch = config["schedules"]
+    exact_judge = reference.mixture is not None and reference.dim <= 2
+    args = (sch["n_levels"], sch["t_max"], sch["t_min"], score.process, sch["budget"])
+    covered = profile_.times.min() <= sch["t_min"] and profile_.times.max() >= sch["t_max"]
+    source = {"profile": profile_} if covered else {"score": reference.exact or score}
+    out = [standard_schedule(name, *args, **source) for name in sch["standard"]]
+    if sch["design"]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if exact_judge:
+                designed = design_schedule(reference.exact, None, sch["n_levels"], sch["budget"], sch["t_max"],
+                                           sch["t_min"], max_time=sch["design_max_time"], seed=config["seed"])
+            else:
+                designed = design_schedule(score, None, sch["n_levels"], sch["budget"], sch["t_max"], sch["t_min"],
+                                           model="reduced", reduced_options=_reduced_options(reference, config))
+        out.append(designed)
+    return [judge(score, reference, s, config) for s in out]
+
+
+def _reduced_options(reference: Reference, config: dict[str, Any]) -> dict[str, Any]:
+    return {"samples": _sampler(reference), "n_samples": N_SAMPLES, "seed": config["seed"]}
+
+
+def judge(score: Score, reference: Reference, schedule: Schedule, config: dict[str, Any]) -> dict[str, Any]:
+    """Exact propagation of ``schedule`` (annealed Langevin) and its tracking bound for a
+    mixture reference in d <= 2, else the reduced model's predicted final TV."""
+    row = {"name": schedule.name, "times": schedule.times, "langevin_time": schedule.langevin_time}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if reference.mixture is not None and reference.dim <= 2:
+            result = propagate_exact(reference.mixture, reference.process, schedule)
+            bound = tracking_bound(reference.mixture, reference.process, schedule)
+            return {**row, "judge": "exact propagation", "tv": result.tv, "weight_error": result.weight_error,
+                    "chi2": result.chi2, "judge_error": result.numerical_error,
+                    "judge_converged": bool(result.converged), "tv_bound": bound.tv, "chi2_bound": bound.chi2}
+        prediction = reduced_prediction(score, schedule, **_reduced_options(reference, config))
+    return {**row, "judge": "reduced model (prediction)", "tv": prediction.tv, "judge_error": prediction.tv_stderr,
+            "weight_error": None, "chi2": prediction.chi2, "judge_converged": not prediction.flags,
+            "tv_bound": None, "chi2_bound": None, "flags": list(prediction.flags)}
+
+
+# --------------------------------------------------------------------------- 3. energies
+
+
+def energy_section(score: Score, reference: Reference, config: dict[str, Any]) -> dict[str, Any]:
+    """PF-ODE energies at samples of the data, against the reference's log-density if any."""
+    cfg = config["energy"]
+    generator = torch.Generator().manual_seed(config["seed"])
+    x = reference.data_samples(cfg["n_points"], generator)
+    if x.shape[1] == 1:
+        x = x.sort(0).values
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = energy(score, score.process, x, method=cfg["method"], n_steps=cfg["n_steps"])
+    out = {"points": x, "value": res.value, "error": res.error, "nfe": res.nfe, "method": cfg["method"],
+           "n_steps": cfg["n_steps"], "exact": None, "max_abs_error": None, "normalised": reference.normalised}
+    if reference.log_density is not None:
+        exact = -reference.log_density(x).detach()
+        shift = 0.0 if reference.normalised else float((res.value - exact).mean())
+        out.update(exact=exact + shift, max_abs_error=float((res.value - exact - shift).abs().max()),
+                   spearman=float(spearmanr(res.value.numpy(), exact.numpy()).statistic))
+    closure = getattr(res, "closure", None)
+    if closure is not None:
+        out["cycle_closure"] = closure
+    return out
+
+
+def free_energy_section(score: Score, reference: Reference, config: dict[str, Any]) -> dict[str, Any]:
+    """Delta F between U_0 = -log p_0 (the score's; normalised) and U_1(x) = |x - m|^2 / (2 v),
+    whose exact value is -(d/2) log(2 pi v): m and v the reference's mean and mean variance."""
+    cfg, d = config["energy"], reference.dim
+    empty = {"method": cfg["free_energy_method"], "value": None, "error": None, "exact": None, "converged": False}
+    if d > MAX_FREE_ENERGY_DIM:
+        return {**empty, "skipped": f"d = {d} > {MAX_FREE_ENERGY_DIM}: thousands of PF-ODE energies in high d"}
+    n, generator = cfg["free_energy_samples"], torch.Generator().manual_seed(config["seed"])
+    if reference.mixture is not None:
+        m, v = reference.mixture.mean(), float(torch.diagonal(reference.mixture.covariance()).mean())
+    else:
+        data = reference.data_samples(n, generator)
+        m, v = data.mean(0), float(data.var(0).mean())
+
+    def gaussian(x: torch.Tensor) -> torch.Tensor:
+        return ((x - m) ** 2).sum(-1) / (2 * v)
+
+    samples_1 = m + math.sqrt(v) * torch.randn(n, d, dtype=torch.float64, generator=generator)
+    exact = _exact(score, reference)
+    U_0 = reference.mixture if exact else ScoreEnergy(score, n_steps=cfg["n_steps"])
+    samples_0 = None if exact else reference.data_samples(n, generator)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = free_energy_difference(U_0, gaussian, method=cfg["free_energy_method"], n_samples=n,
+                                     samples_0=samples_0, samples_1=samples_1, generator=generator)
+    return {"method": res.method, "value": res.value, "error": res.error, "systematic_error": res.systematic_error,
+            "exact": -0.5 * d * math.log(2 * math.pi * v), "converged": bool(res.converged), "ess": res.ess,
+            "overlap": res.overlap, "flags": list(res.flags), "n_energy_evaluations": res.n_energy_evaluations,
+            "end_states": f"U_0 = -log p_0 ({'exact' if exact else 'PF-ODE energy'}), "
+                          f"U_1 = |x - m|^2 / (2 v), v = {v:.6g}"}
+
+
+# --------------------------------------------------------------------------- 4. audit
+
+
+def audit_section(score: Score, reference: Reference, config: dict[str, Any]) -> list[dict[str, Any]]:
+    cfg = config["audit"]
+    generator = torch.Generator().manual_seed(config["seed"])
+    rows = []
+    for t in cfg["times"]:
+        x = reference.sample(cfg["n_points"], t, generator)
+        audit = score_audit(score, x, t)
+        row = {"t": t, "curl_ratio": audit.curl_ratio, "curl_ratio_error": audit.curl_ratio_error,
+               "rms_norm": audit.rms_norm, "max_norm": audit.max_norm, "n_nonfinite": audit.n_nonfinite,
+               "warnings": audit.warnings}
+        if reference.exact is not None and not _exact(score, reference):
+            err = score_error(score, reference.exact, x, t)
+            row.update(relative_score_error=err.relative, relative_score_error_stderr=err.relative_stderr)
+        rows.append(row)
+    return rows
