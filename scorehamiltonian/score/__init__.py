@@ -9,6 +9,8 @@ X_t = alpha_t X_0 + sigma_t Z is the input of everything else in the toolkit.
   (:class:`ExactScore`) and any network with the score / epsilon / x0 conventions
   (:func:`as_score`).
 - ``training``: denoising score matching of a small MLP (:func:`train_dsm`) and its checkpoints.
+- ``adapters``: models in (:func:`load_torchscript`, :func:`load_module`, :func:`from_diffusers`,
+  :func:`from_k_diffusion`), each an :class:`AdaptedScore`.
 - ``derivatives``: the divergence and Jacobian of a score (exact, autograd, Hutchinson, finite
   differences), with error estimates.
 - ``potential``: the quantum potential V_t = |s_t|^2 / 4 + div(s_t) / 2 (:func:`quantum_potential`).
@@ -16,13 +18,21 @@ X_t = alpha_t X_0 + sigma_t Z is the input of everything else in the toolkit.
 - ``examples``: the built-in targets (:func:`example`).
 """
 
+from .adapters import (
+    AdaptedNetwork,
+    AdaptedScore,
+    from_diffusers,
+    from_k_diffusion,
+    load_module,
+    load_torchscript,
+)
 from .audit import ScoreAudit, ScoreError, score_audit, score_error
 from .derivatives import DivergenceResult, JacobianResult, divergence, jacobian
 from .examples import EXAMPLES, example
 from .interface import ExactScore, ModelScore, Score, as_score
 from .mixture import GaussianMixture, MixtureEvaluation
 from .potential import PotentialResult, quantum_potential
-from .processes import EDM, OU, VE, ForwardProcess, VPLinear, process_from_config
+from .processes import EDM, OU, VE, DiscreteVP, ForwardProcess, VPLinear, process_from_config
 from .training import MLPScore, load_score, save_score, train_dsm
 
 __all__ = [
@@ -30,6 +40,9 @@ __all__ = [
     "EXAMPLES",
     "OU",
     "VE",
+    "AdaptedNetwork",
+    "AdaptedScore",
+    "DiscreteVP",
     "DivergenceResult",
     "ExactScore",
     "ForwardProcess",
@@ -46,8 +59,12 @@ __all__ = [
     "as_score",
     "divergence",
     "example",
+    "from_diffusers",
+    "from_k_diffusion",
     "jacobian",
+    "load_module",
     "load_score",
+    "load_torchscript",
     "process_from_config",
     "quantum_potential",
     "save_score",
