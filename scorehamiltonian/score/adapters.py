@@ -183,8 +183,9 @@ def load_torchscript(path: str | os.PathLike[str], kind: Prediction = "score", p
                      device: torch.device | str | None = None) -> AdaptedScore:
     """A TorchScript file (``torch.jit.save``) as a score: the module's ``forward(x, c)`` gets
     x of shape (n, *sample_shape) and c of shape (n,) (``time_input``: t, sigma_t or lambda_t
-    of ``process``, default :class:`OU`) and returns ``kind`` ("score", "eps", "x0" or "v";
-    module docstring), of x's shape. Loaded onto ``device`` (CPU by default) in eval mode.
+    of ``process``, default :class:`OU`; sample_shape defaults to (d,)) and returns ``kind``
+    ("score", "eps", "x0" or "v"; module docstring), of x's shape. Loaded onto ``device`` (CPU
+    by default) in eval mode.
 
     A TorchScript file carries its own compiled code (TorchScript, not Python pickle): load
     files you trust. :class:`CheckpointError` names the file when it is missing or not
@@ -195,7 +196,7 @@ def load_torchscript(path: str | os.PathLike[str], kind: Prediction = "score", p
         model = torch.jit.load(path, map_location=torch.device(device) if device is not None else "cpu")
     except Exception as exc:
         raise CheckpointError(f"{path!r} is not a TorchScript file ({_reason(exc)})") from exc
-    return _adapted(model.eval(), repr(path), kind, process, time_input, dim, sample_shape)
+    return _adapted(model.eval(), path, kind, process, time_input, dim, sample_shape)
 
 
 def load_module(factory: str, weights: str | os.PathLike[str], kind: Prediction = "score",
@@ -269,7 +270,7 @@ def from_diffusers(model: Any, scheduler: Any = None, *, sample_shape: tuple[int
     if isinstance(model, (str, os.PathLike)):
         folder = _model_folder(model)
         model = _diffusers_model(folder, device, dtype)
-        source = repr(folder)
+        source = folder
     else:
         source = type(model).__name__
     if scheduler is None or isinstance(scheduler, (str, os.PathLike)):
@@ -292,15 +293,15 @@ def from_k_diffusion(denoiser: Callable[..., Any], sigma_min: float | None = Non
     """A k-diffusion denoiser D(x, sigma) (the EDM convention: x = x0 + sigma z, D the x0
     estimate) as a score on :class:`EDM` (t = sigma, alpha = 1): s = (D(x, sigma) - x) / sigma^2.
 
-    ``denoiser`` is called as D(x, sigma) with x of shape (n, *sample_shape) and sigma of
-    shape (n,), as k-diffusion's samplers call it (``k_diffusion.layers.Denoiser``, the
-    ``k_diffusion.external`` wrappers, or any callable). ``sigma_min`` and ``sigma_max``
+    ``denoiser`` is called as D(x, sigma) with x of shape (n, *sample_shape) (default (d,))
+    and sigma of shape (n,), as k-diffusion's samplers call it (``k_diffusion.layers.Denoiser``,
+    the ``k_diffusion.external`` wrappers, or any callable). ``sigma_min`` and ``sigma_max``
     (defaults: the denoiser's own ``sigma_min`` / ``sigma_max``, as its ``DiscreteSchedule``
     wrappers have) bound the noise levels it was made for: the process is
     ``EDM(sigma_max (1 + RANGE_SLACK))`` and the score raises :class:`TimeRangeError` outside
-    [sigma_min, sigma_max] (beyond that slack of 1e-12, relative, for a sampler's rounding). For a model of a
-    variance-preserving process in k-diffusion's scaling, x_k = x / alpha_t and
-    sigma_k = sigma_t / alpha_t, this is the score of x_k: s_k(x_k) = alpha_t s_t(alpha_t x_k).
+    [sigma_min, sigma_max] (beyond that relative slack of 1e-12, left for a sampler's rounding).
+    For a model of a variance-preserving process in k-diffusion's scaling, x_k = x / alpha_t
+    and sigma_k = sigma_t / alpha_t, this is the score of x_k: s_k(x_k) = alpha_t s_t(alpha_t x_k).
     """
     bounds = []
     for name, value in (("sigma_min", sigma_min), ("sigma_max", sigma_max)):

@@ -268,7 +268,7 @@ def test_model_whose_output_shape_is_wrong(tmp_path):
         score(_images().reshape(3, 64), 0.5)
     unet.save_pretrained(tmp_path / "m")
     diffusers.DDIMScheduler().save_pretrained(tmp_path / "m")
-    with pytest.raises(InputShapeError, match=f"{str(tmp_path / 'm')!r}: the model returned shape"):
+    with pytest.raises(InputShapeError, match=f"{tmp_path / 'm'}: the model returned shape"):
         from_diffusers(tmp_path / "m")(_images().reshape(3, 64).float(), 0.5)
     with pytest.raises(ConfigError, match="pass sample_shape="):
         from_diffusers(torch.nn.Linear(4, 4), diffusers.DDIMScheduler())

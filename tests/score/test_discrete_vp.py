@@ -2,8 +2,9 @@
 
 Checked against: the table itself at the grid times t_n = n / (N - 1); scipy (an independent
 implementation) for L = -log abar and its first two derivatives: CubicHermiteSpline through
-the knots with PchipInterpolator's slopes inside and the adjacent secants at the ends; autograd of the closed forms for the SDE identities
-f = d log alpha / dt, g^2 = d sigma^2 / dt - 2 f sigma^2 and the derivatives; the inverses.
+the knots with PchipInterpolator's slopes inside and the adjacent secants at the ends;
+autograd of the closed forms for the SDE identities f = d log alpha / dt,
+g^2 = d sigma^2 / dt - 2 f sigma^2 and the derivatives; the inverses.
 
 Tolerances against scipy are scipy's own rounding: it evaluates the cubic in another basis
 (powers of t - t_k, t_k = k / (N - 1) inexact), whose coefficients for L'' are differences of

@@ -23,9 +23,10 @@ the installed package's path and imports only ``k_diffusion.sampling`` and
 ``k_diffusion.external``, the sampler code under test, unchanged. They import
 ``k_diffusion.utils``, whose first lines import ``torchvision.transforms.functional`` for two
 PIL-image helpers that sampling never calls; where torchvision is not installed an empty
-module stands in for it while those two modules are imported, and is removed from
-``sys.modules`` right after (the k_diffusion entries are removed when this module's tests end). Their other imports (torchsde, torchdiffeq, scipy, tqdm, PIL, safetensors) are
-real: torchsde comes with the test extras, the rest with the package's dependencies.
+module stands in for it while those two modules are imported and is removed from
+``sys.modules`` right after (the k_diffusion entries go when this module's tests end). Their
+other imports (torchsde, torchdiffeq, scipy, tqdm, PIL, safetensors) are real: torchsde and
+safetensors come with the test extras, the rest with the toolkit's own dependencies.
 """
 
 from __future__ import annotations
