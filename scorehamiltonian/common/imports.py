@@ -21,11 +21,11 @@ def resolve(spec: str, what: str = "object") -> Any:
     """The object named by ``spec`` = ``"package.module:name"`` (``what`` names it in errors)."""
     match = _SPEC.fullmatch(spec) if isinstance(spec, str) else None
     if match is None:
-        raise ConfigError(f"{what} {spec!r} is not of the form 'package.module:name'")
+        raise ConfigError(f"{what} {spec!r} must have the form 'package.module:name'")
     module_name, attribute = match.groups()
     try:
         target: Any = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure of the user's module is reported as such
+    except Exception as exc:
         raise ConfigError(f"{what} {spec!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc})") from exc
     for part in attribute.split("."):
         if not hasattr(target, part):

@@ -13,6 +13,8 @@ X_t = alpha_t X_0 + sigma_t Z is the input of everything else in the toolkit.
   rows and early stopping; ``ensemble``: K such models and their spread
   (:class:`ScoreEnsemble`, :func:`train_ensemble`); ``checkpoints``: their files
   (:func:`save_score`, :func:`load_score`).
+- ``adapters``: models in (:func:`load_torchscript`, :func:`load_module`, :func:`from_diffusers`,
+  :func:`from_k_diffusion`), each an :class:`AdaptedScore` (diffusers on :class:`DiscreteVP`).
 - ``derivatives``: the divergence and Jacobian of a score (exact, autograd, Hutchinson, finite
   differences), with error estimates.
 - ``potential``: the quantum potential V_t = |s_t|^2 / 4 + div(s_t) / 2 (:func:`quantum_potential`).
@@ -20,6 +22,14 @@ X_t = alpha_t X_0 + sigma_t Z is the input of everything else in the toolkit.
 - ``examples``: the built-in targets (:func:`example`).
 """
 
+from .adapters import (
+    AdaptedNetwork,
+    AdaptedScore,
+    from_diffusers,
+    from_k_diffusion,
+    load_module,
+    load_torchscript,
+)
 from .audit import ScoreAudit, ScoreError, score_audit, score_error
 from .checkpoints import load_score, save_score
 from .derivatives import DivergenceResult, JacobianResult, divergence, jacobian
@@ -36,7 +46,7 @@ from .interface import (
 )
 from .mixture import GaussianMixture, MixtureEvaluation
 from .potential import PotentialResult, quantum_potential
-from .processes import EDM, OU, VE, ForwardProcess, VPLinear, process_from_config
+from .processes import EDM, OU, VE, DiscreteVP, ForwardProcess, VPLinear, process_from_config
 from .training import MLPScore, train_dsm
 
 __all__ = [
@@ -44,8 +54,11 @@ __all__ = [
     "EXAMPLES",
     "OU",
     "VE",
+    "AdaptedNetwork",
+    "AdaptedScore",
     "AnalyticScore",
     "DensityScore",
+    "DiscreteVP",
     "DivergenceResult",
     "ExactScore",
     "ExtrapolationWarning",
@@ -64,8 +77,12 @@ __all__ = [
     "as_score",
     "divergence",
     "example",
+    "from_diffusers",
+    "from_k_diffusion",
     "jacobian",
+    "load_module",
     "load_score",
+    "load_torchscript",
     "process_from_config",
     "quantum_potential",
     "save_score",

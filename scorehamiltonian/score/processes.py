@@ -8,6 +8,14 @@ floating dtype. Times outside [t_min, t_max] (or NaN) raise :class:`TimeRangeErr
 The log signal-to-noise ratio is lambda(t) = log(alpha_t^2 / sigma_t^2); "sigma" in the
 conversions is the process's own sigma_t (for variance-preserving processes the k-diffusion
 / EDM noise level of the rescaled variable x / alpha_t is sigma_t / alpha_t = exp(-lambda/2)).
+
+Discrete schedules (diffusers, DDPM-style tables): a network trained on timesteps n = 0 .. N-1
+with x_n = sqrt(abar_n) x_0 + sqrt(1 - abar_n) z (abar = ``alphas_cumprod``) is read on
+:class:`DiscreteVP`, whose time is t = n / (N - 1) in [0, 1] (timestep n = t (N - 1)), with
+alpha_t^2 = abar(t) and sigma_t^2 = 1 - abar(t). At the grid times t_n = n / (N - 1) the
+process is the table exactly; between them -log abar is interpolated by the monotone cubic
+of Fritsch and Carlson in t (see the class), and the network is conditioned on the fractional
+timestep t (N - 1). t = 0 is the first timestep, not the clean data: sigma_0 = sqrt(1 - abar_0) > 0.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import torch
 from ..common.errors import TimeRangeError
 from ..common.validation import as_float_tensor
 
-__all__ = ["EDM", "OU", "PROCESS_NAMES", "VE", "ForwardProcess", "VPLinear", "process_from_config"]
+__all__ = ["EDM", "OU", "PROCESS_NAMES", "VE", "DiscreteVP", "ForwardProcess", "VPLinear", "process_from_config"]
 
 
 class ForwardProcess(ABC):
@@ -370,7 +378,142 @@ class EDM(ForwardProcess):
         return torch.exp(-0.5 * lam)
 
 
-_PROCESSES = {cls.__name__: cls for cls in (OU, VPLinear, VE, EDM)}
+class DiscreteVP(ForwardProcess):
+    """The variance-preserving process of a discrete table abar_n = ``alphas_cumprod[n]``, n = 0 .. N-1.
+
+    Time t = n / (N - 1) in [0, 1] (timestep n = t (N - 1), :meth:`t_to_timestep`). With
+    L(t) = -log abar(t), the monotone piecewise cubic Hermite interpolant through the knots
+    (t_n, -log abar_n) with the slopes of Fritsch and Carlson (PCHIP: the harmonic mean of the
+    two adjacent secants) at inner knots and the adjacent secant at the two ends (positive,
+    where PCHIP's three-point end rule can give 0):
+
+        alpha_t = exp(-L / 2),  sigma_t = sqrt(1 - exp(-L)),  f = -L' / 2,  g^2 = L',
+        df = -L'' / 2,  dg^2 = L'',  lambda(t) = -log(e^L - 1),
+
+    so alpha_t^2 + sigma_t^2 = 1 and g^2 is the continuous beta(t) (about (N - 1) beta_n of
+    the table). At the knots alpha and sigma are the table's exactly; L' is continuous and
+    positive (every slope lies in (0, 2 x secant], inside the Fritsch-Carlson monotonicity
+    region), L'' jumps at the knots (there the value of the interval to the right is
+    returned). L is strictly increasing, so sigma_to_t and log_snr_to_t invert it (by bisection
+    in the knot interval, to float64 resolution). Tables come from diffusers schedulers
+    (``scheduler.alphas_cumprod``), DDPM code or k-diffusion's ``DiscreteSchedule``.
+
+    Parameters
+    ----------
+    alphas_cumprod : N >= 2 numbers, 0 < abar_n <= 1, strictly decreasing (a zero terminal
+        SNR, abar_{N-1} = 0, has no finite log-SNR and is refused).
+    """
+
+    t_max = 1.0
+
+    def __init__(self, alphas_cumprod: Any) -> None:
+        table = as_float_tensor(alphas_cumprod, "alphas_cumprod", dtype=torch.float64, device="cpu")
+        if table.ndim != 1 or table.numel() < 2:
+            raise ValueError(f"alphas_cumprod must be a 1D table of N >= 2 values; got shape {tuple(table.shape)}")
+        bad = ~(torch.isfinite(table) & (table > 0) & (table <= 1))
+        if bool(bad.any()):
+            n = int(torch.nonzero(bad)[0])
+            raise ValueError(f"alphas_cumprod[{n}] = {float(table[n])!r}: every entry must lie in (0, 1]")
+        flat = table[1:] >= table[:-1]
+        if bool(flat.any()):
+            n = int(torch.nonzero(flat)[0]) + 1
+            raise ValueError(f"alphas_cumprod must decrease strictly; alphas_cumprod[{n}] = {float(table[n])!r} "
+                             f">= alphas_cumprod[{n - 1}] = {float(table[n - 1])!r}")
+        self.alphas_cumprod = tuple(float(v) for v in table)
+        self._knots = -torch.log(table)
+        step = self._knots[1:] - self._knots[:-1]  # > 0: the secants, per timestep
+        inner = 2 * step[:-1] * step[1:] / (step[:-1] + step[1:])
+        self._slopes = torch.cat([step[:1], inner, step[-1:]])
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """N, the length of the table."""
+        return len(self.alphas_cumprod)
+
+    def t_to_timestep(self, t: Any) -> torch.Tensor:
+        """The (fractional) timestep n = t (N - 1) of time t."""
+        return self.time(t) * (self.num_train_timesteps - 1)
+
+    def timestep_to_t(self, timestep: Any) -> torch.Tensor:
+        """The time t = n / (N - 1) of timestep n in [0, N - 1] (checked)."""
+        return self.time(as_float_tensor(timestep, "timestep") / (self.num_train_timesteps - 1))
+
+    def _params(self) -> list[tuple[str, Any]]:
+        return [("alphas_cumprod", list(self.alphas_cumprod))]
+
+    def __repr__(self) -> str:
+        table = self.alphas_cumprod
+        return f"DiscreteVP(N={len(table)}, alphas_cumprod=[{table[0]!r}, ..., {table[-1]!r}])"
+
+    def _hermite(self, k: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """L and its first two derivatives in the timestep n, at n = k + u (u in [0, 1])."""
+        knots, slopes = self._knots.to(u), self._slopes.to(u)
+        l0, m0, m1 = knots[k], slopes[k], slopes[k + 1]
+        rise = knots[k + 1] - l0
+        c2, c3 = 3 * rise - 2 * m0 - m1, m0 + m1 - 2 * rise
+        return l0 + u * (m0 + u * (c2 + u * c3)), m0 + u * (2 * c2 + 3 * u * c3), 2 * c2 + 6 * u * c3
+
+    def _curve(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """L(t), L'(t), L''(t)."""
+        scale = self.num_train_timesteps - 1
+        n = t * scale
+        k = torch.floor(n.detach()).clamp(0, scale - 1).long()
+        value, d1, d2 = self._hermite(k, n - k.to(n))
+        return value, d1 * scale, d2 * scale**2
+
+    def _alpha(self, t):
+        return torch.exp(-0.5 * self._curve(t)[0])
+
+    def _sigma(self, t):
+        return torch.sqrt(-torch.expm1(-self._curve(t)[0]))
+
+    def _dalpha(self, t):
+        value, d1, _ = self._curve(t)
+        return -0.5 * d1 * torch.exp(-0.5 * value)
+
+    def _dsigma(self, t):
+        value, d1, _ = self._curve(t)
+        return 0.5 * d1 * torch.exp(-value) / torch.sqrt(-torch.expm1(-value))
+
+    def _f(self, t):
+        return -0.5 * self._curve(t)[1]
+
+    def _g2(self, t):
+        return self._curve(t)[1]
+
+    def _df(self, t):
+        return -0.5 * self._curve(t)[2]
+
+    def _dg2(self, t):
+        return self._curve(t)[2]
+
+    def log_snr(self, t: Any) -> torch.Tensor:
+        return -torch.log(torch.expm1(self._curve(self.time(t))[0]))
+
+    def _time_of_curve(self, target: torch.Tensor) -> torch.Tensor:
+        """The t with L(t) = target: bisection in the knot interval; beyond the table, the
+        end secants continue L linearly (giving times outside [0, 1] for the range checks)."""
+        knots = self._knots.to(target)
+        scale = self.num_train_timesteps - 1
+        k = (torch.searchsorted(knots, target.contiguous(), right=True) - 1).clamp(0, scale - 1)
+        lo, hi = torch.zeros_like(target), torch.ones_like(target)
+        for _ in range(60):  # 2^-60 of an interval: below float64 resolution of t
+            mid = 0.5 * (lo + hi)
+            below = self._hermite(k, mid)[0] < target
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        n = k + 0.5 * (lo + hi)
+        n = torch.where(target < knots[0], (target - knots[0]) / (knots[1] - knots[0]), n)
+        n = torch.where(target > knots[-1], scale + (target - knots[-1]) / (knots[-1] - knots[-2]), n)
+        return n / scale
+
+    def _sigma_to_t(self, sigma):
+        return self._time_of_curve(-torch.log1p(-(sigma**2)))
+
+    def _log_snr_to_t(self, lam):
+        return self._time_of_curve(torch.nn.functional.softplus(-lam))
+
+
+_PROCESSES = {cls.__name__: cls for cls in (OU, VPLinear, VE, EDM, DiscreteVP)}
 #: The processes by the short names of the command line and of report configurations
 #: (each built with its default parameters).
 PROCESS_NAMES: dict[str, type[ForwardProcess]] = {"ou": OU, "vp-linear": VPLinear, "ve": VE, "edm": EDM}
