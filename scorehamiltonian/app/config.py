@@ -28,7 +28,16 @@ from ..common.errors import ConfigError
 from ..score.examples import EXAMPLES, example
 from ..score.processes import PROCESS_NAMES
 
-__all__ = ["BUILTIN", "CONFIG_SCHEMA", "builtin_config", "load_config", "validate_config"]
+__all__ = ["BUILTIN", "CONFIG_SCHEMA", "MODEL_KINDS", "builtin_config", "load_config", "validate_config"]
+
+#: model.kind, and the fields each needs beyond the common ones: an exact example, an MLP trained
+#: here, the toolkit's checkpoint, and the adapters of scorehamiltonian.score.adapters.
+MODEL_KINDS: dict[str, tuple[str, ...]] = {
+    "exact": (), "mlp": (), "file": ("path",), "torchscript": ("path",), "module": ("factory", "weights"),
+    "diffusers": ("path",), "k-diffusion": ("factory", "weights", "sigma_min", "sigma_max"),
+}
+#: Fields that name files (or, for diffusers, folders), resolved against the configuration's folder.
+_PATHS = (("model", "path"), ("model", "weights"), ("model", "scheduler"), ("model", "data"), ("reference", "samples"))
 
 
 def _number(default: float, minimum: float | None = None, exclusive: bool = False) -> dict[str, Any]:
@@ -57,8 +66,18 @@ CONFIG_SCHEMA: dict[str, Any] = _section({
     "seed": _integer(0, minimum=0),
     "model": _section({
         "example": {"enum": sorted(EXAMPLES), "description": "the exact target (the reference of every check)"},
-        "kind": {"enum": ["exact", "mlp", "file"], "default": "exact"},
-        "path": {"type": "string", "minLength": 1, "description": "checkpoint file, for kind = 'file'"},
+        "kind": {"enum": list(MODEL_KINDS), "default": "exact"},
+        "path": {"type": "string", "minLength": 1,
+                 "description": "checkpoint file (file), TorchScript file (torchscript) or model folder (diffusers)"},
+        "factory": {"type": "string", "minLength": 1, "description": "'package.module:name' (module, k-diffusion)"},
+        "weights": {"type": "string", "minLength": 1, "description": "weights file (module, k-diffusion)"},
+        "kwargs": {"type": "object", "default": {}, "description": "arguments of the factory"},
+        "scheduler": {"type": "string", "minLength": 1, "description": "scheduler folder or file (diffusers)"},
+        "prediction": {"enum": ["score", "eps", "x0", "v"], "default": "score"},
+        "time_input": {"enum": ["t", "sigma", "log_snr"], "default": "t"},
+        "sample_shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+        "sigma_min": {"type": "number", "exclusiveMinimum": 0},
+        "sigma_max": {"type": "number", "exclusiveMinimum": 0},
         "data": {"type": "string", "minLength": 1, "description": "data file to train on, for kind = 'mlp'"},
         "process": {"enum": sorted(PROCESS_NAMES), "default": "ou"},
         "train_samples": _integer(10_000, minimum=100),
@@ -143,9 +162,15 @@ def validate_config(config: dict[str, Any], folder: str | os.PathLike[str] = "."
             raise ConfigError(f"config field '{section}.t_min': must be below {section}.t_max "
                               f"({config[section]['t_min']} >= {config[section]['t_max']})")
     model, reference = config["model"], config.get("reference")
-    if (model["kind"] == "file") != ("path" in model):
-        raise ConfigError("config field 'model.path': required when model.kind = 'file' and not allowed otherwise")
-    if "data" in model and model["kind"] != "mlp":
+    kind = model["kind"]
+    for name in MODEL_KINDS[kind]:
+        if name not in model:
+            raise ConfigError(f"config field 'model.{name}': required when model.kind = {kind!r}")
+    for name in ("path", "factory", "weights", "scheduler", "sigma_min", "sigma_max"):
+        owners = [k for k, needs in MODEL_KINDS.items() if name in needs] + (["diffusers"] if name == "scheduler" else [])
+        if name in model and kind not in owners:
+            raise ConfigError(f"config field 'model.{name}': for model.kind in {owners} only, not {kind!r}")
+    if "data" in model and kind != "mlp":
         raise ConfigError("config field 'model.data': training data are for model.kind = 'mlp' only")
     if reference is not None:
         if "example" in model:
@@ -157,13 +182,15 @@ def validate_config(config: dict[str, Any], folder: str | os.PathLike[str] = "."
         raise ConfigError("config field 'model.example': model.kind = 'exact' needs a built-in example")
     if model["kind"] == "mlp" and not (example_given or "data" in model):
         raise ConfigError("config field 'model.data': model.kind = 'mlp' needs training data or an example")
-    for section, field_name, noun in (("model", "path", "model"), ("model", "data", "data"),
-                                      ("reference", "samples", "samples")):
+    for section, field_name in _PATHS:
         table = config.get(section) or {}
         if field_name in table:
             path = Path(folder) / table[field_name]
-            if not path.is_file():
-                raise ConfigError(f"config field '{section}.{field_name}': no {noun} file at {os.fspath(path)!r}")
+            folders = kind == "diffusers" and field_name in ("path", "scheduler")
+            if not (path.exists() if folders else path.is_file()):
+                noun = "model" if field_name == "path" else field_name
+                raise ConfigError(f"config field '{section}.{field_name}': no {noun} {'folder or ' if folders else ''}"
+                                  f"file at {os.fspath(path)!r}")
             table[field_name] = os.fspath(path.resolve())
     return config
 

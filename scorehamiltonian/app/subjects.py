@@ -21,6 +21,7 @@ import torch
 
 from ..common.errors import ConfigError, SamplesRequiredError
 from ..common.imports import resolve
+from ..score.adapters import from_diffusers, from_k_diffusion, load_module, load_torchscript, module_from
 from ..score.checkpoints import load_score
 from ..score.ensemble import train_ensemble
 from ..score.examples import example
@@ -115,6 +116,18 @@ def _model(config: dict[str, Any], reference: Reference | None, progress: bool) 
         return reference.exact
     if kind == "file":
         return load_score(model["path"])
+    shape = tuple(model["sample_shape"]) if "sample_shape" in model else None
+    if kind == "torchscript":
+        return load_torchscript(model["path"], model["prediction"], _process(model), model["time_input"],
+                                sample_shape=shape)
+    if kind == "module":
+        return load_module(model["factory"], model["weights"], model["prediction"], _process(model),
+                           model["time_input"], sample_shape=shape, kwargs=model["kwargs"])
+    if kind == "diffusers":
+        return from_diffusers(model["path"], model.get("scheduler"), sample_shape=shape)
+    if kind == "k-diffusion":
+        denoiser = module_from(model["factory"], model["weights"], model["kwargs"])
+        return from_k_diffusion(denoiser, model["sigma_min"], model["sigma_max"], sample_shape=shape)
     if kind == "mlp":
         generator = torch.Generator().manual_seed(config["seed"])
         if "data" in model:

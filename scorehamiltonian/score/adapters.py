@@ -52,6 +52,7 @@ __all__ = [
     "from_k_diffusion",
     "load_module",
     "load_torchscript",
+    "module_from",
 ]
 
 Prediction = Literal["score", "eps", "x0", "v"]
@@ -217,6 +218,15 @@ def load_module(factory: str, weights: str | os.PathLike[str], kind: Prediction 
     module; :class:`CheckpointError` naming the weights file when it is missing, unreadable,
     not a state_dict or does not fit the module (missing, unexpected or mis-shaped entries).
     """
+    model = module_from(factory, weights, kwargs, device)
+    return _adapted(model, factory, kind, process, time_input, dim, sample_shape)
+
+
+def module_from(factory: str, weights: str | os.PathLike[str], kwargs: Mapping[str, Any] | None = None,
+                device: torch.device | str | None = None) -> torch.nn.Module:
+    """The module ``factory(**kwargs)`` with the state_dict of ``weights`` (strict), in eval mode
+    on ``device``: the first half of :func:`load_module` (same checks and errors), for a module
+    read otherwise (a k-diffusion denoiser for :func:`from_k_diffusion`)."""
     model = _build(factory, dict(kwargs or {}))
     path = _existing_file(weights, "weights file")
     state = _read_state_dict(path)
@@ -226,7 +236,7 @@ def load_module(factory: str, weights: str | os.PathLike[str], kind: Prediction 
         raise CheckpointError(f"{path!r}: the weights do not fit the module of {factory!r} ({_reason(exc)})") from exc
     if device is not None:
         model.to(torch.device(device))
-    return _adapted(model.eval(), factory, kind, process, time_input, dim, sample_shape)
+    return model.eval()
 
 
 def from_diffusers(model: Any, scheduler: Any = None, *, sample_shape: tuple[int, ...] | None = None,
