@@ -201,13 +201,16 @@ def _summary(numbers: dict[str, Any]) -> str:
                f"{len(e['value'])} samples of p_0: {against}, "
                f"largest reported error {_cell(max(v for v in e['error'] if v is not None))}."), "",
               free, "", "## Score audit", "",
-              "| t | curl ratio | error | rms abs(s) | non-finite | relative score error |", "|---|---|---|---|---|---|"]
+              ("| t | curl ratio | error | rms abs(s) | non-finite | Fokker-Planck residual (relative) | "
+               "relative score error |"), "|---|---|---|---|---|---|---|"]
     for a in numbers["audit"]:
         rel = a.get("relative_score_error")
         rel_text = ("exact" if model["kind"] == "exact" else "no exact score") if rel is None else (
             f"{_cell(rel)} +- {_cell(a['relative_score_error_stderr'])}")
+        fp = a.get("fokker_planck")
+        fp_text = "not differentiable" if fp is None else f"{_cell(fp)} +- {_cell(a['fokker_planck_stderr'])}"
         lines.append(f"| {_cell(a['t'])} | {_cell(a['curl_ratio'])} | {_cell(a['curl_ratio_error'])} | "
-                     f"{_cell(a['rms_norm'])} | {a['n_nonfinite']} | {rel_text} |")
+                     f"{_cell(a['rms_norm'])} | {a['n_nonfinite']} | {fp_text} | {rel_text} |")
     lines += ["", "## Figures", "",
               ("- `eigenfunctions.png`: the quantum potential V_t and the lowest eigenfunctions of H_t, offset by "
                "their eigenvalues (2D: the first two excited states; d > 2: the slowest Ritz function at samples "

@@ -10,8 +10,9 @@
 3. energies: -log p_0 by the probability-flow ODE at samples of the data, against the exact
    value where the reference has a log-density (up to a constant where it is not
    normalised), and one free-energy difference with a closed form (d <= 3);
-4. audit: finiteness, scale, curl of the score's Jacobian, and the error against the exact
-   score where the reference has one.
+4. audit: finiteness, scale, curl of the score's Jacobian, the Fokker-Planck residual of the
+   score family (differentiable scores), and the error against the exact score where the
+   reference has one.
 Each returns JSON-ready numbers and the arrays its figure draws.
 """
 
@@ -24,12 +25,13 @@ from typing import Any
 import torch
 from scipy.stats import spearmanr
 
+from ..common.errors import NotDifferentiableError
 from ..sampling.bounds import tracking_bound
 from ..sampling.designer import design_schedule
 from ..sampling.propagation import propagate_exact
 from ..sampling.reduced import reduced_prediction
 from ..sampling.schedules import Schedule, standard_schedule
-from ..score.audit import score_audit, score_error
+from ..score.audit import fokker_planck_residual, score_audit, score_error
 from ..score.interface import Score
 from ..score.potential import quantum_potential
 from ..spectral.eigensolvers import spectrum
@@ -52,6 +54,8 @@ EIGEN_NODES = {1: 255, 2: 63}
 N_SAMPLES = 4000
 #: The free-energy difference runs in d <= this (its PF-ODE energies of thousands of samples).
 MAX_FREE_ENERGY_DIM = 3
+#: Points of the Fokker-Planck residual in the audit (about 3 d backward passes each).
+FOKKER_PLANCK_POINTS = 200
 
 
 def _sampler(reference: Reference, n: int = N_SAMPLES) -> Any:
@@ -242,5 +246,10 @@ def audit_section(score: Score, reference: Reference, config: dict[str, Any]) ->
         if reference.exact is not None and not _exact(score, reference):
             err = score_error(score, reference.exact, x, t)
             row.update(relative_score_error=err.relative, relative_score_error_stderr=err.relative_stderr)
+        try:
+            consistency = fokker_planck_residual(score, x[:FOKKER_PLANCK_POINTS], t)
+            row.update(fokker_planck=consistency.mean_relative, fokker_planck_stderr=consistency.mean_relative_stderr)
+        except NotDifferentiableError:
+            row.update(fokker_planck=None, fokker_planck_stderr=None)
         rows.append(row)
     return rows

@@ -9,7 +9,7 @@ import torch
 
 from scorehamiltonian import ExactScore, as_score, score_audit, score_error
 
-from ..conftest import random_mixture
+from ..conftest import interior_times, random_mixture
 
 
 def test_exact_score_is_conservative():
@@ -79,3 +79,25 @@ def test_score_error_stderr_covers_the_population_value():
     fisher = float(-exact.divergence(big, 0.2).mean())
     want = math.sqrt(float(b @ b) / fisher)
     assert abs(err.relative - want) < 4 * err.relative_stderr + 4e-3 * want
+
+
+def test_fokker_planck_residual_vanishes_for_true_scores_and_sees_an_inconsistent_family(process):
+    """An exact mixture score satisfies d/dt s = grad q_t to round-off under every process; adding
+    eps grad phi(x) (phi = sin x_1, the same at every t) breaks it with a residual that is a
+    quadratic in eps with no constant term (q_t is quadratic in s): r(2e) - 2 r(e) = 4 (r(e) - 2 r(e/2))."""
+    from scorehamiltonian.score.audit import fokker_planck_residual
+
+    exact = ExactScore(random_mixture(2, seed=4), process)
+    x = torch.randn(100, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    t = float(interior_times(process)[3])
+    assert fokker_planck_residual(exact, x, t).relative.max() < 1e-11
+
+    def perturbed(eps):
+        def field(y, s):
+            bump = torch.stack([torch.cos(y[..., 0]), torch.zeros_like(y[..., 1])], -1)
+            return exact(y, s) + eps * bump
+        return as_score(field, process=process, dim=2)
+
+    assert fokker_planck_residual(perturbed(0.1), x, t).mean_relative > 1e-4
+    big, small, smaller = (fokker_planck_residual(perturbed(e), x, t).residual for e in (0.2, 0.1, 0.05))
+    torch.testing.assert_close(big - 2 * small, 4 * (small - 2 * smaller), rtol=1e-8, atol=1e-11)
