@@ -137,11 +137,13 @@ from .thermo import (
     LambdaSchedule,
     LineEnergyResult,
     ScoreEnergy,
+    StateFreeEnergies,
     default_schedule,
     energy,
     free_energy_difference,
     lambda_schedule,
     line_energy,
+    state_free_energies,
 )
 
 __version__ = "0.1.0"
@@ -213,6 +215,7 @@ __all__ = [
     "ScoreHamiltonianError",
     "SpectralDiagnostics",
     "SpectrumResult",
+    "StateFreeEnergies",
     "TaskFailure",
     "TimeRangeError",
     "TrackingBound",
@@ -263,6 +266,7 @@ __all__ = [
     "spectral_gap",
     "spectrum",
     "standard_schedule",
+    "state_free_energies",
     "tracking_bound",
     "train_dsm",
     "train_ensemble",

@@ -36,6 +36,7 @@ __all__ = [
     "GridModel",
     "Level",
     "Marginal",
+    "ascent_labels",
     "default_grid",
     "distances",
     "evaluate_marginal",
@@ -322,7 +323,7 @@ class GridModel:
             comp = evaluate_marginal(level.marginal, self.points)[1]
             labels = np.argmax(comp, axis=1)
         elif rule == "ascent":
-            labels = _steepest_ascent(level.log_mass.reshape(self.grid.n))
+            labels = ascent_labels(level.log_mass.reshape(self.grid.n))
         else:
             raise ValueError(f"basins must be 'ascent' or 'component'; got {rule!r}")
         return np.unique(labels, return_inverse=True)[1].reshape(-1)
@@ -362,8 +363,10 @@ def _chebyshev_exp(H: sp.csr_matrix, phi: np.ndarray, u: float) -> np.ndarray:
     return out
 
 
-def _steepest_ascent(log_p: np.ndarray) -> np.ndarray:
-    """Each node's local maximum (flat index) reached by following its highest neighbour (3^d - 1 of them)."""
+def ascent_labels(log_p: np.ndarray) -> np.ndarray:
+    """Each node's local maximum of ``log_p`` (an array on the grid's shape; flat index) reached by
+    following its highest neighbour (3^d - 1 of them, diagonals included): the steepest-ascent
+    basins of the density."""
     shape = log_p.shape
     index = np.arange(log_p.size).reshape(shape)
     best, best_val = index.copy(), log_p.copy()

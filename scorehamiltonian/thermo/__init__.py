@@ -9,6 +9,8 @@ THEORY section 5. Energies in units of k_B T, E(x) = -log p_0(x).
 - ``free_energy``: Delta F by TI, AIS, BAR, MBAR and Zwanzig (:func:`free_energy_difference`),
   along the alchemical ``path`` between two end states (:class:`ScoreEnergy` for a learned
   one) and the ``lambda_schedules`` that space it (:func:`lambda_schedule`).
+- ``states``: free energies of states (basins found from the density, or given regions) by
+  quadrature on a grid, with numerical and model errors (:func:`state_free_energies`).
 """
 
 from .energy import EnergyResult, default_schedule, energy
@@ -16,6 +18,7 @@ from .free_energy import FreeEnergyResult, free_energy_difference
 from .lambda_schedules import LambdaSchedule, lambda_schedule
 from .line_energy import LineEnergyResult, line_energy
 from .path import ScoreEnergy
+from .states import StateFreeEnergies, state_free_energies
 
 __all__ = [
     "EnergyResult",
@@ -23,9 +26,11 @@ __all__ = [
     "LambdaSchedule",
     "LineEnergyResult",
     "ScoreEnergy",
+    "StateFreeEnergies",
     "default_schedule",
     "energy",
     "free_energy_difference",
     "lambda_schedule",
     "line_energy",
+    "state_free_energies",
 ]
