@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -32,7 +33,7 @@ def _basin_masses(mixture: GaussianMixture, alpha: float = 1.0, sigma: float = 0
     signs = np.sign([score(v) for v in x])
     rises = np.flatnonzero((signs[:-1] < 0) & (signs[1:] > 0))
     cuts = [-np.inf] + [brentq(score, x[i], x[i + 1]) for i in rises] + [np.inf]
-    return np.array([float((w * (ndtr((b - mu) / sd) - ndtr((a - mu) / sd))).sum()) for a, b in zip(cuts[:-1], cuts[1:])])
+    return np.array([float((w * (ndtr((b - mu) / sd) - ndtr((a - mu) / sd))).sum()) for a, b in itertools.pairwise(cuts)])
 
 
 def test_basins_of_an_exact_and_of_a_learned_score_match_the_exact_masses():
