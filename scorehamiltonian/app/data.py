@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..common.errors import DataError
+from ..common.validation import nonfinite_rows
 
 __all__ = ["DATA_FORMATS", "load_data"]
 
@@ -97,8 +98,7 @@ def _checked(array: Any, file: str, dim: int | None) -> torch.Tensor:
         raise DataError(f"{file!r} holds {x.shape[0]} rows; at least 2 samples are needed")
     if dim is not None and x.shape[1] != dim:
         raise DataError(f"{file!r} holds points of dimension {x.shape[1]}; the model needs {dim}")
-    bad = ~torch.isfinite(x).all(dim=1)
-    if bool(bad.any()):
-        raise DataError(f"{file!r} has NaN or Inf in {int(bad.sum())} of {x.shape[0]} rows (first: row "
-                        f"{int(torch.nonzero(bad)[0])}); remove or fix them")
+    problem = nonfinite_rows(x)
+    if problem:
+        raise DataError(f"{file!r} has {problem}; remove or fix them")
     return x

@@ -50,6 +50,15 @@ def check_points(x: Any, dim: int | None = None, name: str = "x") -> torch.Tenso
     return x
 
 
+def nonfinite_rows(x: torch.Tensor) -> str | None:
+    """For an (n, d) tensor, "NaN or Inf in k of n rows (first: row i)", or None when every row
+    is finite: the one wording of the checks of samples and data."""
+    bad = ~torch.isfinite(x).all(dim=1)
+    if not bool(bad.any()):
+        return None
+    return f"NaN or Inf in {int(bad.sum())} of {x.shape[0]} rows (first: row {int(torch.nonzero(bad)[0])})"
+
+
 def broadcast_time(t: Any, x: torch.Tensor, name: str = "t") -> torch.Tensor:
     """Return ``t`` as a tensor of shape x.shape[:-1] with x's dtype and device.
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 
 from ..common.errors import InputShapeError, SamplesRequiredError, TimeRangeError
-from ..common.validation import as_float_tensor, broadcast_time, check_points, require_finite
+from ..common.validation import as_float_tensor, broadcast_time, check_points, nonfinite_rows, require_finite
 from .mixture import GaussianMixture, MixtureEvaluation
 from .processes import OU, ForwardProcess
 
@@ -349,8 +349,7 @@ def _checked_data(data: Any, dim: int | None) -> torch.Tensor:
     if x.ndim != 2 or x.shape[0] < 1 or (dim is not None and x.shape[1] != dim):
         want = f"(N, {dim})" if dim is not None else "(N, d)"
         raise InputShapeError(f"data must have shape {want}; got {tuple(x.shape)}")
-    bad = ~torch.isfinite(x).all(dim=1)
-    if bool(bad.any()):
-        raise InputShapeError(f"data contain NaN or Inf in {int(bad.sum())} of {x.shape[0]} rows "
-                              f"(first: row {int(torch.nonzero(bad)[0])})")
+    problem = nonfinite_rows(x)
+    if problem:
+        raise InputShapeError(f"data contain {problem}")
     return x

@@ -94,7 +94,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 
 from ..common.errors import InputShapeError
-from ..common.validation import as_float_tensor
+from ..common.validation import as_float_tensor, nonfinite_rows
 from ..score.interface import DensityScore, as_score
 from .ritz_basis import SAMPLES_PER_FUNCTION, BasisName, FeatureMap, basis_name, feature_map
 
@@ -264,12 +264,9 @@ def _samples(score: Any, t: float, samples: Any, n_samples: int, generator) -> t
     if x.ndim != 2 or (score.dim is not None and x.shape[1] != score.dim):
         want = f"(n, {score.dim})" if score.dim is not None else "(n, d)"
         raise InputShapeError(f"samples must have shape {want}; got {tuple(x.shape)}")
-    bad = ~torch.isfinite(x).all(dim=1)
-    if bool(bad.any()):
-        raise InputShapeError(
-            f"samples contain NaN or Inf in {int(bad.sum())} of {x.shape[0]} rows (first: row "
-            f"{int(torch.nonzero(bad)[0])})"
-        )
+    problem = nonfinite_rows(x)
+    if problem:
+        raise InputShapeError(f"samples contain {problem}")
     return x
 
 
