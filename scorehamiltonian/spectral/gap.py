@@ -21,12 +21,12 @@ order window bounds |b h^2 / a| at the coarsest grid, and with it the next term'
 R_n - R_{n-1}: the estimate without SAFETY then lies within a factor 0.75-1.3 of the true
 error of R_n; SAFETY = 3 covers the rest of the window and a next term of comparable
 size. Measured on 16 cases with independent truths (1D mixtures at t = 0 - 1, separations
-up to lambda_1 = 8e-11, a 2D Gaussian, quartic double wells; order 4, grids from 2 points
+up to lambda_1 = 8e-11, a 2D Gaussian, quartic double wells; order 4, grids from 1.5 points
 per width, stopping as spectral_gap does at rtol 1e-5 - 1e-9): every bar covered the truth
 and was 2 to 8.3 times the true error. The previous estimate, |R_n - R_{n-1}| itself, was
 2^{p+2} - 1 = 63 times that (order 4), and made spectral_gap refine once more than the
 accuracy needed (the four-mode mixture at t = 0.05 to 1e-7: a 1023^2 grid, now 511^2).
-Grids count from ``MIN_POINTS_PER_WIDTH`` = 2 points per width of the sharpest mode (was
+Grids count from ``MIN_POINTS_PER_WIDTH`` = 1.5 points per width of the sharpest mode (was
 4): coarser ones that are not yet asymptotic fail the order test (the four-mode mixture's
 63^2 grid: the differences change sign), and Mueller-Brown's 127^2 grid (1.7 points by
 that measure, taken where p > 1e-6 of its peak) is asymptotic already.
@@ -84,7 +84,7 @@ SOLVER_TOL_FLOOR = 1e-12
 #: LOBPCG iterations per grid in the ground-state form (its error bound is Kato-Temple's).
 GROUND_STATE_MAXITER = 150
 #: Grids whose sharpest mode spans fewer spacings than this are refined before use.
-MIN_POINTS_PER_WIDTH = 2.0
+MIN_POINTS_PER_WIDTH = 1.5
 #: The factor on the asymptotic error estimate of the extrapolate (module docstring).
 SAFETY = 3.0
 #: Samples drawn to place a box when the score can sample p_t.
