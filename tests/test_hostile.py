@@ -234,3 +234,35 @@ def test_any_time_array_is_a_valid_schedule_or_a_schedule_error(case):
             event("energy over the full range")
         except ScoreHamiltonianError as err:
             event(f"energy: {type(err).__name__}")
+
+
+@settings(max_examples=6)  # each example refines grids and runs the quadrature reference
+@given(quartic=st.floats(0.05, 20.0), quadratic=st.floats(-6.0, 3.0), tilt=st.floats(-2.0, 2.0),
+       steep=st.booleans())
+def test_spectral_gap_on_analytic_log_densities_is_right_or_says_so(quartic, quadratic, tilt, steep):
+    """Non-mixture exact scores (issue 20): log p = -(q x^4 + c x^2 + b x), or -exp(x^2) times
+    that scale for a steep wall, through as_score(log_prob=...) and the automatic box. Either
+    the result is flagged, or it matches the 1D quadrature reference within its bar."""
+    from .spectral.quadrature import lambda1_1d
+
+    def log_p(x):
+        body = quartic * x**4 + quadratic * x**2 + tilt * x
+        return -(body + torch.exp(x**2)) if steep else -body
+
+    score = as_score(log_prob=lambda x, t: log_p(x[:, 0]), dim=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result = spectral_gap(score, 0.0, rtol=1e-6)
+        except ScoreHamiltonianError as err:
+            event(f"refused: {type(err).__name__}")
+            return
+    flags = {type(c.message) for c in caught} & {BoundaryMassWarning, ResolutionWarning, ConvergenceWarning}
+    assert math.isfinite(result.value) and result.error >= 0
+    if not result.converged or flags:
+        event(f"flagged: {sorted(k.__name__ for k in flags)}, converged={result.converged}")
+        return
+    event("checked against the quadrature")
+    lo, hi = result.box[0][0], result.box[1][0]
+    truth, quad_error = lambda1_1d(lambda x: log_p(torch.from_numpy(x)).numpy(), lo, hi)
+    assert abs(result.value - truth) <= result.error + quad_error + 1e-12 * truth, (result.value, result.error, truth)

@@ -10,7 +10,7 @@ fine node (what Richardson extrapolation across grids needs).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from ..score.mixture import GaussianMixture
 
 __all__ = [
     "Grid",
+    "box_from_density",
     "box_from_mixture",
     "box_from_samples",
     "box_from_score",
@@ -210,3 +211,71 @@ def box_from_score(
             x = x + eta * s + (2.0 * eta) ** 0.5 * noise
             s = score(x, t)
     return box_from_samples(x, tol)
+
+
+#: Nodes per axis of the grids on which :func:`box_from_density` reads log p.
+DENSITY_BOX_NODES = {1: 4097, 2: 257, 3: 41}
+#: Spacings kept beyond the nodes of the mass in :func:`box_from_density`.
+BOX_MARGIN = 4
+
+
+def box_from_density(
+    log_prob: Callable[[torch.Tensor], torch.Tensor],
+    start: tuple[Sequence[float], Sequence[float]],
+    tol: float = 1e-12,
+    max_rounds: int = 24,
+) -> tuple[list[float], list[float]]:
+    """A box holding all but about ``tol`` of p, from its log-density (any shape of tails).
+
+    ``log_prob`` maps points (n, d) to log p (unnormalised is fine; -inf where p = 0);
+    ``start`` = (lo, hi) is a first box, e.g. around samples. Each round reads log p on a
+    regular grid of the current box (``DENSITY_BOX_NODES`` per axis) and keeps the nodes of
+    highest p until those left out hold at most ``tol`` of the mass on the box (the grid's
+    quadrature of p, normalised on the box), until a first box holds them all: from then on
+    it keeps the nodes within the depth max log p - min log p of that round's set (a fixed
+    level set: recomputing the quantile on ever smaller boxes would drop ``tol`` of the mass
+    again every round). The next box is the bounding box of the kept nodes and
+    ``BOX_MARGIN`` spacings beyond (so that a next grid up to three times coarser, after a
+    side was pushed out, still leaves them inside its outermost node); a side whose kept
+    nodes reach its outermost node is pushed out by the box's width instead, since p may go
+    on beyond. It stops when no side moves by more than two spacings.
+    The mass beyond the final box is not bounded (no tail is assumed): the operator's
+    boundary-mass warning checks the result. Raises :class:`ValueError` for a log p that is
+    NaN or +inf, or nowhere finite, on a box, and when the box does not settle in
+    ``max_rounds`` rounds (mass escaping to infinity).
+    """
+    if not 0 < tol < 1:
+        raise ValueError(f"tol must lie in (0, 1); got {tol}")
+    lo, hi = [float(v) for v in start[0]], [float(v) for v in start[1]]
+    dim = len(lo)
+    depth = None
+    for _ in range(max_rounds):
+        grid = Grid(lo, hi, DENSITY_BOX_NODES[dim])
+        phi = torch.cat([log_prob(chunk) for chunk in grid.points().split(1 << 16)]).to(torch.float64)
+        if bool(torch.isnan(phi).any()) or bool((phi == math.inf).any()) or not bool(torch.isfinite(phi).any()):
+            raise ValueError(f"log p is NaN or +inf, or nowhere finite, on the box [{lo}, {hi}]")
+        top = float(phi.max())
+        if depth is None:
+            ascending = torch.sort(torch.softmax(phi, 0)).values
+            dropped = int(torch.searchsorted(torch.cumsum(ascending, 0), torch.tensor(tol, dtype=torch.float64)))
+            keep = (torch.softmax(phi, 0) >= ascending[min(dropped, grid.size - 1)]).reshape(grid.n)
+        else:
+            keep = (phi >= top - depth).reshape(grid.n)
+        new_lo, new_hi, moved, touched = [], [], False, False
+        for a, (axis, h) in enumerate(zip(grid.axes(), grid.h)):
+            rows = keep.movedim(a, 0).reshape(grid.n[a], -1).any(1).nonzero().flatten()
+            first, last = int(rows[0]), int(rows[-1])
+            width = hi[a] - lo[a]
+            a_lo = lo[a] - width if first == 0 else max(lo[a], float(axis[first]) - BOX_MARGIN * h)
+            a_hi = hi[a] + width if last == grid.n[a] - 1 else min(hi[a], float(axis[last]) + BOX_MARGIN * h)
+            moved = moved or abs(a_lo - lo[a]) > 2 * h or abs(a_hi - hi[a]) > 2 * h
+            touched = touched or first == 0 or last == grid.n[a] - 1
+            new_lo.append(a_lo)
+            new_hi.append(a_hi)
+        if depth is None and not touched:
+            depth = top - float(phi.reshape(grid.n)[keep].min())
+        lo, hi = new_lo, new_hi
+        if not moved:
+            return lo, hi
+    raise ValueError(f"box_from_density: the box did not settle in {max_rounds} rounds (last [{lo}, {hi}]): "
+                     "does p have its mass at infinity?")

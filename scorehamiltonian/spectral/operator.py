@@ -15,6 +15,20 @@ interior nodes are zero). Two choices of the diagonal V:
   their relative accuracy. log p comes from the score's exact ``log_prob`` when it has one,
   else from the least-squares solve of grad phi = s on the grid (:func:`log_density_on_grid`).
 
+Steep or vanishing p (the e^{x^2} walls of Mueller-Brown, p = 0 outside a support): at a node
+more than ``WALL_DEPTH`` = 60 nats below the maximum (p < 1e-26 of its peak), log p is
+replaced by (max - WALL_DEPTH) - ``WALL_SLOPE`` d, d the node's distance (in nodes, taxicab)
+from the nodes above that depth: beyond the e^-60 level set the density falls on by e^-2 a
+node whatever it did. The operator is then exactly the ground-state form of that density
+p~ (H psi_0 = 0 and the Dirichlet form hold exactly), which equals p wherever it holds mass:
+lambda_1 moves by a relative amount of order e^-60 over the gap's own size, nothing float64
+sees for gaps above 1e-20. What it prevents: ratios exp((phi_j - phi_i) / 2) that overflow
+(log p falling by 1e5 nats between neighbours), flat deep regions (a floor), which would be
+free particles with levels ~ (pi / L)^2 posing as low levels of H, and the order-4 stencil's
+large negative potential where log p falls by more than 2 log 16 nats a node (its second
+neighbours enter with weight -1/12): a fall of 2 nats a node is a barrier of about 1 / h^2
+in either order.
+
 Both forms are symmetric; the ground-state form (order 2) is the square-root approximation
 of the generator: its off-diagonals are -1/h^2 and its Dirichlet form is
 psi^T H psi = -1/2 sum_{i != j} H_ij psi0_i psi0_j (f_i - f_j)^2 with f = psi / psi0.
@@ -36,10 +50,11 @@ from typing import Any, Literal
 
 import numpy as np
 import scipy.fft
+import scipy.ndimage
 import scipy.sparse as sp
 import torch
 
-from ..common.errors import InputShapeError, ResolutionError
+from ..common.errors import InputShapeError, NonFiniteScoreError, ResolutionError
 from ..common.threads import run_lines, run_parallel, workers
 from ..score.derivatives import DivergenceMethod
 from ..score.interface import DensityScore, Score, as_score
@@ -49,11 +64,13 @@ from .memory import check_memory, estimate_memory
 from .stencil import shifted_sum, stencil, stencil_lines, stencil_lines_parallel, sweep_parallel, sweep_worker
 from .transfer import interpolate
 
-__all__ = ["BoundaryMassWarning", "ResolutionWarning", "ScoreHamiltonian", "log_density_on_grid"]
+__all__ = ["WALL_DEPTH", "WALL_SLOPE", "BoundaryMassWarning", "ResolutionWarning", "ScoreHamiltonian", "log_density_on_grid"]
 
 Form = Literal["potential", "ground_state"]
 Backend = Literal["auto", "torch", "numba"]
 
+#: Below this depth (nats under the maximum) log p falls by WALL_SLOPE a node (module docstring).
+WALL_DEPTH, WALL_SLOPE = 60.0, 2.0
 #: Points per width of the sharpest mode below which the grid is refused, and warned about.
 _MIN_POINTS_PER_WIDTH, _WARN_POINTS_PER_WIDTH = 1.0, 4.0
 _CHUNK = 1 << 16
@@ -101,6 +118,17 @@ def log_density_on_grid(
         phi = torch.from_numpy(phi)
     phi = phi - torch.logsumexp(phi, 0) - math.log(grid.cell_volume)
     return phi, residual
+
+
+def _walled(log_density: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """log p with its deep nodes replaced by the falling wall of the module docstring."""
+    level = float(log_density.max()) - WALL_DEPTH
+    deep = (log_density < level).reshape(grid.n)
+    if not bool(deep.any()):
+        return log_density
+    distance = torch.from_numpy(scipy.ndimage.distance_transform_cdt(deep.numpy(), metric="taxicab").astype(np.float64))
+    wall = (level - WALL_SLOPE * distance).reshape(-1)
+    return torch.where(deep.reshape(-1), wall, log_density)
 
 
 def _least_squares_potential(s: np.ndarray, grid: Grid) -> tuple[np.ndarray, float]:
@@ -157,7 +185,8 @@ class ScoreHamiltonian:
     Attributes
     ----------
     potential, potential_error : V at the nodes (N,) and its error (from the divergence).
-    log_density : log p_t at the nodes, normalised on the grid (N,).
+    log_density : log p_t at the nodes, normalised on the grid (N,), falling by
+        ``WALL_SLOPE`` a node below ``WALL_DEPTH`` nats under its maximum (module docstring).
     ground_state : sqrt(p_t) at the nodes with unit 2-norm (N,): the exact lowest
         eigenvector of the ground-state form, an approximate one of the potential form.
     curl_residual : the relative residual of the reconstruction grad phi = s (0 with an
@@ -217,7 +246,12 @@ class ScoreHamiltonian:
         return torch.cat([p.value for p in parts]), torch.cat([p.error for p in parts]), log_density, curl
 
     def _set_arrays(self, grid: Grid, potential: torch.Tensor | None, log_density: torch.Tensor) -> None:
-        """Install the grid, log p and V (derived from log p in the ground-state form)."""
+        """Install the grid, log p (floored: module docstring) and V (derived from log p in the
+        ground-state form)."""
+        if not bool(torch.isfinite(log_density.max())):
+            raise NonFiniteScoreError(f"log p_t on the {grid} grid has no finite maximum (NaN or +inf); "
+                                      "check the score's log_prob on the box")
+        log_density = _walled(log_density, grid)
         self.grid, self.shape = grid, (grid.size, grid.size)
         backend = self._backend_request
         if backend == "auto":
@@ -451,11 +485,20 @@ class ScoreHamiltonian:
             offsets += [o * stride, -o * stride]
         return sp.diags(diagonals, offsets, shape=(n, n), format="csr")
 
-    def dirichlet_form(self, v: torch.Tensor) -> torch.Tensor:
+    def dirichlet_form(self, v: torch.Tensor, with_error: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """v^T H v / v^T v for columns v (N,) or (N, m) orthogonal to ``ground_state``,
         through the ground-state identity v^T H v = -1/2 sum_{i != j} H_ij psi0_i psi0_j
-        (f_i - f_j)^2, f = v / psi0 (ground-state form only). Each term is non-negative,
-        so a tiny gap keeps its relative accuracy where v^T H v by matvec would cancel.
+        (f_i - f_j)^2, f = v / psi0 (ground-state form only). Each term is a square (the
+        order-4 stencil's second neighbours enter with a negative weight 1/16 of the first
+        ones'), so a tiny gap keeps its relative accuracy where v^T H v by matvec would cancel.
+
+        ``with_error``: also return a bound on the round-off of the computed value (same
+        shape). Each term is (a - b)^2 with a = u_i e^{d/2}, b = u_j e^{-d/2}, d the
+        difference of half log-densities (a correctly rounded subtraction, so relative
+        error eps); a - b carries at most eps (3 + |d| / 2)(|a| + |b|) (the exponential's
+        argument and result, the products, the subtraction), the square twice that times
+        |a - b|, and the sums eps log2 (terms) of their total; the quotient adds the
+        denominator's eps log2 N.
         """
         if self.form != "ground_state":
             raise ValueError("dirichlet_form needs form='ground_state' (H psi0 = 0 exactly)")
@@ -463,13 +506,30 @@ class ScoreHamiltonian:
         half = (0.5 * self.log_density).reshape(*self.grid.n, 1)
         u = cols.reshape(*self.grid.n, -1)
         total = torch.zeros(u.shape[-1], dtype=torch.float64)
+        spread, magnitude, terms = torch.zeros_like(total), torch.zeros_like(total), 0
         for a, o, w in self._weights:
             m = self.grid.n[a] - o
             ui, uj = u.narrow(a, 0, m), u.narrow(a, o, m)
             hi_, hj = half.narrow(a, 0, m), half.narrow(a, o, m)
             # psi0_i psi0_j (f_i - f_j)^2 = (u_i e^{(h_j - h_i)/2} - u_j e^{(h_i - h_j)/2})^2
             d = hj - hi_
-            term = (ui * torch.exp(0.5 * d) - uj * torch.exp(-0.5 * d)) ** 2
-            total += -w * term.reshape(-1, u.shape[-1]).sum(0)
-        value = total / (cols**2).sum(0)
-        return value.reshape(v.shape[1:]) if v.ndim == 2 else value[0]
+            left, right = ui * torch.exp(0.5 * d), uj * torch.exp(-0.5 * d)
+            diff = left - right
+            total += -w * (diff**2).reshape(-1, u.shape[-1]).sum(0)
+            if with_error:
+                local = diff.abs() * (3 + 0.5 * d.abs()) * (left.abs() + right.abs())
+                spread += abs(w) * local.reshape(-1, u.shape[-1]).sum(0)
+                magnitude += abs(w) * (diff**2).reshape(-1, u.shape[-1]).sum(0)
+                terms += diff[..., 0].numel()
+        norm2 = (cols**2).sum(0)
+        value = total / norm2
+
+        def shaped(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(v.shape[1:]) if v.ndim == 2 else x[0]
+
+        if not with_error:
+            return shaped(value)
+        eps = torch.finfo(torch.float64).eps
+        error = (eps * (2 * spread + math.log2(max(terms, 2)) * magnitude) / norm2
+                 + eps * math.log2(self.shape[0]) * value.abs())
+        return shaped(value), shaped(error)

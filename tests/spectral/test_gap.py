@@ -13,6 +13,7 @@ from scorehamiltonian.spectral.gap import spectral_gap
 from scorehamiltonian.spectral.grid import box_from_mixture
 
 from ..reference import galerkin_levels
+from .quadrature import lambda1_1d
 
 
 def _reference_1d(mixture: GaussianMixture, degree: int = 400) -> float:
@@ -104,3 +105,65 @@ def test_not_converging_within_the_budget_is_flagged():
 def test_high_dimension_points_to_ritz_gap():
     with pytest.raises(InputShapeError, match="ritz_gap"):
         spectral_gap(ExactScore(GaussianMixture([1.0], [[0.0] * 5], [1.0])), 0.0)
+
+
+def _quadrature_1d(mixture: GaussianMixture) -> float:
+    """lambda_1 of a 1D mixture by inverse iteration and quadrature (:mod:`.quadrature`: about
+    1e-13 relative; the Galerkin reference above is good to 1e-9 - 2e-7 relative)."""
+    lo, hi = box_from_mixture(mixture, 1e-15)
+    value, error = lambda1_1d(lambda x: mixture.log_prob(torch.from_numpy(x)[:, None]).numpy(), lo[0], hi[0])
+    assert error < 1e-13 * value
+    return value
+
+
+def _tight(result, want: float, rtol: float) -> float:
+    """Issue 23, item 3: converged, the bar covers the truth, meets rtol, and is at most 10
+    times the true error. Returns bar / true error."""
+    _check(result, want, rtol)
+    true_error = abs(result.value - want)
+    assert result.error <= 10 * true_error, f"bar {result.error:.3g} is {result.error / true_error:.0f}x the error"
+    return result.error / true_error
+
+
+@pytest.mark.parametrize("name, t, rtol", [("bimodal", 0.05, 1e-8), ("asymmetric", 0.05, 1e-8),
+                                           ("trimodal", 0.05, 1e-8), ("asymmetric", 0.3, 1e-9),
+                                           ("bimodal", 0.3, 1e-9)])
+def test_bars_are_within_ten_times_the_true_error_in_1d(name, t, rtol):
+    """The tight Richardson bar (module docstring of spectral.gap) covers the truth and is at
+    most 10x wider than the true error, against the quadrature reference (1e-13)."""
+    score = ExactScore(example(name), OU())
+    _tight(spectral_gap(score, t, rtol=rtol), _quadrature_1d(score.marginal(t)), rtol)
+
+
+def _four_mode_truth(t: float, dim: int = 2) -> float:
+    """The benchmark mixture is a product of 1D factors (bimodal along x and y, Gaussian along
+    z), and so is p_t under OU: its gap is the smallest of the factors' gaps."""
+    marginal = ExactScore(four_mode_benchmark(dim), OU()).marginal(t)
+    alpha = float(OU().alpha(t))
+    gaps = [_quadrature_1d(GaussianMixture([0.5, 0.5], [-1.5 * alpha, 1.5 * alpha], [float(marginal.covs[0, a, a])] * 2))
+            for a in range(2)]
+    gaps += [1.0 / float(marginal.covs[0, 2, 2])] if dim == 3 else []
+    return min(gaps)
+
+
+@pytest.mark.parametrize("rtol, finest", [(1e-5, 511), (1e-7, 511)])
+def test_four_mode_benchmark_stops_at_the_first_grid_that_meets_rtol(rtol, finest):
+    """Issue 23's case: the 2D four-mode mixture at t = 0.05. With the old bar (|R_n - R_{n-1}|,
+    about 60x the true error) rtol = 1e-7 needed a 1023^2 grid; the true error of the 511^2
+    extrapolate is 2e-9 relative, and the bar now says so."""
+    result = spectral_gap(ExactScore(four_mode_benchmark(), OU()), 0.05, rtol=rtol)
+    _tight(result, _four_mode_truth(0.05), rtol)
+    assert result.grid.n == (finest, finest)
+
+
+def test_gaussian_bar_is_tight():
+    score = ExactScore(GaussianMixture([1.0], [[0.3, -0.2]], [[[0.5, 0.2], [0.2, 1.2]]]))
+    nu_max = float(torch.linalg.eigvalsh(score.mixture.covs[0]).max())
+    _tight(spectral_gap(score, 0.0, rtol=1e-7), 1 / nu_max, 1e-7)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("t", [0.05, 0.3])
+def test_three_dimensional_bar_is_tight(t):
+    """The 3D benchmark mixture (product of two bimodal factors and a Gaussian)."""
+    _tight(spectral_gap(ExactScore(four_mode_benchmark(3), OU()), t, rtol=1e-5), _four_mode_truth(t, 3), 1e-5)
