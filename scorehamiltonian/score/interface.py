@@ -211,26 +211,41 @@ class AnalyticScore(DensityScore):
         flat, times = x.reshape(-1, x.shape[-1]), t.reshape(-1)
         with torch.enable_grad():
             leaf = flat.detach().requires_grad_(True)
-            log_p = self.function(leaf, times)
-            if not isinstance(log_p, torch.Tensor) or log_p.shape != times.shape:
-                shape = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
-                raise InputShapeError(f"{self!r}: log_prob returned {shape} for x of shape {tuple(flat.shape)}; "
-                                      f"expected ({flat.shape[0]},)")
+            log_p = self._call(leaf, times)
             if not log_p.requires_grad:
                 raise InputShapeError(f"{self!r}: log_prob does not depend differentiably on x (no autograd graph)")
             (score,) = torch.autograd.grad(log_p.sum(), leaf, create_graph=create_graph)
         return leaf, log_p, score
 
     def evaluate(self, x: Any, t: Any) -> MixtureEvaluation:
-        """log p_t(x), s_t(x) = grad log p_t and div s_t(x) = trace of the Hessian, by autograd."""
+        """log p_t(x), s_t(x) = grad log p_t and div s_t(x) = trace of the Hessian, by autograd
+        (a score that does not depend on x, log p linear in x, has divergence 0)."""
         x, t = self.prepare(x, t)
         leaf, log_p, score = self._log_prob_and_score(x, t, create_graph=True)
-        with torch.enable_grad():
-            div = sum(torch.autograd.grad(score[:, i].sum(), leaf, retain_graph=True)[0][:, i]
-                      for i in range(leaf.shape[1]))
+        div = torch.zeros(leaf.shape[0], dtype=leaf.dtype, device=leaf.device)
+        if score.requires_grad:
+            with torch.enable_grad():
+                for i in range(leaf.shape[1]):
+                    (row,) = torch.autograd.grad(score[:, i].sum(), leaf, retain_graph=True, allow_unused=True)
+                    div = div if row is None else div + row[:, i]
         shape = x.shape[:-1]
         return MixtureEvaluation(log_p.detach().reshape(shape), score.detach().reshape(x.shape),
                                  div.detach().reshape(shape))
+
+    def log_prob(self, x: Any, t: Any) -> torch.Tensor:
+        """log p_t(x) from the function alone (no derivatives), shape x.shape[:-1]."""
+        x, t = self.prepare(x, t)
+        with torch.no_grad():
+            return self._call(x.reshape(-1, x.shape[-1]), t.reshape(-1)).reshape(x.shape[:-1])
+
+    def _call(self, flat: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+        """The function at points (n, d) and times (n,), checked to return (n,)."""
+        log_p = self.function(flat, times)
+        if not isinstance(log_p, torch.Tensor) or log_p.shape != times.shape:
+            shape = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
+            raise InputShapeError(f"{self!r}: log_prob returned {shape} for x of shape {tuple(flat.shape)}; "
+                                  f"expected ({flat.shape[0]},)")
+        return log_p
 
     def _evaluate(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return self._log_prob_and_score(x, t, create_graph=x.requires_grad)[2].reshape(x.shape)

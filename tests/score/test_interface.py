@@ -234,3 +234,12 @@ def test_attached_data_are_noised_to_t_and_checked():
         as_score(model, data=torch.tensor([[0.0, float("nan")], [1.0, 1.0]]))
     with pytest.raises(InputShapeError, match=r"\(N, 2\)"):
         as_score(model, data=torch.zeros(4, 3))
+
+
+def test_an_analytic_log_density_linear_in_x_has_a_constant_score_and_no_divergence():
+    score = as_score(log_prob=lambda x, t: 2.0 * x[:, 0] - x[:, 1], dim=2)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    ev = score.evaluate(x, 0.2)
+    assert torch.equal(ev.divergence, torch.zeros(4, dtype=torch.float64))
+    torch.testing.assert_close(ev.score, torch.tensor([[2.0, -1.0]], dtype=torch.float64).expand(4, 2))
+    torch.testing.assert_close(score.log_prob(x, 0.2), 2.0 * x[:, 0] - x[:, 1])
