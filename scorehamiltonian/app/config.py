@@ -207,12 +207,12 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     return validate_config(raw, Path(path).parent)
 
 
-#: Built-in configurations, one per example (``example = name``); "mlp" trains a score on
-#: samples of the bimodal example.
+#: Built-in configurations, one per example (``example = name``); "mlp" trains an ensemble of
+#: three scores on samples of the bimodal example (its spread is the results' model error).
 BUILTIN: dict[str, dict[str, Any]] = {
     **{name: {"title": f"built-in example {name}", "model": {"example": name}} for name in EXAMPLES},
-    "mlp": {"title": "MLP score trained on samples of the bimodal example",
-            "model": {"example": "bimodal", "kind": "mlp"}},
+    "mlp": {"title": "MLP score ensemble (3 members) trained on samples of the bimodal example",
+            "model": {"example": "bimodal", "kind": "mlp", "ensemble": 3}},
 }
 
 #: The reduced sizes of ``builtin_config(..., small=True)``.

@@ -55,9 +55,10 @@ REPORT_SCHEMA: dict[str, Any] = {
         "spectrum": {
             "type": "object", "required": ["profile", "eigenpairs"],
             "properties": {
-                "profile": {"type": "object", "required": ["times", "gap", "gap_error", "converged", "speed",
-                                                           "speed_stderr"],
-                            "properties": {"times": _ARRAY, "gap": _ARRAY, "gap_error": _ARRAY, "speed": _ARRAY,
+                "profile": {"type": "object", "required": ["times", "gap", "gap_error", "gap_model_error",
+                                                           "converged", "speed", "speed_stderr"],
+                            "properties": {"times": _ARRAY, "gap": _ARRAY, "gap_error": _ARRAY,
+                                           "gap_model_error": _ARRAY, "speed": _ARRAY,
                                            "speed_stderr": _ARRAY,
                                            "converged": {"type": "array", "items": {"type": "boolean"}}}},
                 "eigenpairs": {"type": "array", "items": {
@@ -152,7 +153,7 @@ def build_report(config: dict[str, Any], progress: bool = True,
     numbers = _finite({
         "version": version("scorehamiltonian"), "config": config, "model": model,
         "spectrum": {"profile": {"times": profile.times, "gap": profile.gap, "gap_error": profile.gap_error,
-                                 "converged": profile.converged, "lambda0": profile.lambda0,
+                                 "gap_model_error": profile.gap_model_error, "converged": profile.converged, "lambda0": profile.lambda0,
                                  "speed": profile.speed, "speed_stderr": profile.speed_stderr,
                                  "route": profile.settings["route"],
                                  "failures": [list(f) for f in profile.failures]},
@@ -173,10 +174,13 @@ def _summary(numbers: dict[str, Any]) -> str:
              (f"Score: {model['kind']} ({model['score']}), measured against {model['reference']}"
               f"{'' if model['exact_reference'] else ' (no exact score)'}, {model['process']}, d = {model['dim']}."),
              "", f"## Spectral gap and adiabatic speed ({route})", "",
-             "| t | gap | error | converged | A(t) | stderr |", "|---|---|---|---|---|---|"]
-    for row in zip(prof["times"], prof["gap"], prof["gap_error"], prof["converged"], prof["speed"],
-                   prof["speed_stderr"]):
+             "| t | gap | error | model error | converged | A(t) | stderr |", "|---|---|---|---|---|---|---|"]
+    for row in zip(prof["times"], prof["gap"], prof["gap_error"], prof["gap_model_error"], prof["converged"],
+                   prof["speed"], prof["speed_stderr"]):
         lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    if model["kind"] != "exact" and None in prof["gap_model_error"]:
+        lines += ["", ("Model error '-': a single learned model cannot know its own error, so no gap is "
+                  "converged; train an ensemble (`model.ensemble = K`, or `scorehamiltonian train --ensemble K`).")]
     lines += ["", f"## Schedules (annealed Langevin, judged by {judge})", ""]
     if judge == "exact propagation":
         lines += ["| schedule | final TV | tracking bound (TV) | bound / TV | basin-weight error |",

@@ -57,6 +57,11 @@ class ScoreEnsemble(Score):
     def __len__(self) -> int:
         return len(self.members)
 
+    @property
+    def learned(self) -> bool:
+        """An ensemble is a fitted model whose members' spread is its model error."""
+        return True
+
     def member_scores(self, x: Any, t: Any) -> torch.Tensor:
         """The members' scores at x, shape (K, ...x.shape), each checked like any score."""
         return torch.stack([m(x, t) for m in self.members])

@@ -102,6 +102,12 @@ class Score(ABC):
         """Whether :meth:`sample` can draw from p_t (an exact marginal, or attached data)."""
         return self.data is not None
 
+    @property
+    def learned(self) -> bool:
+        """Whether the score is a fitted model (a torch module), whose results carry a model error
+        beside the numerical one; an analytic score (a log-density, a formula) is not."""
+        return False
+
     def sample(self, n: int, t: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """n samples of p_t, shape (n, d): rows of the attached ``data`` (drawn with replacement
         by ``generator``) noised to t, alpha_t x_0 + sigma_t z. Without data it raises
@@ -282,6 +288,11 @@ class ModelScore(Score):
     def __repr__(self) -> str:
         name = getattr(self.model, "__name__", type(self.model).__name__)
         return f"ModelScore({name}, kind={self.kind!r}, process={self.process!r})"
+
+    @property
+    def learned(self) -> bool:
+        """A torch module is a fitted model; a plain callable is taken as an analytic score."""
+        return isinstance(self.model, torch.nn.Module)
 
     def compute_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """The dtype of a torch module's parameters, else ``dtype``."""

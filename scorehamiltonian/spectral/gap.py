@@ -31,6 +31,18 @@ Grids count from ``MIN_POINTS_PER_WIDTH`` = 1.5 points per width of the sharpest
 63^2 grid: the differences change sign), and Mueller-Brown's 127^2 grid (1.7 points by
 that measure, taken where p > 1e-6 of its peak) is asymptotic already.
 
+Model error (THEORY section 2; the gap of a learned score is the gap of the model's own
+Score Hamiltonian, and the model is uncertain where the data are few). For a
+:class:`~scorehamiltonian.score.ensemble.ScoreEnsemble` the gap is that of the members' mean
+score, and its model error is the spread of the members' gaps, each by Rayleigh-Ritz in the
+span of the finest grid's k lowest eigenvectors with the member's potential V(s_k) in place of
+the mean's (one potential evaluation per member, no further eigen-solve). The span holds the
+first-order change <psi_1, dV psi_1> - <psi_0, dV psi_0> and the mixing of the lowest states,
+which dominates a double well's second order (its gap sqrt(Delta^2 + eps^2) is a 2x2 problem). A single learned model cannot
+know its error: it is NaN and the result is flagged; an analytic score has none. ``converged``
+then means that the whole interval, numerical plus model, is within rtol, and ``flags`` says
+which part is not.
+
 Forms: "ground_state" (lambda_0 = 0 exactly, used when the score has an exact ``log_prob``,
 and lambda_1 read from the Dirichlet form of its eigenvector deflated of the exact ground
 state, with a Kato-Temple bound, :mod:`.excited`, so that gaps down to 1e-12 keep relative
@@ -55,10 +67,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
+import scipy.linalg
 import torch
 
 from ..common.errors import ConvergenceError, InputShapeError, ResolutionError
+from ..score.ensemble import ScoreEnsemble
 from ..score.interface import DensityScore, Score, as_score
+from ..score.potential import quantum_potential
 from .eigensolvers import spectrum
 from .excited import first_excited
 from .grid import (
@@ -115,13 +130,17 @@ class GapResult:
 
     value, error : the Richardson-extrapolated gap and its estimated absolute error.
     eigenvalues : the k lowest eigenvalues on the finest grid (ascending, unextrapolated).
-    converged : error <= rtol |value| with an asymptotic refinement sequence.
+    converged : total_error <= rtol |value| with an asymptotic refinement sequence.
     grid : the finest grid; box : (lo, hi); form, order : the discretisation used;
     observed_order : the order seen on the last three grids (None with fewer);
     boundary_mass : the mass of p_t on the finest grid's outermost nodes; mass_outside : an
     upper bound on the mass of p_t outside the box (exact mixtures only, else NaN);
     levels : every grid's :class:`GapLevel`; method : the eigen-solver; notes : what went
     wrong on grids that were skipped or retried (module docstring), in order.
+    model_error : the model's share (module docstring): 0 for an analytic score, the members'
+    first-order spread for an ensemble, NaN for a single learned model; total_error : error +
+    model_error. converged : the whole interval, model included, within rtol |value|;
+    flags : which part is not ("numerical: ...", "model: ...").
     """
 
     value: float
@@ -138,17 +157,25 @@ class GapResult:
     method: str
     mass_outside: float = math.nan
     notes: tuple[str, ...] = ()
+    model_error: float = 0.0
+    flags: tuple[str, ...] = ()
+
+    @property
+    def total_error(self) -> float:
+        return self.error + self.model_error
 
 
 def _level(H: ScoreHamiltonian, k: int, tol: float, method: str,
            preconditioner: str) -> tuple[GapLevel, torch.Tensor | None]:
-    """The grid's gap, and in the ground-state form the excited vectors it came from (for
-    :func:`_polish`)."""
+    """The grid's gap, and the vectors it came from: in the ground-state form the excited ones
+    (for :func:`_polish`), in the potential form the k lowest (for :func:`_model_error`)."""
     generator = torch.Generator(device=H.device).manual_seed(0)
     if H.form != "ground_state":
-        res = spectrum(H, k=k, tol=tol, method=method, generator=generator, preconditioner=preconditioner)
+        res = spectrum(H, k=k, tol=tol, method=method, generator=generator, preconditioner=preconditioner,
+                       return_eigenvectors=True)
         error = res.gap_error if bool(res.converged[:2].all()) else math.inf
-        return GapLevel(max(H.grid.h), H.grid.n, res.gap, error, res.eigenvalues, res.n_matvec, res.wall_time), None
+        level = GapLevel(max(H.grid.h), H.grid.n, res.gap, error, res.eigenvalues, res.n_matvec, res.wall_time)
+        return level, res.eigenvectors.to(torch.float64).cpu()
     start = time.perf_counter()
     with warnings.catch_warnings():
         # The raw eigenvalues' round-off floor (eps ||H||) can exceed tol * lambda_1 for tiny
@@ -329,19 +356,24 @@ def spectral_gap(
                 levels.append(level)
                 value, error, observed, solver = _extrapolate(levels, order)
                 if error <= rtol * abs(value):
-                    if vectors is not None and solver > error - solver:
+                    if H.form == "ground_state" and solver > error - solver:
                         levels[-1] = _polish(H, vectors, level, (error - solver) / 4)
                         value, error, observed, solver = _extrapolate(levels, order)
                     break
         grid = grid.refine()
     for w in boundary:  # the finest grid's: a coarse grid's outermost nodes sit deeper in a steep tail
         warnings.warn(w.message, w.category, stacklevel=2)
-    converged = bool(levels) and error <= rtol * abs(value)
+    flags = []
+    if not (bool(levels) and error <= rtol * abs(value)):
+        flags.append(f"numerical: did not reach rtol = {rtol:g} {stop}: estimate {value:.6g} +- {error:.3g} after "
+                     f"{len(levels)} usable grids" + "".join(f"; {note}" for note in notes))
+    model_error = _model_error(score, t, H, vectors, flags) if levels and H is not None else math.nan
+    if levels and not model_error <= rtol * abs(value) and score.learned and math.isfinite(model_error):
+        flags.append(f"model: the ensemble's spread gives a model error of {model_error:.3g}, above "
+                     f"rtol |gap| = {rtol * abs(value):.3g}")
+    converged = not flags
     if not converged:
-        message = (f"spectral_gap did not reach rtol = {rtol:g} {stop}: estimate "
-                   f"{value:.6g} +- {error:.3g} after {len(levels)} usable grids")
-        if notes:
-            message += "; " + "; ".join(notes)
+        message = "spectral_gap is not converged: " + "; ".join(flags)
         if raise_on_failure:
             raise ConvergenceError(message)
         warnings.warn(message, ConvergenceWarning, stacklevel=2)
@@ -353,4 +385,32 @@ def spectral_gap(
         order=order, observed_order=observed,
         boundary_mass=H.boundary_mass if H is not None else math.nan,
         levels=tuple(levels), method=method, mass_outside=outside, notes=tuple(notes),
+        model_error=model_error, flags=tuple(flags),
     )
+
+
+def _model_error(score: Score, t: float, H: ScoreHamiltonian, vectors: torch.Tensor | None,
+                 flags: list[str]) -> float:
+    """The model error of the gap (module docstring): 0 for an analytic score; for a
+    :class:`~scorehamiltonian.score.ensemble.ScoreEnsemble` the standard deviation over its
+    members of their gaps in the span of the finest grid's k lowest vectors V (Rayleigh-Ritz:
+    V^T (H + dV_k) V against V^T V, dV_k the member's quantum potential minus the ensemble's);
+    NaN, with a flag, for a single learned model (it cannot know)."""
+    if not score.learned:
+        return 0.0
+    if not isinstance(score, ScoreEnsemble) or vectors is None:
+        flags.append("model: a single learned model cannot know its own error; train an ensemble "
+                     "(train_ensemble, or scorehamiltonian train --ensemble K) for a model error")
+        return math.nan
+    points = H.grid.points(dtype=torch.float64)
+    V = vectors.to(torch.float64)
+    gram = (V.T @ V).numpy()
+    projected = V.T @ H.matvec(V).to(torch.float64).cpu()
+    base = H.potential.to(torch.float64).cpu()
+    gaps = []
+    for member in score.members:
+        potential = torch.cat([quantum_potential(member, chunk, t).value for chunk in points.split(1 << 16)])
+        shift = potential.to(torch.float64).cpu() - base
+        ritz = scipy.linalg.eigh((projected + V.T @ (shift[:, None] * V)).numpy(), gram, eigvals_only=True)
+        gaps.append(ritz[1] - ritz[0])
+    return float(np.std(gaps, ddof=1))

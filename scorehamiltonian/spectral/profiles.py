@@ -46,12 +46,12 @@ __all__ = ["GapProfile", "gap_profile"]
 
 #: Format tags of the files written here.
 PROFILE_FORMAT = "scorehamiltonian.gap_profile/1"
-CHECKPOINT_FORMAT = "scorehamiltonian.gap_profile.checkpoint/1"
+CHECKPOINT_FORMAT = "scorehamiltonian.gap_profile.checkpoint/2"
 #: Observation-noise variance (log units) given to a point whose error is not finite.
 _GP_UNKNOWN_NOISE = 1.0
 SampleSource = Callable[[float, torch.Generator], torch.Tensor]
 _ARRAY_FIELDS = (
-    "times", "lambda0", "lambda1", "eigenvalues", "gap", "gap_error", "converged", "speed",
+    "times", "lambda0", "lambda1", "eigenvalues", "gap", "gap_error", "gap_model_error", "converged", "speed",
     "speed_stderr", "speed_mean", "speed_mean_stderr", "proposal_gap_std", "proposal_speed_std",
     "solve_order", "band_times", "band_log_gap_mean", "band_log_gap_std", "band_log_speed_mean",
     "band_log_speed_std",
@@ -69,7 +69,11 @@ class GapProfile:
         :func:`spectral_gap` (unextrapolated; 1 / x^2). eigenvalues : (n, k), the k lowest.
     gap, gap_error, converged : the Richardson-extrapolated gap lambda_1 - lambda_0 and its
         estimated error (for a true score lambda_0 = 0, so this is lambda_1 to full relative
-        accuracy), and whether it met rtol.
+        accuracy), and whether it met rtol (model error included).
+    gap_model_error : the model's share of the gap's error (:func:`spectral_gap`,
+        :func:`ritz_gap`): 0 for an analytic score, an ensemble's spread, NaN for a single
+        learned model (which is then never converged). Error bars and the GP band's noise
+        use gap_error + gap_model_error (NaN counted as 0 there: the band is the model's curve).
     speed, speed_stderr : A(t) = || d/dt sqrt(p_t) || (1 / t) and its standard error.
     speed_mean, speed_mean_stderr : the sample mean of d/dt log p_t (exactly 0) and its
         standard error: the check of :class:`AdiabaticSpeed`.
@@ -89,6 +93,7 @@ class GapProfile:
     eigenvalues: np.ndarray
     gap: np.ndarray
     gap_error: np.ndarray
+    gap_model_error: np.ndarray
     converged: np.ndarray
     speed: np.ndarray
     speed_stderr: np.ndarray
@@ -139,7 +144,7 @@ class GapProfile:
             fig, ax_gap = ax.figure, ax
             ax_speed = ax.twinx()
         panels = (
-            (ax_gap, self.gap, self.gap_error, self.band_log_gap_mean, self.band_log_gap_std,
+            (ax_gap, self.gap, self.gap_error + np.nan_to_num(self.gap_model_error), self.band_log_gap_mean, self.band_log_gap_std,
              "C0", "gap $\\lambda_1-\\lambda_0$ ($1/x^2$)"),
             (ax_speed, self.speed, self.speed_stderr, self.band_log_speed_mean, self.band_log_speed_std,
              "C1", "adiabatic speed $A(t)$ ($1/t$)"),
@@ -208,7 +213,7 @@ def _empty_record(t: float, k: int) -> dict[str, Any]:
     """The record of time t before (or without) any result: NaN figures, no failures."""
     return {
         "t": t, "lambda0": math.nan, "lambda1": math.nan, "eigenvalues": [math.nan] * k,
-        "gap": math.nan, "gap_error": math.nan, "converged": False, "speed": math.nan,
+        "gap": math.nan, "gap_error": math.nan, "gap_model_error": math.nan, "converged": False, "speed": math.nan,
         "speed_stderr": math.nan, "speed_mean": math.nan, "speed_mean_stderr": math.nan, "failures": [],
     }
 
@@ -229,7 +234,7 @@ def _solve(score: Score, settings: dict[str, Any], samples: SampleSource | None,
             eigenvalues = [0.0] + ritz.ritz_values.tolist()[: k - 1]
             eigenvalues += [math.nan] * (k - len(eigenvalues))
             record.update(lambda0=0.0, lambda1=ritz.value, eigenvalues=eigenvalues, gap=ritz.value,
-                          gap_error=ritz.stderr, converged=ritz.reliable)
+                          gap_error=ritz.stderr, gap_model_error=ritz.model_error, converged=ritz.reliable)
         except Exception as err:  # noqa: BLE001 - a per-time failure is recorded, the sweep goes on
             record["failures"].append(f"ritz_gap: {type(err).__name__}: {err}")
     else:
@@ -241,7 +246,8 @@ def _solve(score: Score, settings: dict[str, Any], samples: SampleSource | None,
                 eigenvalues = gap.eigenvalues.to(torch.float64).cpu().tolist()[:k]
                 eigenvalues += [math.nan] * (k - len(eigenvalues))
                 record.update(lambda0=eigenvalues[0], lambda1=eigenvalues[1], eigenvalues=eigenvalues,
-                              gap=float(gap.value), gap_error=float(gap.error), converged=bool(gap.converged))
+                              gap=float(gap.value), gap_error=float(gap.error),
+                              gap_model_error=float(gap.model_error), converged=bool(gap.converged))
             except Exception as err:  # noqa: BLE001 - as above
                 record["failures"].append(f"spectral_gap: {type(err).__name__}: {err}")
     generator = torch.Generator().manual_seed(time_seed(seed, t))
@@ -256,11 +262,13 @@ def _solve(score: Score, settings: dict[str, Any], samples: SampleSource | None,
     return record
 
 
-def _log_targets(records: list[dict[str, Any]], value: str, error: str) -> tuple[np.ndarray, ...]:
-    """(t, log value, noise variance of log value) over the records with a positive value."""
+def _log_targets(records: list[dict[str, Any]], value: str, errors: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    """(t, log value, noise variance of log value) over the records with a positive value; the
+    error is the sum of the ``errors`` columns after the first, NaN counted as 0 (a model error
+    nobody can know), added to the first."""
     t = np.array([r["t"] for r in records], dtype=np.float64)
     v = np.array([r[value] for r in records], dtype=np.float64)
-    e = np.array([r[error] for r in records], dtype=np.float64)
+    e = np.array([r[errors[0]] + sum(np.nan_to_num(r[k]) for k in errors[1:]) for r in records], dtype=np.float64)
     keep = np.isfinite(v) & (v > 0)
     rel2 = (e[keep] / v[keep]) ** 2
     return t[keep], np.log(v[keep]), np.where(np.isfinite(rel2), rel2, _GP_UNKNOWN_NOISE)
@@ -277,8 +285,8 @@ def _bands(records: list[dict[str, Any]], band_times: np.ndarray, kernel: str) -
         return (np.log(t) - lo) / width
 
     out = {}
-    for name, value, error in (("gap", "gap", "gap_error"), ("speed", "speed", "speed_stderr")):
-        t, y, noise = _log_targets(records, value, error)
+    for name, value, errors in (("gap", "gap", ("gap_error", "gap_model_error")), ("speed", "speed", ("speed_stderr",))):
+        t, y, noise = _log_targets(records, value, errors)
         mean, std = gp.fit_gp(scaled(t), y, noise, scaled(band_times), kernel)
         out[f"band_log_{name}_mean"], out[f"band_log_{name}_std"] = mean, std
     return out
@@ -321,7 +329,8 @@ def _profile(records: list[dict[str, Any]], band_times: np.ndarray, settings: di
     return GapProfile(
         times=column("t"), lambda0=column("lambda0"), lambda1=column("lambda1"),
         eigenvalues=np.array([r["eigenvalues"] for r in rec], dtype=np.float64).reshape(len(rec), settings["k"]),
-        gap=column("gap"), gap_error=column("gap_error"), converged=column("converged", bool),
+        gap=column("gap"), gap_error=column("gap_error"), gap_model_error=column("gap_model_error"),
+        converged=column("converged", bool),
         speed=column("speed"), speed_stderr=column("speed_stderr"), speed_mean=column("speed_mean"),
         speed_mean_stderr=column("speed_mean_stderr"), proposal_gap_std=column("proposal_gap_std"),
         proposal_speed_std=column("proposal_speed_std"), solve_order=order.astype(np.int64),

@@ -81,6 +81,15 @@ Caveat. Where p_t has nearly separated modes, |grad f_1|^2 lives in the barrier,
 samples fall: the estimate and its standard error then rest on a handful of samples and the
 sample mean underestimates E_p |grad f_1|^2. The flag ``heavy_tail`` (largest single sample
 above ``HEAVY_TAIL_SHARE`` of the Dirichlet sum) marks that case.
+
+Model error (``form="model"``). The quotient is the model's, so a wrong model moves it. For a
+:class:`~scorehamiltonian.score.ensemble.ScoreEnsemble` the held-out quotient of f_1 is taken
+again with each member's drift in place of the mean's (one score evaluation per member), and
+``model_error`` is the standard deviation of those K values: the spread of the members'
+quotients, first order in their differences. A single learned model cannot know its error:
+``model_error`` is NaN and the flag ``model_unknown`` is raised; ``model_error`` above
+``LARGE_RELATIVE_ERROR`` of the value raises ``model_spread``. The data form and analytic
+scores have no model error (0).
 """
 
 from __future__ import annotations
@@ -95,6 +104,7 @@ import torch
 
 from ..common.errors import InputShapeError
 from ..common.validation import as_float_tensor, nonfinite_rows
+from ..score.ensemble import ScoreEnsemble
 from ..score.interface import DensityScore, as_score
 from .ritz_basis import SAMPLES_PER_FUNCTION, BasisName, FeatureMap, basis_name, feature_map
 
@@ -137,8 +147,12 @@ class RitzResult:
         value), "few_samples" (n_fit < SAMPLES_PER_FUNCTION basis_size), "heavy_tail"
         (one held-out sample carries > HEAVY_TAIL_SHARE of the Dirichlet sum: value and
         stderr then rest on a few samples) and "overfit" (value - ritz_values[0] > 3 stderr:
-        f_1 carries fitted noise). Each is also issued as a RuntimeWarning.
+        f_1 carries fitted noise), and in the model form "model_unknown" (a single learned
+        model: no model error can be estimated) and "model_spread" (model_error >
+        LARGE_RELATIVE_ERROR value). Each is also issued as a RuntimeWarning.
     form : "model" (the score's generator) or "data" (the samples' Dirichlet form).
+    model_error : the ensemble members' spread of the quotient of f_1 (module docstring); 0 for
+        the data form and analytic scores, NaN for a single learned model.
     features, coefficients, offsets : the fitted functions (used by :meth:`eigenfunction`).
     """
 
@@ -160,6 +174,7 @@ class RitzResult:
     features: FeatureMap = field(repr=False, compare=False)
     coefficients: torch.Tensor = field(repr=False, compare=False)
     offsets: torch.Tensor = field(repr=False, compare=False)
+    model_error: float = 0.0
 
     @property
     def reliable(self) -> bool:
@@ -251,9 +266,17 @@ def ritz_gap(
         )
     if int(n_eigenvalues) < 1:
         raise ValueError(f"n_eigenvalues must be at least 1; got {n_eigenvalues!r}")
-    drift = (lambda points: score(points, t).detach()) if form == "model" else None
+    drift = members = None
+    if form == "model":
+        drift = _drift(score, t)
+        if score.learned:
+            members = [_drift(m, t) for m in score.members] if isinstance(score, ScoreEnsemble) else []
     fit = _fit(features, x_fit, int(n_eigenvalues), rcond)
-    return _evaluate(features, x_eval, fit, x.shape[1], t, basis_name(basis), n_fit, generator, drift)
+    return _evaluate(features, x_eval, fit, x.shape[1], t, basis_name(basis), n_fit, generator, drift, members)
+
+
+def _drift(score: Any, t: float) -> Drift:
+    return lambda points: score(points, t).detach()
 
 
 def _samples(score: Any, t: float, samples: Any, n_samples: int, generator) -> torch.Tensor:
@@ -366,8 +389,8 @@ def _heldout_ritz(outer: torch.Tensor, f: torch.Tensor, generator: torch.Generat
     return values, _subspace_ritz(outer, f, weights).std(0, correction=1)
 
 
-def _flags(value: float, stderr: float, first_ritz: float, n_fit: int, size: int, share: float
-           ) -> tuple[str, ...]:
+def _flags(value: float, stderr: float, first_ritz: float, n_fit: int, size: int, share: float,
+           model_error: float) -> tuple[str, ...]:
     """The names of the reliability conditions met, each also issued as a RuntimeWarning."""
     checks = {
         "large_error": (stderr > LARGE_RELATIVE_ERROR * value,
@@ -383,6 +406,11 @@ def _flags(value: float, stderr: float, first_ritz: float, n_fit: int, size: int
                     (f"the held-out quotient of f_1 ({value:.3g}) drops to {first_ritz:.3g} on mixing in "
                      "the other Ritz functions: the fit overfits the fit half; use more samples or a "
                      "smaller basis")),
+        "model_unknown": (math.isnan(model_error),
+                          ("a single learned model cannot know its own error; train an ensemble "
+                           "(train_ensemble, or scorehamiltonian train --ensemble K) for a model error")),
+        "model_spread": (model_error > LARGE_RELATIVE_ERROR * value,
+                         f"the ensemble's members disagree: model error {model_error:.3g} on the value {value:.3g}"),
     }
     raised = tuple(name for name, (hit, _) in checks.items() if hit)
     for name in raised:
@@ -391,8 +419,11 @@ def _flags(value: float, stderr: float, first_ritz: float, n_fit: int, size: int
 
 
 def _evaluate(features: FeatureMap, x: torch.Tensor, fit: _Fit, dim: int, t: float, basis: str,
-              n_fit: int, generator: torch.Generator | None, drift: Drift | None) -> RitzResult:
-    """Fix the fitted functions, normalise them on the held-out x and estimate their quotients."""
+              n_fit: int, generator: torch.Generator | None, drift: Drift | None,
+              members: list[Drift] | None) -> RitzResult:
+    """Fix the fitted functions, normalise them on the held-out x and estimate their quotients;
+    ``members`` are an ensemble's drifts for the model error ([] for a single learned model,
+    None when there is none)."""
     raw = features.values(x) @ fit.coefficients
     offsets, scale = _normalisation(raw, features.whitening(x)[:, 0])
     f = (raw - offsets) * scale
@@ -406,11 +437,24 @@ def _evaluate(features: FeatureMap, x: torch.Tensor, fit: _Fit, dim: int, t: flo
     value, stderr = _quotient(energy, f[:, 0])
     ritz, ritz_err = _heldout_ritz(outer, f, generator)
     share = float(energy.abs().max() / energy.abs().sum())
-    flags = _flags(value, stderr, float(ritz[0]), n_fit, features.size, share)
+    model_error = 0.0 if members is None else _member_spread(features, x, fit, scale, f[:, 0], members)
+    flags = _flags(value, stderr, float(ritz[0]), n_fit, features.size, share, model_error)
     return RitzResult(
         value=value, stderr=stderr, ritz_values=ritz, ritz_stderr=ritz_err,
         fit_ritz_values=fit.ritz_values, n_samples=n_fit + x.shape[0], n_fit=n_fit, n_eval=x.shape[0],
         basis=basis, basis_size=features.size, basis_rank=fit.rank, dim=dim, t=t, flags=flags,
         form="data" if drift is None else "model",
         features=features, coefficients=fit.coefficients * scale, offsets=offsets * scale,
+        model_error=model_error,
     )
+
+
+def _member_spread(features: FeatureMap, x: torch.Tensor, fit: _Fit, scale: torch.Tensor, f: torch.Tensor,
+                   members: list[Drift]) -> float:
+    """Standard deviation over the members of the held-out quotient -mean(f_1 L_k f_1) / var f_1
+    with L_k the generator of member k's drift; NaN without members."""
+    if not members:
+        return math.nan
+    quotients = [_quotient(-f * (features.generator(x, member(x)) @ fit.coefficients[:, 0]) * scale[0], f)[0]
+                 for member in members]
+    return float(torch.tensor(quotients, dtype=torch.float64).std(correction=1))

@@ -194,21 +194,25 @@ def default_schedule(process: ForwardProcess, n_steps: int = DEFAULT_STEPS, t_st
 
 def start_time(score: Any, process: ForwardProcess | None = None) -> float:
     """Where :func:`energy` starts by default: the process's t_min, or, for an epsilon or x0
-    network (undefined where sigma_t = 0) when sigma_{t_min} = 0, the smallest training time
-    recorded by :func:`train_dsm` (``model.training_config["t_min"]``); ValueError for such a
-    network without that record (pass ``t_start`` to :func:`energy`)."""
+    network (undefined where sigma_t = 0; for an ensemble, any such member) when
+    sigma_{t_min} = 0, the smallest training time (``score.t_trained``, else
+    ``model.training_config["t_min"]`` of :func:`train_dsm`); ValueError for such a network
+    without that record (pass ``t_start`` to :func:`energy`)."""
     score = as_score(score)
     process = score.process if process is None else process
-    if getattr(score, "kind", "score") == "score" or float(process.sigma(torch.tensor(process.t_min))) > 0:
+    kinds = {getattr(m, "kind", "score") for m in getattr(score, "members", [score])}
+    if kinds == {"score"} or float(process.sigma(torch.tensor(process.t_min))) > 0:
         return float(process.t_min)
-    record = getattr(getattr(score, "model", None), "training_config", None) or {}
-    if "t_min" not in record:
+    t_trained = score.t_trained
+    if t_trained is None:
+        t_trained = (getattr(getattr(score, "model", None), "training_config", None) or {}).get("t_min")
+    if t_trained is None:
         raise ValueError(
-            f"this {score.kind}-network divides by sigma_t, which is 0 at t_min = {process.t_min} of "
-            f"{process!r}: pass t_start > 0 (e.g. the smallest training time); the energy is then "
-            "-log p_{t_start}(x), with its distance to -log p_0(x) in the error"
+            f"this {'/'.join(sorted(kinds - {'score'}))}-network divides by sigma_t, which is 0 at t_min = "
+            f"{process.t_min} of {process!r}: pass t_start > 0 (e.g. the smallest training time); the energy "
+            "is then -log p_{t_start}(x), with its distance to -log p_0(x) in the error"
         )
-    return float(record["t_min"])
+    return float(t_trained)
 
 
 def _check_start(score: Score, process: ForwardProcess, t_start: float | None) -> float:

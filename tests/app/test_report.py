@@ -27,8 +27,14 @@ def _check_numbers(numbers: dict) -> None:
             assert abs(value - exact) <= error, (value, error, exact)
         free = numbers["free_energy"]
         assert abs(free["value"] - free["exact"]) <= 4 * free["error"] + free["systematic_error"]
-    prof = numbers["spectrum"]["profile"]
-    assert all(prof["converged"]) and all(g > 0 for g in prof["gap"])
+    prof, rtol = numbers["spectrum"]["profile"], numbers["config"]["gap"]["rtol"]
+    assert all(g > 0 for g in prof["gap"])
+    if numbers["model"]["kind"] == "exact":
+        assert all(prof["converged"]) and not any(prof["gap_model_error"])
+    else:  # an ensemble: its spread is the model error, and converged means both parts within rtol
+        assert all(e <= rtol * g for e, g in zip(prof["gap_error"], prof["gap"]))
+        assert all(m > 0 for m in prof["gap_model_error"])
+        assert prof["converged"] == [m <= rtol * g for m, g in zip(prof["gap_model_error"], prof["gap"])]
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))

@@ -7,10 +7,19 @@ import math
 import pytest
 import torch
 
-from scorehamiltonian import OU, ExactScore, GaussianMixture, InputShapeError, as_score, example
+from scorehamiltonian import (
+    OU,
+    ExactScore,
+    GaussianMixture,
+    InputShapeError,
+    ScoreEnsemble,
+    as_score,
+    example,
+)
 from scorehamiltonian.score.examples import four_mode_benchmark
 from scorehamiltonian.spectral.gap import spectral_gap
 from scorehamiltonian.spectral.grid import box_from_mixture
+from scorehamiltonian.spectral.solution import ConvergenceWarning
 
 from ..reference import galerkin_levels
 from .quadrature import lambda1_1d
@@ -167,3 +176,51 @@ def test_gaussian_bar_is_tight():
 def test_three_dimensional_bar_is_tight(t):
     """The 3D benchmark mixture (product of two bimodal factors and a Gaussian)."""
     _tight(spectral_gap(ExactScore(four_mode_benchmark(3), OU()), t, rtol=1e-5), _four_mode_truth(t, 3), 1e-5)
+
+
+class _Network(torch.nn.Module):
+    """A learned score stand-in: a torch module returning an exact score (a fitted model to the toolkit)."""
+
+    def __init__(self, score):
+        super().__init__()
+        self.score = score
+
+    def forward(self, x, t):
+        return self.score(x, t)
+
+
+def test_model_error_follows_the_members_gaps():
+    """An ensemble of three exact double wells (means and weights perturbed): the gap is the
+    mean score's, and its model error, the members' gaps by Rayleigh-Ritz in the span of the
+    mean's k = 3 lowest eigenvectors, must match the spread of the members' own gaps. The span
+    holds the first-order change and the mixing of the two lowest states (a double well's
+    second order, sqrt(Delta^2 + eps^2)); the coupling to higher states it misses is second
+    order over a spacing several times the gap, hence the factor 1.5 either way (measured
+    0.76-0.97). Weights alone perturbed symmetrically about 1/2 change the gap at second order
+    only, which the first-order estimate would miss (it gave 0.23 of the spread)."""
+    t = 0.3
+    for weights, means in (((0.45, 0.5, 0.55), (2.0, 2.0, 2.0)), ((0.4, 0.5, 0.52), (1.9, 2.0, 2.2))):
+        members = [ExactScore(GaussianMixture([w, 1 - w], [-m, m], [0.25, 0.25]), OU())
+                   for w, m in zip(weights, means)]
+        spread = float(torch.tensor([spectral_gap(m, t, rtol=1e-6).value for m in members]).std())
+        learned = ScoreEnsemble([as_score(_Network(m), process=OU(), dim=1) for m in members])
+        with pytest.warns(ConvergenceWarning, match="model: the ensemble's spread"):
+            result = spectral_gap(learned, t, rtol=1e-6, box=(-7.0, 7.0))
+        assert 1 / 1.5 <= result.model_error / spread <= 1.5, (result.model_error, spread)
+        assert not result.converged and result.total_error == result.error + result.model_error
+        assert result.error <= 1e-6 * result.value
+
+
+def test_a_single_learned_model_cannot_be_converged():
+    """A torch module's gap is the model's: its numerical error can be tiny while the model is
+    far off (the 17x learned gap reported as converged), so without an ensemble the model error
+    is NaN and the result is not converged; an analytic score has model error 0."""
+    score = ExactScore(GaussianMixture([0.5, 0.5], [-1.5, 1.5], [0.3, 0.3]), OU())
+    learned = as_score(_Network(score), process=OU(), dim=1)
+    with pytest.warns(ConvergenceWarning, match="single learned model"):
+        result = spectral_gap(learned, 0.2, rtol=1e-5, box=(-6.0, 6.0))
+    assert math.isnan(result.model_error) and not result.converged
+    assert result.error <= 1e-5 * result.value
+    assert any(flag.startswith("model:") for flag in result.flags)
+    exact = spectral_gap(score, 0.2, rtol=1e-5)
+    assert exact.model_error == 0.0 and exact.converged and exact.flags == ()

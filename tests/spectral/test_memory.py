@@ -27,7 +27,8 @@ from scorehamiltonian.spectral.memory import estimate_memory
 
 # One job in a fresh interpreter: the four-mode mixture of analysis/bench_gap.py at t = 0
 # on an n^d grid, built and solved by spectrum(H, k) after a small warm-up job with multigrid
-# levels (numba's compilation and torch's first allocations are not the job's). The peak RSS above the level
+# levels on the numba backend that the big job takes (numba's compilation, a few tens of MB on
+# a clean clone without its cache, and torch's first allocations are not the job's). The peak RSS above the level
 # before the job is sampled every millisecond. MALLOC_MMAP_THRESHOLD_ fixes glibc's mmap
 # threshold so that freed arrays go back to the system and RSS follows the live arrays.
 JOB = textwrap.dedent("""
@@ -40,16 +41,16 @@ JOB = textwrap.dedent("""
     warnings.simplefilter("ignore")
     dim, n, k = (int(a) for a in sys.argv[1:4])
 
-    def operator(n):
+    def operator(n, backend="auto"):
         mixture = four_mode_benchmark(dim)
         lo, hi = box_from_mixture(mixture, 1e-12)
-        return ScoreHamiltonian(ExactScore(mixture, OU()), 0.0, Grid(lo, hi, n))
+        return ScoreHamiltonian(ExactScore(mixture, OU()), 0.0, Grid(lo, hi, n), backend=backend)
 
     def rss():
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    spectrum(operator(65 if dim == 2 else 33), k=k, tol=1e-6)
+    spectrum(operator(65 if dim == 2 else 33, backend="numba"), k=k, tol=1e-6)
     base = peak = rss()
     done = threading.Event()
 

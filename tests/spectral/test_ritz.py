@@ -32,6 +32,7 @@ from scorehamiltonian import (
     InputDtypeError,
     InputShapeError,
     NotPositiveDefiniteError,
+    ScoreEnsemble,
     TimeRangeError,
     as_score,
     example,
@@ -306,3 +307,38 @@ def test_the_model_form_measures_the_model_not_the_samples():
     own = as_score(lambda x, s: ExactScore(data, OU())(x, s), process=OU(), dim=2)
     same = ritz_gap(own, t, samples=samples, basis="polynomial", degree=1, generator=seeded(3))
     assert abs(same.value - 1 / nu) < 1e-2 / nu + 4 * same.stderr
+
+
+class _Network(torch.nn.Module):
+    """A learned score stand-in: a torch module returning an exact score (a fitted model to the toolkit)."""
+
+    def __init__(self, score):
+        super().__init__()
+        self.score = score
+
+    def forward(self, x, t):
+        return self.score(x, t)
+
+
+def test_model_error_is_the_members_spread_of_the_quotient():
+    """The fitted functions depend on the samples alone, so member k's quotient with the
+    ensemble's f_1 is exactly the model-form value of ritz_gap run on member k with the same
+    samples and seed: model_error is their standard deviation to round-off. A single learned
+    model cannot know its error (NaN, flagged); the data form and an analytic score have none."""
+    t = 0.05
+    data = GaussianMixture([1.0], [[0.0, 0.0]], [[1.0, 0.25]])
+    samples = ExactScore(data, OU()).sample(8000, t, seeded(2))
+    members = [as_score(_Network(ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [[v, 0.25]]), OU())),
+                        process=OU(), dim=2) for v in (0.8, 1.0, 1.3)]
+    options = {"samples": samples, "basis": "polynomial", "degree": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ensemble = ritz_gap(ScoreEnsemble(members), t, generator=seeded(3), **options)
+        each = [ritz_gap(m, t, generator=seeded(3), **options).value for m in members]
+        single = ritz_gap(members[0], t, generator=seeded(3), **options)
+    assert ensemble.model_error == pytest.approx(float(np.std(each, ddof=1)), rel=1e-10)
+    assert "model_spread" in ensemble.flags and not ensemble.reliable
+    assert math.isnan(single.model_error) and "model_unknown" in single.flags
+    assert ritz_gap(members[0], t, form="data", generator=seeded(3), **options).model_error == 0.0
+    exact = ritz_gap(ExactScore(data, OU()), t, form="model", generator=seeded(3), **options)
+    assert exact.model_error == 0.0 and exact.reliable

@@ -12,7 +12,8 @@ import torch
 from scorehamiltonian import OU, VE, ExactScore, GaussianMixture, as_score, example
 from scorehamiltonian.common.errors import ScheduleError, TimeRangeError
 from scorehamiltonian.sampling.schedules import standard_schedule
-from scorehamiltonian.thermo.energy import energy
+from scorehamiltonian.score.ensemble import ScoreEnsemble
+from scorehamiltonian.thermo.energy import energy, start_time
 from scorehamiltonian.thermo.integrators import ORDERS
 from scorehamiltonian.thermo.line_energy import line_energy
 
@@ -251,3 +252,22 @@ def test_epsilon_network_starts_at_its_training_time():
         energy(network, None, x, _schedule(OU_PROCESS), t_start=t_start)
     with pytest.raises(ValueError, match="t_start must lie"):
         energy(network, None, x, t_start=OU_PROCESS.t_max)
+
+
+def test_start_time_of_networks_and_ensembles():
+    """start_time: the process's t_min for a score; for an epsilon network (and an ensemble with
+    one) under OU, where sigma_0 = 0, its training time, and a ValueError without one."""
+    exact = ExactScore(example("asymmetric"), OU_PROCESS)
+
+    def eps_network(trained: float | None):
+        network = as_score(lambda x, t: -OU_PROCESS.sigma(t)[..., None] * exact(x, t), kind="eps",
+                           process=OU_PROCESS, dim=1)
+        network.t_trained = trained
+        return network
+
+    assert start_time(exact) == OU_PROCESS.t_min
+    assert start_time(ScoreEnsemble([exact, exact])) == OU_PROCESS.t_min
+    assert start_time(eps_network(0.02)) == 0.02
+    assert start_time(ScoreEnsemble([eps_network(0.02), eps_network(0.01)])) == 0.02
+    with pytest.raises(ValueError, match="pass t_start"):
+        start_time(ScoreEnsemble([eps_network(None), exact]))
