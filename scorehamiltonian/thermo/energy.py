@@ -28,7 +28,7 @@ sigma_min, or read energies of p_0 from a process with sigma_{t_min} = 0). A use
 its own error is then the user's (``reference_error`` is 0).
 
 Accuracy on request (the default, :mod:`.refinement`). ``energy(..., atol, rtol)`` asks for
-|E - (-log p_0)| <= atol + rtol |E| at every point. Each point starts on a 16-step EDM pilot
+|E - (-log p_0)| <= atol + rtol |E| at every point. Each point starts on a 32-step EDM pilot
 grid; the step-doubling error below decides whether its bar meets the request and, where it
 does not, where the next grid needs its steps (the local errors that step doubling sees,
 equidistributed) and how many it needs (the smallest count the error model allows). A point

@@ -49,7 +49,7 @@ def test_a_tight_request_is_met_by_refinement_and_its_evaluations_are_counted():
     up to 1e-4 under OU(10)): every point's true error is within its bar and the bar within
     the request; the grids grow beyond the pilot; the solve costs 4 evaluations per step of
     the returned grid and the total adds at least its step doubling (3N), the pilot
-    (7 * 16 + 1) and one evaluation for the reference check."""
+    (7 * 32 + 1) and one evaluation for the reference check."""
     mixture = example("trimodal")
     process = OU()
     score = ExactScore(mixture, process)
