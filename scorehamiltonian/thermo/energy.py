@@ -42,8 +42,9 @@ Error of the result (``EnergyResult.error``, absolute, nats), the sum of four pa
 - ``integrator_error``: step doubling. The same ODE is integrated on every other time of the
   schedule (twice the steps of the same spacing function) and on every fourth. With
   d1 = |E_h - E_2h|, d2 = |E_2h - E_4h| and q = 2^p (p the order: 1 Euler, 2 Heun, 4 RK4),
-  R = max(d1, d2 / q) / (q - 1) is the Richardson estimate of the error of E_h (the d2 term
-  covers points where the leading error term changes sign and d1 alone vanishes); the bar is
+  R = max(d1, d2 / q) / (r - 1) is the Richardson estimate of the error of E_h, r the observed
+  ratio d2 / d1 kept within [(q + 1) / 2, q] (the d2 term covers points where the leading
+  error term changes sign and d1 alone vanishes); the bar is
   SAFETY R, SAFETY = 3 (module :mod:`.integrators`: on the benchmark mixtures the true error
   was at most 1.3 R at 90 % of the asymptotic points). R holds once the sequence is
   asymptotic: where the observed ratio d2 / d1 (q asymptotically) is below q / 2 the bar is
@@ -602,8 +603,8 @@ def _warn(result: EnergyResult, schedule: Schedule | None, task: _Task) -> None:
     if n_bad:
         warnings.warn(
             f"energy: the error bars of {n_bad} of {result.value.numel()} points {where} cannot be trusted: "
-            "their step-doubling sequence is not asymptotic and its differences do not shrink (observed ratio "
-            "< 2); refine the schedule (more steps)",
+            "their error estimate's sequence (step doubling; dopri5: tolerances tol, 10 tol, 100 tol) is not "
+            "asymptotic and its differences do not shrink (observed ratio < 2); refine the schedule (more steps)",
             ConvergenceWarning, stacklevel=3,
         )
     short = ~result.reached & ran

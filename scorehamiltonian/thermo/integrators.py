@@ -146,8 +146,10 @@ def integrator_error(values: list[torch.Tensor], method: str) -> tuple[torch.Ten
 
     With d1 = |E_h - E_2h|, d2 = |E_2h - E_4h| and q = 2^p (dopri5: E at tolerances tol, 10 tol,
     100 tol and q = 10^(5/6), the global error being proportional to tol^(p/(p+1))): the
-    Richardson estimate of the error of E_h is R = max(d1, d2 / q) / (q - 1) (the d2 term
-    covers points where the leading error term changes sign and d1 alone vanishes). The
+    Richardson estimate of the error of E_h is R = max(d1, d2 / q) / (r - 1), r the observed
+    ratio d2 / d1 kept within [(q + 1) / 2, q] (the extrapolation at the observed order, never
+    beyond the method's; the d2 term covers points where the leading error term changes sign
+    and d1 alone vanishes). The
     sequence is asymptotic where the observed ratio d2 / d1 is at least q / 2 (or d1 is at
     round-off level); the bar is then ``SAFETY`` R. Elsewhere it is SAFETY max(d1, d2), and
     it is trusted only where the differences shrink at least as fast as a first-order
@@ -161,7 +163,8 @@ def integrator_error(values: list[torch.Tensor], method: str) -> tuple[torch.Ten
     ratio = d2 / d1
     roundoff = d1 <= _ROUNDOFF_RTOL * (1.0 + values[0].abs())
     asymptotic = (ratio >= q / 2) | roundoff
-    richardson = torch.maximum(d1, d2 / q) / (q - 1.0)
+    observed = torch.nan_to_num(ratio, nan=q).clamp(max=q).clamp(min=(q + 1.0) / 2.0)
+    richardson = torch.maximum(d1, d2 / q) / (observed - 1.0)
     if len(values) == 4:
         richardson = richardson + (values[0] - values[3]).abs() * q / (q - 1.0)
     error = SAFETY * torch.where(asymptotic, richardson, torch.maximum(d1, d2))
