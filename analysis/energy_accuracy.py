@@ -17,7 +17,7 @@ and VE (sigma 0.01 -> 1e4), at points drawn from the mixture, with the exact sco
 3. dopri5 at solver tolerances 1e-5: coverage, median bar / true, share flagged untrusted.
 4. The fixed default grid (EDM, 128 steps): coverage, median bar / true, trusted share.
 
-Usage: python analysis/energy_accuracy.py [--quick] [--out DIR]
+Usage: python analysis/energy_accuracy.py [--quick | --points N] [--out DIR]
 Writes results.md and results.json into DIR (default analysis/out/energy_accuracy/).
 """
 
@@ -152,18 +152,20 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="24 points per case instead of 100")
+    parser.add_argument("--points", type=int, default=None, help="points per case (overrides --quick)")
     parser.add_argument("--out", type=Path, default=ROOT / "analysis" / "out" / "energy_accuracy")
     args = parser.parse_args()
-    n_points = 24 if args.quick else 100
+    n_points = args.points or (24 if args.quick else 100)
     rows = []
+    args.out.mkdir(parents=True, exist_ok=True)
     for mixture_name in MIXTURES:
         for process_name in PROCESSES:
             rows.append(case(mixture_name, process_name, n_points))
             print(f"{mixture_name} {process_name}: {rows[-1]['seconds']:.0f} s", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
-    table = _table(rows)
-    (args.out / "results.md").write_text(f"# Energy accuracy on request (issue 23)\n\n{table}\n")
+            (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+            table = _table(rows)
+            (args.out / "results.md").write_text(f"# Energy accuracy on request (issue 23)\n\n{n_points} points "
+                                                 f"per case\n\n{table}\n")
     print(table)
 
 
