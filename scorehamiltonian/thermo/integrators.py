@@ -149,9 +149,8 @@ def integrator_error(values: list[torch.Tensor], method: str) -> tuple[torch.Ten
     Richardson estimate of the error of E_h is R = max(d1, d2 / q) / (r - 1), r the observed
     ratio d2 / d1 kept within [(q + 1) / 2, q] (the extrapolation at the observed order, never
     beyond the method's; the d2 term covers points where the leading error term changes sign
-    and d1 alone vanishes). The
-    sequence is asymptotic where the observed ratio d2 / d1 is at least q / 2 (or d1 is at
-    round-off level); the bar is then ``SAFETY`` R. Elsewhere it is SAFETY max(d1, d2), and
+    and d1 alone vanishes). The sequence is asymptotic where the observed ratio is at least
+    q / 2 (or d1 is at round-off level); the bar is then ``SAFETY`` R. Elsewhere it is SAFETY max(d1, d2), and
     it is trusted only where the differences shrink at least as fast as a first-order
     method's (ratio >= 2: the remaining changes then sum to at most d1); a point whose
     differences do not shrink is not trusted (``converged`` False). The Richardson error of

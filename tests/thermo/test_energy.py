@@ -29,7 +29,7 @@ def _schedule(process, kind=None, n=None):
     return standard_schedule(kind or name, n or steps, process.t_max, process.t_min, process)
 
 
-def _points(mixture, n, seed=0):
+def points_with_tails(mixture, n, seed=0):
     """Samples of the mixture and two tail points (3 standard deviations out along the first axis)."""
     x = mixture.sample(n, torch.Generator().manual_seed(seed))
     spread = float(mixture.covariance().diagonal().max().sqrt())
@@ -50,7 +50,7 @@ def test_energy_of_exact_score_matches_exact_log_density(name, process):
     boundaries, where the forward flow is stiff)."""
     mixture = example(name)
     score = ExactScore(mixture, process)
-    x = _points(mixture, 12)
+    x = points_with_tails(mixture, 12)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = energy(score, process, x, _schedule(process))
@@ -119,7 +119,7 @@ def test_dopri5_within_its_error_and_batch_shape():
 def test_coarse_schedule_warns_and_flags_points():
     score = ExactScore(example("asymmetric"), OU_PROCESS)
     with pytest.warns(Warning, match="not asymptotic"):
-        result = energy(score, OU_PROCESS, _points(example("asymmetric"), 10), _schedule(OU_PROCESS, "uniform", 16))
+        result = energy(score, OU_PROCESS, points_with_tails(example("asymmetric"), 10), _schedule(OU_PROCESS, "uniform", 16))
     assert not bool(result.converged.all())
 
 
@@ -234,7 +234,7 @@ def test_epsilon_network_starts_at_its_training_time():
     exact = ExactScore(mixture, OU_PROCESS)
     network = as_score(lambda x, t: -OU_PROCESS.sigma(t)[..., None] * exact(x, t), kind="eps",
                        process=OU_PROCESS, dim=1)
-    x = _points(mixture, 10)
+    x = points_with_tails(mixture, 10)
     with pytest.raises(ValueError, match="pass t_start"):
         energy(network, None, x)
     t_start = 1e-2

@@ -12,16 +12,9 @@ from scorehamiltonian.spectral.solution import ConvergenceWarning
 from scorehamiltonian.thermo.energy import energy
 from scorehamiltonian.thermo.refinement import PILOT_STEPS, allowed_steps, equidistributed_times
 
+from .test_energy import points_with_tails
+
 BENCH_VE = VE(sigma_min=0.01, sigma_max=1e4)
-
-
-def _points(mixture, n, seed=0):
-    """Samples of the mixture and two tail points (3 standard deviations out along the first axis)."""
-    x = mixture.sample(n, torch.Generator().manual_seed(seed))
-    spread = float(mixture.covariance().diagonal().max().sqrt())
-    tail = mixture.mean()[None].repeat(2, 1)
-    tail[:, 0] += torch.tensor([-3.0, 3.0], dtype=torch.float64) * spread
-    return torch.cat([x, tail])
 
 
 @pytest.mark.parametrize("process", [OU(), BENCH_VE], ids=["OU", "VE"])
@@ -53,7 +46,7 @@ def test_a_tight_request_is_met_by_refinement_and_its_evaluations_are_counted():
     mixture = example("trimodal")
     process = OU()
     score = ExactScore(mixture, process)
-    x = _points(mixture, 8)
+    x = points_with_tails(mixture, 8)
     result = energy(score, None, x, atol=1e-5, log_prior=lambda y: score.log_prob(y, process.t_max))
     error = (result.value + score.log_prob(x, process.t_min)).abs()
     assert bool((error <= result.error).all()) and bool((result.error <= 1e-5).all()) and bool(result.reached.all())
@@ -71,7 +64,7 @@ def test_a_tight_request_is_met_by_refinement_and_its_evaluations_are_counted():
 
 def test_each_point_is_refined_on_its_own_so_batches_do_not_change_it():
     score = ExactScore(example("bimodal"), OU())
-    x = _points(example("bimodal"), 4)
+    x = points_with_tails(example("bimodal"), 4)
     whole = energy(score, None, x)
     batched = energy(score, None, x, batch_size=2)
     assert torch.equal(whole.value, batched.value) and torch.equal(whole.n_steps, batched.n_steps)
@@ -83,7 +76,7 @@ def test_a_request_the_reference_law_cannot_meet_warns_and_log_prior_meets_it():
     with the exact log p_T as log_prior the same request is met."""
     process = OU(2.0)
     score = ExactScore(example("asymmetric"), process)
-    x = _points(example("asymmetric"), 4)
+    x = points_with_tails(example("asymmetric"), 4)
     truth = -score.log_prob(x, 0.0)
     with pytest.warns(ConvergenceWarning, match="did not reach the requested accuracy.*log_prior"):
         result = energy(score, None, x)
