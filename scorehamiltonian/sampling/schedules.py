@@ -331,8 +331,12 @@ def _check_standard_args(name: str, n_levels: int, t_max: float, t_min: float, p
 
 
 def _uniform_in(u_max: float, u_min: float, n_levels: int) -> np.ndarray:
-    """n_levels + 1 values from u_max to u_min in equal steps."""
-    return u_max + (u_min - u_max) * np.arange(n_levels + 1) / n_levels
+    """n_levels + 1 values from u_max to u_min in equal steps, the end points set exactly
+    (u_max + (u_min - u_max) can round past u_min: to -8.9e-16 for u_min = 0, whose
+    noise level sigma^(1/rho) then has no logarithm)."""
+    values = u_max + (u_min - u_max) * np.arange(n_levels + 1) / n_levels
+    values[0], values[-1] = u_max, u_min
+    return values
 
 
 def _noise_ratio(process: ForwardProcess, t: float) -> float:

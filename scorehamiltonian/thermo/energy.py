@@ -10,54 +10,83 @@ continuity equation d/dt p_t = -div(p_t F) gives, along a trajectory x_t,
 
 and, integrating from x_0 = x at t_min to x_T at T = t_max,
 
-    log p_0(x) = log p_T(x_T) + int_{t_min}^{T} div F(x_t, t) dt.
+    log p_0(x) = log p_T(x_T) + int_{t_min}^{T} div F(x_t, t) dt,
+
+so l(t) + log p_t(x_t) is constant along the exact flow (what the refinement's local error
+indicators measure the drift of, :func:`~.integrators.trajectory_differences`).
 
 The state (x, l) with dl/dt = div F is integrated on the times of a schedule (Euler, Heun, RK4)
 or adaptively (torchdiffeq's dopri5), and log p_T is read from the reference law
 N(0, sigma_T^2 I) of the process (the law of X_T for data at the origin).
 
-Error of the result (``EnergyResult.error``, absolute, nats), the sum of three parts:
+Conventions. p_0 is the law at the process's t_min: under VE, sigma_{t_min} = sigma_min > 0, so
+the readout is -log p_{t_min}(x), the energy of the data smoothed by N(0, sigma_min^2 I) (the
+law of X_0 + sigma_min Z), not of the data itself; the two differ by about
+(sigma_min^2 / 2)(|s|^2 + div s) at x, which no refinement removes (choose a smaller
+sigma_min, or read energies of p_0 from a process with sigma_{t_min} = 0). A user-supplied
+``log_prior`` (log p_T) replaces the Gaussian reference law where the user has a better one;
+its own error is then the user's (``reference_error`` is 0).
+
+Accuracy on request (the default, :mod:`.refinement`). ``energy(..., atol, rtol)`` asks for
+|E - (-log p_0)| <= atol + rtol |E| at every point. Each point starts on a 32-step EDM pilot
+grid; the step-doubling error below decides whether its bar meets the request and, where it
+does not, where the next grid needs its steps (the local errors that step doubling sees,
+equidistributed) and how many it needs (the smallest count the error model allows). A point
+is done when its bar is trusted and meets the request; one that needs more than
+``max_steps`` steps keeps its last result, reported with ``reached`` False and a
+:class:`ConvergenceWarning`, as is a point whose reference or Hutchinson error alone exceeds
+the request (refinement cannot reduce those). An explicit ``schedule`` or ``n_steps`` runs
+that one grid instead (``reached`` still says whether it met the request).
+
+Error of the result (``EnergyResult.error``, absolute, nats), the sum of four parts:
 - ``integrator_error``: step doubling. The same ODE is integrated on every other time of the
   schedule (twice the steps of the same spacing function) and on every fourth. With
-  d1 = |E_h - E_2h| and d2 = |E_2h - E_4h|, the error is max(d1, d2 / 2^p) (the d2 term covers
-  points where the leading error term changes sign and d1 alone vanishes). Asymptotically d1 is
-  (2^p - 1) times the error of E_h (p the order: 1 Euler, 2 Heun, 4 RK4), so the estimate
-  over-estimates by that factor (Euler's is doubled: a factor 2). Before that regime it can
-  under-estimate: the point is flagged ``converged = False`` (with a warning) unless the
-  observed ratio d2 / d1 (2^p asymptotically) is at least 2^(p-1). Step doubling assumes the
+  d1 = |E_h - E_2h|, d2 = |E_2h - E_4h| and q = 2^p (p the order: 1 Euler, 2 Heun, 4 RK4),
+  R = max(d1, d2 / q) / (r - 1) is the Richardson estimate of the error of E_h, r the observed
+  ratio d2 / d1 kept within [(q + 1) / 2, q] (the d2 term covers points where the leading
+  error term changes sign and d1 alone vanishes); the bar is
+  SAFETY R, SAFETY = 3 (module :mod:`.integrators`: on the benchmark mixtures the true error
+  was at most 1.3 R at 90 % of the asymptotic points). R holds once the sequence is
+  asymptotic: where the observed ratio d2 / d1 (q asymptotically) is below q / 2 the bar is
+  SAFETY max(d1, d2) instead, trusted where d2 / d1 >= 2 (the differences shrink at least
+  as a first-order method's, so that what remains sums to at most d1) and flagged
+  ``converged = False`` (with a warning) where they do not shrink. Step doubling assumes the
   schedule's times are a smooth function of the step index, so that every other time is the
   same schedule with half the steps (with an odd number of steps, the smallest step at an
   even position stays single). A grid with an abrupt change of spacing (say, one large step
   appended to reach t_min) defeats it: paired with a small neighbour, the large step's error
   barely changes between the grids. So the pairs of the first coarsening are checked: where
-  the ratio r = h_small / h_large is below the one at which the estimate still covers the
-  pair's local error c (h_1^(p+1) + h_2^(p+1)) for a common c, i.e.
-  (1 + r)^(p+1) - 1 - r^(p+1) < 1 + r^(p+1) (r < 0.149 for RK4, 0.268 for Heun and for Euler,
-  whose estimate is doubled), or where a single step exceeds both neighbours, that step is
-  halved on a fourth grid E_s and (2^p / (2^p - 1)) |E_h - E_s| (Richardson for those steps)
-  is added to the error. Steps below 1e-3 of the longest are exempt (the first steps of an
-  EDM grid from t = 0, 1e-26 to 1e-5 long).
-  For dopri5 the ODE is solved again with ten times looser tolerances; |E - E_loose|
-  over-estimates the error of E by about 10^{5/6} - 1 (global error proportional to
-  tol^{p/(p+1)}, p = 5), assuming the solver's tolerance proportionality (not checked).
+  the ratio r = h_small / h_large is below the one at which the bar still covers the pair's
+  local error c (h_1^(p+1) + h_2^(p+1)) for a common c (0.44 for RK4, 0.27 for Heun, 0.17 for
+  Euler), or where a single step exceeds both neighbours, that step is halved on a fourth
+  grid E_s and (q / (q - 1)) |E_h - E_s| (Richardson for those steps) is added to R. Steps
+  below 1e-3 of the longest are exempt (the first steps of an EDM grid from t = 0, 1e-26 to
+  1e-5 long).
+  For dopri5 the ODE is solved again with ten and a hundred times looser solver tolerances
+  and the same rule applies with q = 10^(5/6) (global error proportional to tol^{p/(p+1)},
+  p = 5): the observed ratio checks that proportionality instead of assuming it.
 - ``reference_error``: p_T differs from N(0, sigma_T^2 I) by r = log p_T - log q; with
   grad r = s_T + x / sigma_T^2 and Laplacian r = div s_T + d / sigma_T^2 at x_T, the first order
   of r for data of mean m and covariance C (E = alpha_T^2 C / sigma_T^2 small) is
   alpha_T m . x / sigma_T^2 + x^T E x / (2 sigma_T^2) - tr E / 2 - alpha_T^2 |m|^2 / (2 sigma_T^2),
   bounded term by term by |x . grad r| + (sigma_T^2 / 2)(|Laplacian r| + |grad r|^2); twice
   that is reported (the first-order bound is tight, measured within 0.1 %, and the next order
-  can exceed it).
+  can exceed it). Zero with a user-supplied ``log_prior``.
 - ``divergence_error``: with divergence="hutchinson", div s is v^T J v for m Rademacher probes
   v drawn once per call and kept along the trajectory (the ODE stays deterministic, as dopri5
   needs); each probe gives its own integral l_j and the standard error is std_j(l_j) / sqrt(m).
   It is one standard error, not a bound.
-
 - ``start_error`` (only when the integration starts at t_start > t_min, for networks that are
   undefined at sigma = 0, e.g. epsilon-predictions under OU): the value is then
   -log p_{t_start}(x), and |log p_0(x) - log p_{t_start}(x)| is estimated to first order by
   (t_start - t_min) |d/dt log p_t(x)| at t_start, with d/dt log p_t = -div F - F . s
   = -d f + (g^2 / 2)(div s + |s|^2) - f x . s (continuity equation along the fixed x); twice
   that is reported, as for the reference error.
+
+Score evaluations (``nfe``, per point, each with its divergence): ``nfe_solve`` those of the
+solve whose value is returned (stages x steps), ``nfe_estimate`` the rest (step doubling's
+coarser grids, the reference and start error evaluations, and the earlier grids of the
+refinement).
 
 The cycle closure of :func:`~.line_energy.line_energy` is reported beside the energies of any score
 that has no exact log-density (not a :class:`DensityScore`).
@@ -67,6 +96,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
@@ -82,15 +112,19 @@ from ..score import derivatives
 from ..score.interface import DensityScore, Score, as_score
 from ..score.processes import ForwardProcess
 from ..spectral.solution import ConvergenceWarning
-from . import integrators
+from . import integrators, refinement
 from .line_energy import line_energy
 
 __all__ = ["DEFAULT_STEPS", "EnergyResult", "default_schedule", "energy", "start_time"]
 
 EnergyMethod = Literal["rk4", "heun", "euler", "dopri5"]
 DivergenceChoice = Literal["exact", "hutchinson"]
-#: Steps of the default schedule (EDM rho = 7 between the process's t_max and t_min).
+#: Steps of :func:`default_schedule` (EDM rho = 7 between the process's t_max and t_min).
 DEFAULT_STEPS = 128
+#: Default accuracy request of :func:`energy` (nats), met on the benchmark mixtures.
+DEFAULT_ATOL = 1e-3
+#: Default largest number of steps of a point's grid under refinement.
+DEFAULT_MAX_STEPS = 8192
 #: Relative tolerance, in units of the process's time range, for a schedule's end points.
 _SPAN_RTOL = 1e-9
 
@@ -104,14 +138,20 @@ class EnergyResult:
         module docstring).
     integrator_error, reference_error, divergence_error, start_error : (...,) the parts
         (start_error is zero when the integration starts at the process's t_min).
-    converged : (...,) bool: the step-doubling sequence E_h, E_2h, E_4h is asymptotic at the
-        point (observed_ratio >= 2^(p-1); always True for dopri5). A
-        :class:`ConvergenceWarning` is issued when any point is not.
-    observed_ratio : (...,) |E_2h - E_4h| / |E_h - E_2h|, 2^p in the asymptotic regime (NaN for dopri5).
-    nfe : score evaluations per point, the error estimate included (each with its divergence).
-    n_vjp : vector-Jacobian products per point (autograd or Hutchinson divergences).
+    converged : (...,) bool: the error bar can be trusted (the step-doubling differences are
+        asymptotic, or shrink at least as a first-order method's; module docstring). A
+        :class:`ConvergenceWarning` is issued when any point's cannot.
+    observed_ratio : (...,) |E_2h - E_4h| / |E_h - E_2h| (2^p asymptotically; dopri5: between
+        the tolerances tol, 10 tol, 100 tol, 10^(5/6) asymptotically).
+    requested : (...,) atol + rtol |value|, the accuracy asked for.
+    reached : (...,) bool: error <= requested.
+    n_steps : (...,) the steps of each point's grid (0 for dopri5, which chooses its own).
+    nfe_per_point, nfe_solve_per_point, n_vjp_per_point : (...,) score evaluations (each with
+        its divergence), those of the solve whose value is returned, and vector-Jacobian
+        products (autograd or Hutchinson divergences), per point.
     method, divergence : the integrator and the divergence estimator used.
-    times : the increasing time grid of the fixed-step integrators ([t_start, T] for dopri5).
+    times : the increasing time grid of a fixed grid ([t_start, T] for dopri5), or, under
+        refinement, a tuple of each point's grid (in the order of the flattened points).
     x_T : (..., d) the end points of the trajectories at T.
     closure : (...,) the cycle closure of :func:`line_energy` between each point and the batch
         mean (the origin for a single point) at t_min, for scores that are not a
@@ -128,18 +168,47 @@ class EnergyResult:
     start_error: torch.Tensor
     converged: torch.Tensor
     observed_ratio: torch.Tensor
-    nfe: int
-    n_vjp: int
+    requested: torch.Tensor
+    reached: torch.Tensor
+    n_steps: torch.Tensor
+    nfe_per_point: torch.Tensor
+    nfe_solve_per_point: torch.Tensor
+    n_vjp_per_point: torch.Tensor
     method: str
     divergence: str
-    times: np.ndarray
+    times: np.ndarray | tuple[np.ndarray, ...]
     x_T: torch.Tensor
     closure: torch.Tensor | None
     failures: tuple[tuple[int, int, str], ...] = ()
 
+    @property
+    def nfe(self) -> int:
+        """Score evaluations per point (mean over the points), the error estimate included."""
+        return _mean_count(self.nfe_per_point)
+
+    @property
+    def nfe_solve(self) -> int:
+        """Score evaluations per point of the solve whose value is returned (mean over the points)."""
+        return _mean_count(self.nfe_solve_per_point)
+
+    @property
+    def nfe_estimate(self) -> int:
+        """Score evaluations per point spent on the error estimate and on refinement: nfe - nfe_solve."""
+        return self.nfe - self.nfe_solve
+
+    @property
+    def n_vjp(self) -> int:
+        """Vector-Jacobian products per point (mean over the points)."""
+        return _mean_count(self.n_vjp_per_point)
+
+
+def _mean_count(per_point: torch.Tensor) -> int:
+    return round(float(per_point.double().mean())) if per_point.numel() else 0
+
 
 class _Field:
-    """The augmented probability-flow field (x, l) -> (F(x, t), div F per probe), counting calls."""
+    """The augmented probability-flow field (x, l) -> (F(x, t), div F per probe), counting
+    calls. t is a scalar or one time per row."""
 
     def __init__(self, score: Score, process: ForwardProcess, probes: torch.Tensor | None) -> None:
         self.score, self.process, self.probes = score, process, probes
@@ -163,7 +232,7 @@ class _Field:
         x = state[0]
         t = t.to(dtype=x.dtype, device=x.device).clamp(self.process.t_min, self.process.t_max)
         s, div = self.score_and_divergence(t, x)
-        f, half_g2 = self.process.f(t), 0.5 * self.process.g2(t)
+        f, half_g2 = self.process.f(t).reshape(-1, 1), 0.5 * self.process.g2(t).reshape(-1, 1)
         return f * x - half_g2 * s, x.shape[-1] * f - half_g2 * div
 
 
@@ -187,8 +256,8 @@ def _start_error(field: _Field, x: torch.Tensor, t_start: torch.Tensor) -> torch
 
 
 def default_schedule(process: ForwardProcess, n_steps: int = DEFAULT_STEPS, t_start: float | None = None) -> Schedule:
-    """The default time grid of :func:`energy`: EDM (rho = 7) from the process's t_max down to
-    ``t_start`` (default the process's t_min)."""
+    """A fixed time grid for :func:`energy` (``n_steps=``): EDM (rho = 7) from the process's
+    t_max down to ``t_start`` (default the process's t_min)."""
     return standard_schedule("edm", n_steps, process.t_max, process.t_min if t_start is None else t_start, process)
 
 
@@ -236,15 +305,28 @@ def _span_check(schedule: Schedule, process: ForwardProcess, t_start: float) -> 
     return schedule
 
 
-def _resolve_schedule(schedule: Any, process: ForwardProcess, method: str, t_start: float, n_steps: int) -> Schedule:
-    schedule = default_schedule(process, n_steps, t_start) if schedule is None else as_schedule(schedule)
-    schedule = _span_check(schedule, process, t_start)
+def _resolve_schedule(schedule: Any, process: ForwardProcess, method: str, t_start: float,
+                      n_steps: int | None) -> Schedule | None:
+    """The fixed grid (checked), or None for the refinement (no schedule, no n_steps, not dopri5)."""
+    if schedule is None and n_steps is None and method != "dopri5":
+        return None
+    if schedule is None:
+        schedule = default_schedule(process, DEFAULT_STEPS if n_steps is None else int(n_steps), t_start)
+    schedule = _span_check(as_schedule(schedule), process, t_start)
     if method != "dopri5" and schedule.n_levels < 2:
         raise ScheduleError(
             f"a fixed-step energy needs at least 2 steps (step doubling estimates its error); "
             f"the schedule has {schedule.n_levels}"
         )
     return schedule
+
+
+def _check_request(atol: float, rtol: float, max_steps: int) -> None:
+    atol, rtol = float(atol), float(rtol)
+    if not (math.isfinite(atol) and math.isfinite(rtol) and atol >= 0 and rtol >= 0 and atol + rtol > 0):
+        raise ValueError(f"atol and rtol must be finite, >= 0 and not both 0; got atol={atol!r}, rtol={rtol!r}")
+    if int(max_steps) < refinement.PILOT_STEPS:
+        raise ValueError(f"max_steps must be at least {refinement.PILOT_STEPS}; got {max_steps!r}")
 
 
 def _probes(divergence: str, n_probes: int, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
@@ -269,46 +351,64 @@ def energy(
     x: Any,
     schedule: Any = None,
     *,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = 0.0,
     method: EnergyMethod = "rk4",
     divergence: DivergenceChoice = "exact",
     n_probes: int = 16,
-    rtol: float = 1e-7,
-    atol: float = 1e-9,
+    n_steps: int | None = None,
+    log_prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    solver_rtol: float = 1e-7,
+    solver_atol: float = 1e-9,
     generator: torch.Generator | None = None,
     closure: bool | None = None,
     t_start: float | None = None,
     executor: Any = None,
     n_workers: int = 2,
     batch_size: int | None = None,
-    n_steps: int = DEFAULT_STEPS,
 ) -> EnergyResult:
-    """E(x) = -log p_0(x) in k_B T by the probability-flow ODE (formula in the module docstring).
+    """E(x) = -log p_0(x) in k_B T by the probability-flow ODE, to the accuracy asked for
+    (formula, error and refinement in the module docstring).
 
     score : a :class:`Score` or a callable score (wrapped by :func:`as_score`).
     process : the forward process (None: the score's own); it must equal the score's.
     x : (..., d) points; the result has shape (...,), in x's dtype and on x's device.
-    schedule : a :class:`Schedule` or an array of times, monotone either way, running from the
-        process's t_max down to t_start (a grid that misses either end raises
-        :class:`ScheduleError`). Default: :func:`default_schedule` (EDM, rho = 7) with
-        ``n_steps`` steps (128) from t_max down to t_start.
-        dopri5 uses only its end points.
-    method : "rk4" (default), "heun", "euler" on the schedule's times, or "dopri5" (adaptive,
-        torchdiffeq) with tolerances ``rtol``, ``atol``.
+    atol, rtol : the accuracy asked for at every point, |E - (-log p_0)| <= atol + rtol |E|
+        (nats; default 1e-3 absolute). Without ``schedule`` and ``n_steps``, each point's
+        grid is refined until its trusted error bar meets it (at most ``max_steps`` steps):
+        ``reached`` says where it did, and a :class:`ConvergenceWarning` names the points
+        where it did not and why (the reference law's or Hutchinson's error alone above the
+        request, or ``max_steps``). With a fixed grid they only set ``requested`` / ``reached``.
+        (Before issue 23 ``rtol`` / ``atol`` were dopri5's solver tolerances: now
+        ``solver_rtol`` / ``solver_atol``.)
+    schedule : a fixed grid instead of the refinement: a :class:`Schedule` or an array of
+        times, monotone either way, running from the process's t_max down to t_start (a grid
+        that misses either end raises :class:`ScheduleError`). dopri5 uses only its end points.
+    n_steps : a fixed grid of :func:`default_schedule` (EDM, rho = 7) with that many steps.
+    method : "rk4" (default), "heun", "euler" (fixed-step, refined or on the fixed grid), or
+        "dopri5" (adaptive, torchdiffeq) with solver tolerances ``solver_rtol``,
+        ``solver_atol`` (on the state (x, l), not nats; its error bar is checked as in the
+        module docstring, not refined to the request).
     divergence : "exact" (closed form for a DensityScore, else autograd: d vector-Jacobian
         products per evaluation) or "hutchinson" (``n_probes`` Rademacher probes drawn once with
         ``generator``, a seeded torch.Generator on x's device).
+    log_prior : log p_T as a function of the end points (k, d) -> (k,), replacing the
+        Gaussian reference law N(0, sigma_T^2 I) (and its ``reference_error``, then 0).
     closure : report the line-integral cycle closure (default: for scores that are not exact).
     t_start : where the integration starts (default :func:`start_time`: the process's t_min,
         or a network's smallest training time where it is undefined at t_min); above t_min
         the value is -log p_{t_start}(x) and ``start_error`` bounds, to first order, its
-        distance to -log p_0(x) (module docstring).
+        distance to -log p_0(x) (module docstring). Under VE, p_0 is the data smoothed by
+        N(0, sigma_min^2 I) (module docstring, Conventions).
     executor, n_workers, batch_size : batches of ``batch_size`` rows (default 256 when an
         executor is given) as tasks on an executor (None: serially, here; "dask": a
         LocalCluster of ``n_workers`` processes; a dask Client or any concurrent.futures
-        Executor; :func:`~scorehamiltonian.common.executors.executor_from`). Every row's energy is
-        the same as in a serial run with the same ``batch_size``; the closure's anchor is the
-        mean of each batch; Hutchinson probes come from a seed drawn once from ``generator``
-        (batch b: seed + b). A failed batch gives NaN rows and an entry in ``failures``.
+        Executor; :func:`~scorehamiltonian.common.executors.executor_from`). Every row's energy
+        does not depend on the batches (each point's refinement is its own); the closure's
+        anchor is the mean of each batch; Hutchinson probes come from a seed drawn once from
+        ``generator`` (batch b: seed + b). A failed batch gives NaN rows and an entry in
+        ``failures``.
     """
     score = as_score(score)
     process = score.process if process is None else process
@@ -317,15 +417,19 @@ def energy(
     x = check_points(x, score.dim)
     batch_shape, flat = x.shape[:-1], x.reshape(-1, x.shape[-1])
     t_start = _check_start(score, process, t_start)
-    schedule = _resolve_schedule(schedule, process, method, t_start, int(n_steps))
+    integrators.check_method(method)
+    _check_request(atol, rtol, max_steps)
+    schedule = _resolve_schedule(schedule, process, method, t_start, n_steps)
     want_closure = not isinstance(score, DensityScore) if closure is None else closure
-    task = _Task(score, process, schedule, method, divergence, int(n_probes), rtol, atol, want_closure, t_start)
+    task = _Task(score, process, schedule, method, divergence, int(n_probes), float(solver_rtol),
+                 float(solver_atol), want_closure, t_start, float(atol), float(rtol), log_prior, int(max_steps))
     if executor is None and batch_size is None:
         parts, failures = [task.run(flat, generator)], []
     else:
         parts, failures = _batched(task, flat, executor, n_workers, batch_size or _DEFAULT_BATCH, generator)
-    _warn_unconverged(torch.cat([p.converged for p in parts]), schedule)
-    return _assemble(parts, failures, batch_shape, x.shape)
+    result = _assemble(parts, failures, batch_shape, x.shape)
+    _warn(result, schedule, task)
+    return result
 
 
 #: Rows per task of a batched energy (``executor`` given without ``batch_size``).
@@ -334,40 +438,106 @@ _DEFAULT_BATCH = 256
 
 @dataclass(frozen=True)
 class _Task:
-    """Everything :func:`energy` computes for a batch of rows but the rows (picklable)."""
+    """Everything :func:`energy` computes for a batch of rows but the rows (picklable when
+    ``log_prior`` is). ``schedule`` None: the refinement."""
 
     score: Score
     process: ForwardProcess
-    schedule: Schedule
+    schedule: Schedule | None
     method: str
     divergence: str
     n_probes: int
-    rtol: float
-    atol: float
+    solver_rtol: float
+    solver_atol: float
     closure: bool
     t_start: float
+    atol: float
+    rtol: float
+    log_prior: Callable[[torch.Tensor], torch.Tensor] | None
+    max_steps: int
 
     def run(self, flat: torch.Tensor, generator: torch.Generator | None) -> EnergyResult:
         """The energies of the rows ``flat`` (n, d) (module docstring), as flat tensors."""
-        process = self.process
-        times = self.schedule.to_torchdiffeq(dtype=flat.dtype, device=flat.device)
         probes = _probes(self.divergence, self.n_probes, flat, generator)
-        m = 1 if probes is None else probes.shape[0]
-        field = _Field(self.score, process, probes)
-        solutions = integrators.integrate(field, flat, m, times, self.method, self.rtol, self.atol)
+        parts = self._fixed(flat, probes) if self.schedule is not None else self._refined(flat, probes)
+        audit = _closure(self.score, flat, self.t_start) if self.closure else None
+        error = parts["integrator_error"] + parts["reference_error"] + parts["divergence_error"] + parts["start_error"]
+        requested = self.atol + self.rtol * parts["value"].abs()
+        return EnergyResult(error=error, requested=requested, reached=error <= requested, method=self.method,
+                            divergence=self.divergence, closure=audit, **parts)
+
+    def _readout(self, field: _Field, x: torch.Tensor, solutions: list[tuple[torch.Tensor, torch.Tensor]],
+                 T: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The energies of the solutions (the first is the result) and every part of the error."""
         x_T, ell = solutions[0]
-        T = times[-1]
-        values = [-(_log_reference(process, xs, T) + ls.mean(-1)) for xs, ls in solutions]
+        log_prior = (lambda y: _log_reference(self.process, y, T)) if self.log_prior is None else self.log_prior
+        values = [-(log_prior(xs) + ls.mean(-1)) for xs, ls in solutions]
         integrator_error, ratio, converged = integrators.integrator_error(values, self.method)
-        reference_error = _reference_error(field, x_T, T)
-        divergence_error = ell.std(-1, correction=1) / math.sqrt(m) if m > 1 else torch.zeros_like(values[0])
-        start_error = (_start_error(field, flat, times[0]) if self.t_start > process.t_min
-                       else torch.zeros_like(values[0]))
-        audit = _closure(self.score, flat, float(times[0])) if self.closure else None
-        total = integrator_error + reference_error + divergence_error + start_error
-        return EnergyResult(values[0], total, integrator_error, reference_error, divergence_error, start_error,
-                            converged, ratio, field.nfe, field.n_vjp, self.method, self.divergence,
-                            times.cpu().numpy(), x_T, audit)
+        zero = torch.zeros_like(values[0])
+        m = ell.shape[-1]
+        start = torch.as_tensor(self.t_start, dtype=x.dtype, device=x.device)
+        return {
+            "value": values[0], "integrator_error": integrator_error, "observed_ratio": ratio, "converged": converged,
+            "reference_error": _reference_error(field, x_T, T) if self.log_prior is None else zero,
+            "divergence_error": ell.std(-1, correction=1) / math.sqrt(m) if m > 1 else zero,
+            "start_error": _start_error(field, x, start) if self.t_start > self.process.t_min else zero,
+            "x_T": x_T,
+        }
+
+    def _counts(self, n: int, field: _Field, solve: int, steps: int, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        def full(value: int) -> torch.Tensor:
+            return torch.full((n,), value, dtype=torch.int64, device=x.device)
+
+        return {"nfe_per_point": full(field.nfe), "nfe_solve_per_point": full(solve),
+                "n_vjp_per_point": full(field.n_vjp), "n_steps": full(steps)}
+
+    def _fixed(self, flat: torch.Tensor, probes: torch.Tensor | None) -> dict[str, Any]:
+        """One grid for every row: the schedule's, or dopri5's own steps."""
+        times = self.schedule.to_torchdiffeq(dtype=flat.dtype, device=flat.device)
+        m = 1 if probes is None else probes.shape[0]
+        field = _Field(self.score, self.process, probes)
+        solutions, solve = [], 0
+        for solution in integrators.integrate(field, flat, m, times, self.method, self.solver_rtol, self.solver_atol):
+            solve = solve or field.nfe
+            solutions.append(solution)
+        parts = self._readout(field, flat, solutions, times[-1])
+        steps = 0 if self.method == "dopri5" else self.schedule.n_levels
+        span = times[[0, -1]] if self.method == "dopri5" else times
+        return {**parts, **self._counts(flat.shape[0], field, solve, steps, flat), "times": span.cpu().numpy()}
+
+    def _refined(self, flat: torch.Tensor, probes: torch.Tensor | None) -> dict[str, Any]:
+        """Each row on its own grid, refined to the request (:func:`~.refinement.refine`)."""
+        n, m = flat.shape[0], 1 if probes is None else probes.shape[0]
+        kept: dict[str, Any] = {}
+        grids: list[np.ndarray] = [np.empty(0)] * n
+        spent = {"nfe_per_point": torch.zeros(n, dtype=torch.int64, device=flat.device)}
+        spent["n_vjp_per_point"] = torch.zeros_like(spent["nfe_per_point"])
+        stages = integrators.STAGES[self.method]
+        T = torch.as_tensor(self.process.t_max, dtype=flat.dtype, device=flat.device)
+
+        def solve(rows: torch.Tensor, times: torch.Tensor) -> refinement.Outcome:
+            field = _Field(self.score, self.process, None if probes is None else probes[:, rows])
+            solutions, increments = integrators.integrate_recorded(field, self.process, flat[rows], m, times,
+                                                                   self.method)
+            parts = self._readout(field, flat[rows], solutions, T)
+            steps = times.shape[0] - 1
+            parts.update(self._counts(len(rows), field, stages * steps, steps, flat))
+            for name in ("nfe_per_point", "n_vjp_per_point"):
+                spent[name][rows] += parts.pop(name)
+            for name, value in parts.items():
+                kept.setdefault(name, torch.empty((n, *value.shape[1:]), dtype=value.dtype, device=value.device))
+                kept[name][rows] = value
+            for i, row in enumerate(rows.tolist()):
+                grids[row] = times[:, i].cpu().numpy()
+            other = parts["reference_error"] + parts["divergence_error"] + parts["start_error"]
+            return refinement.Outcome(parts["value"], parts["integrator_error"], parts["converged"], other,
+                                      increments)
+
+        pilot = default_schedule(self.process, refinement.PILOT_STEPS, self.t_start)
+        refinement.refine(solve, pilot.to_torchdiffeq(dtype=flat.dtype, device=flat.device), n,
+                          lambda value: self.atol + self.rtol * value.abs(), integrators.ORDERS[self.method],
+                          self.max_steps)
+        return {**kept, **spent, "times": tuple(grids)}
 
     def __call__(self, job: tuple[torch.Tensor, int | None]) -> EnergyResult:
         rows, seed = job
@@ -406,16 +576,18 @@ def _batched(task: _Task, flat: torch.Tensor, executor: Any, n_workers: int, bat
 def _failed_part(rows: torch.Tensor, task: _Task) -> EnergyResult:
     """NaN energies with an infinite (integrator) error, not converged, for a failed batch."""
     nan = torch.full(rows.shape[:1], math.nan, dtype=rows.dtype, device=rows.device)
-    zero, inf = torch.zeros_like(nan), torch.full_like(nan, math.inf)
-    return EnergyResult(nan, inf, inf, zero, zero, zero, torch.zeros_like(nan, dtype=torch.bool), nan, 0, 0,
-                        task.method, task.divergence, task.schedule.to_torchdiffeq(dtype=rows.dtype).numpy(),
-                        torch.full_like(rows, math.nan), nan if task.closure else None)
+    zero, inf, no = torch.zeros_like(nan), torch.full_like(nan, math.inf), torch.zeros_like(nan, dtype=torch.bool)
+    count = torch.zeros(rows.shape[:1], dtype=torch.int64, device=rows.device)
+    times = (task.schedule.to_torchdiffeq(dtype=rows.dtype).numpy() if task.schedule is not None
+             else (np.empty(0),) * rows.shape[0])
+    return EnergyResult(nan, inf, inf, zero, zero, zero, no, nan, nan, no, count, count, count, count, task.method,
+                        task.divergence, times, torch.full_like(rows, math.nan), nan if task.closure else None)
 
 
 def _assemble(parts: list[EnergyResult], failures: list[tuple[int, int, str]], batch_shape: torch.Size,
               x_shape: torch.Size) -> EnergyResult:
     """One :class:`EnergyResult` from the batches' flat ones: the per-row tensors joined in
-    input order and given the input's shape, the counts of a batch that ran, the failures."""
+    input order and given the input's shape, the grid (or the per-row grids joined), the failures."""
     def joined(name: str, shape: torch.Size) -> torch.Tensor | None:
         pieces = [getattr(p, name) for p in parts]
         return None if pieces[0] is None else torch.cat(pieces).reshape(shape)
@@ -423,15 +595,36 @@ def _assemble(parts: list[EnergyResult], failures: list[tuple[int, int, str]], b
     ran = next((p for p in parts if p.nfe), parts[0])
     rows = {f.name: joined(f.name, x_shape if f.name == "x_T" else batch_shape)
             for f in fields(EnergyResult) if isinstance(getattr(ran, f.name), torch.Tensor)}
-    return replace(ran, **rows, failures=tuple(failures))
+    times = sum((p.times for p in parts), ()) if isinstance(ran.times, tuple) else ran.times
+    return replace(ran, **rows, times=times, failures=tuple(failures))
 
 
-def _warn_unconverged(converged: torch.Tensor, schedule: Schedule) -> None:
-    n_bad = int((~converged).sum())
+def _warn(result: EnergyResult, schedule: Schedule | None, task: _Task) -> None:
+    """The :class:`ConvergenceWarning` of untrusted bars, and under refinement of unmet requests."""
+    ran = ~torch.isnan(result.value)
+    n_bad = int((~result.converged & ran).sum())
+    where = f"on {schedule!r}" if schedule is not None else "after refinement"
     if n_bad:
         warnings.warn(
-            f"energy: the step-doubling sequence is not asymptotic at {n_bad} of {converged.numel()} points "
-            f"on {schedule!r}; their error estimates are unreliable: refine the schedule (more steps)",
+            f"energy: the error bars of {n_bad} of {result.value.numel()} points {where} cannot be trusted: "
+            "their error estimate's sequence (step doubling; dopri5: tolerances tol, 10 tol, 100 tol) is not "
+            "asymptotic and its differences do not shrink (observed ratio < 2); refine the schedule (more steps)",
+            ConvergenceWarning, stacklevel=3,
+        )
+    short = ~result.reached & ran
+    if schedule is None and bool(short.any()):
+        irreducible = (result.reference_error + result.divergence_error + result.start_error) > result.requested
+        causes = []
+        if bool((short & irreducible).any()):
+            causes.append(f"at {int((short & irreducible).sum())} the reference law's, Hutchinson's or the start "
+                          f"error alone exceeds it (up to {float(result.reference_error[short].max()):.2e} "
+                          "from the reference law: pass log_prior=, or use a process with a longer t_max)")
+        if bool((short & ~irreducible).any()):
+            causes.append(f"at {int((short & ~irreducible).sum())} the grid reached max_steps = {task.max_steps}")
+        warnings.warn(
+            f"energy: {int(short.sum())} of {result.value.numel()} points did not reach the requested accuracy "
+            f"(atol = {task.atol:g}, rtol = {task.rtol:g}; largest error {float(result.error[short].max()):.2e}): "
+            + "; ".join(causes),
             ConvergenceWarning, stacklevel=3,
         )
 

@@ -12,6 +12,8 @@ import torch
 from scorehamiltonian import EDM, OU, VE, ExactScore, GaussianMixture, VPLinear
 from scorehamiltonian.common.errors import CheckpointError, ScheduleError, TimeRangeError
 from scorehamiltonian.sampling.schedules import (
+    _NEEDS_SPEED,
+    STANDARD_SCHEDULES,
     PathProfile,
     Schedule,
     as_schedule,
@@ -304,3 +306,35 @@ def test_step_rules_allow_t_min_zero_where_defined():
     for name in ("uniform", "cosine", "edm"):
         s = standard_schedule(name, 4, 5.0, 0.0, OU())
         assert s.t_min == 0.0 and s.n_levels == 4
+
+
+
+#: Every process of scorehamiltonian.score.processes (defaults), and the OU horizons of issue 23
+#: (slow: each sweep takes about 4 s).
+ALL_PROCESSES = [OU(), VPLinear(), VE(), EDM(), pytest.param(OU(12.0), marks=pytest.mark.slow),
+                 pytest.param(OU(4.5), marks=pytest.mark.slow)]
+#: The standard rules that need no gap / speed profile (budget 0).
+PROFILE_FREE = [name for name in STANDARD_SCHEDULES if name not in _NEEDS_SPEED]
+
+
+@pytest.mark.parametrize("process", ALL_PROCESSES, ids=repr)
+def test_every_step_count_gives_a_valid_grid_with_exact_end_points(process):
+    """For every N in 2..1024 and every profile-free rule: N + 1 strictly decreasing times
+    inside the process's range, starting at t_max and ending at t_min exactly. t_min is the
+    process's own (sigma = 0 for OU, VP, EDM: the end of the EDM grid used to round to
+    -8.9e-16 in sigma^(1/rho) and raise) where the rule allows it, else 1e-5."""
+    t_max = process.t_max
+    for name in PROFILE_FREE:
+        t_min = process.t_min if name in ("uniform", "cosine", "edm") else 1e-5
+        for n in range(2, 1025):
+            s = standard_schedule(name, n, t_max, t_min, process)
+            assert s.n_levels == n and s.times[0] == t_max and s.times[-1] == t_min, (name, n)
+            assert t_min <= s.times.min() and s.times.max() <= t_max, (name, n)
+
+
+@pytest.mark.parametrize(("process", "counts"), [(EDM(), [5, 9, 10, 18, 21, 35, 42, 69, 83]), (OU(12.0), [384]),
+                                                 (OU(4.5), [100, 200])], ids=repr)
+def test_the_edm_grids_that_crashed_end_at_t_min(process, counts):
+    """The step counts issue 23 found raising TimeRangeError ('log_snr contains NaN')."""
+    for n in counts:
+        assert standard_schedule("edm", n, process.t_max, 0.0, process).times[-1] == 0.0

@@ -30,7 +30,7 @@ def _schedule(process, kind=None, n=None):
     return standard_schedule(kind or name, n or steps, process.t_max, process.t_min, process)
 
 
-def _points(mixture, n, seed=0):
+def points_with_tails(mixture, n, seed=0):
     """Samples of the mixture and two tail points (3 standard deviations out along the first axis)."""
     x = mixture.sample(n, torch.Generator().manual_seed(seed))
     spread = float(mixture.covariance().diagonal().max().sqrt())
@@ -51,14 +51,14 @@ def test_energy_of_exact_score_matches_exact_log_density(name, process):
     boundaries, where the forward flow is stiff)."""
     mixture = example(name)
     score = ExactScore(mixture, process)
-    x = _points(mixture, 12)
+    x = points_with_tails(mixture, 12)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = energy(score, process, x, _schedule(process))
     exact = -score.log_prob(x, process.t_min)
     assert float(result.converged.double().mean()) >= 0.75
     assert bool(((result.value - exact).abs() <= result.error).all())
-    tight = energy(score, process, x, method="dopri5", rtol=1e-10, atol=1e-12)
+    tight = energy(score, process, x, method="dopri5", solver_rtol=1e-10, solver_atol=1e-12)
     factor = float((result.integrator_error / (result.value - tight.value).abs()).median())
     assert 1.0 <= factor <= 2.0 ** (ORDERS["rk4"] + 1)
     assert bool(((tight.value - exact).abs() <= tight.error).all())
@@ -73,7 +73,7 @@ def gaussian_case():
     process = VE(sigma_min=0.2, sigma_max=100.0)
     score = ExactScore(GaussianMixture([1.0], [[0.5]], [0.3]), process)
     x = torch.tensor([[-1.0], [0.4], [2.0]], dtype=torch.float64)
-    return score, x, energy(score, process, x, method="dopri5", rtol=1e-10, atol=1e-12).value
+    return score, x, energy(score, process, x, method="dopri5", solver_rtol=1e-10, solver_atol=1e-12).value
 
 
 @pytest.mark.parametrize("method, n_steps", [("euler", 128), ("heun", 32), ("rk4", 16)])
@@ -112,7 +112,7 @@ def test_dopri5_within_its_error_and_batch_shape():
     """dopri5 on a (2, 3, 1) batch: values of shape (2, 3) within their error of the exact ones."""
     score = ExactScore(example("bimodal"), OU_PROCESS)
     x = torch.linspace(-3.0, 3.0, 6, dtype=torch.float64).reshape(2, 3, 1)
-    result = energy(score, None, x, method="dopri5", rtol=1e-9, atol=1e-11)
+    result = energy(score, None, x, method="dopri5", solver_rtol=1e-9, solver_atol=1e-11)
     assert result.value.shape == (2, 3) and result.x_T.shape == x.shape
     assert bool(((result.value + score.log_prob(x, 0.0)).abs() <= result.error).all())
 
@@ -120,20 +120,20 @@ def test_dopri5_within_its_error_and_batch_shape():
 def test_coarse_schedule_warns_and_flags_points():
     score = ExactScore(example("asymmetric"), OU_PROCESS)
     with pytest.warns(Warning, match="not asymptotic"):
-        result = energy(score, OU_PROCESS, _points(example("asymmetric"), 10), _schedule(OU_PROCESS, "uniform", 16))
+        result = energy(score, OU_PROCESS, points_with_tails(example("asymmetric"), 10), _schedule(OU_PROCESS, "uniform", 16))
     assert not bool(result.converged.all())
 
 
 def test_step_doubling_pairs_and_its_least_step_ratio():
     from scorehamiltonian.thermo.integrators import _coarse, _least_pair_ratio
 
-    # The ratio at which a pair's doubled estimate still covers its local error (equal c):
-    # Euler 4r = 1 + r^2, Heun 3r + 3r^2 = 1 + r^3, RK4 the root of (1+r)^5 - 2 - 2 r^5.
-    assert _least_pair_ratio(1) == pytest.approx(2.0 - math.sqrt(3.0), rel=1e-9)
+    # The ratio at which a pair's bar 3 |E_h - E_2h| / (2^p - 1) still covers its local error
+    # (equal c): Euler 6r = 1 + r^2, Heun 3r + 3r^2 = 1 + r^3, RK4 the root of (1+r)^5 = 6 + 6 r^5.
+    assert _least_pair_ratio(1) == pytest.approx(3.0 - math.sqrt(8.0), rel=1e-9)
     r = _least_pair_ratio(2)
     assert 3 * r + 3 * r**2 == pytest.approx(1 + r**3, rel=1e-9)
     r = _least_pair_ratio(4)
-    assert (1 + r) ** 5 == pytest.approx(2 + 2 * r**5, rel=1e-9)
+    assert (1 + r) ** 5 == pytest.approx(6 + 6 * r**5, rel=1e-9)
     times = torch.tensor([5.0, 4.0, 3.0, 2.5, 2.0, 1.0], dtype=torch.float64)  # 5 steps: 1, 1, .5, .5, 1
     assert _coarse(times).tolist() == [5.0, 3.0, 2.5, 1.0]  # the 0.5 step at an even position stays single
     assert _coarse(times[:-1]).tolist() == [5.0, 3.0, 2.0]
@@ -156,7 +156,7 @@ def test_an_appended_step_is_measured_by_halving_it():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = energy(score, process, x, times)
-    tight = energy(score, process, x, method="dopri5", rtol=1e-11, atol=1e-13)
+    tight = energy(score, process, x, method="dopri5", solver_rtol=1e-11, solver_atol=1e-13)
     assert bool(((result.value - tight.value).abs() <= result.integrator_error).all())
     assert result.nfe == 1 + 4 * (13 + 7 + 4 + 14)
     # The default EDM grid from t = 0 pairs steps of 1e-26 and 1e-22 (ratio 6e-5): exempt.
@@ -235,7 +235,7 @@ def test_epsilon_network_starts_at_its_training_time():
     exact = ExactScore(mixture, OU_PROCESS)
     network = as_score(lambda x, t: -OU_PROCESS.sigma(t)[..., None] * exact(x, t), kind="eps",
                        process=OU_PROCESS, dim=1)
-    x = _points(mixture, 10)
+    x = points_with_tails(mixture, 10)
     with pytest.raises(ValueError, match="pass t_start"):
         energy(network, None, x)
     t_start = 1e-2
