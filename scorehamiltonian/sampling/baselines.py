@@ -115,17 +115,17 @@ def _increments(lam_0: float, lam_n: float, logits: np.ndarray) -> np.ndarray:
 
 def stepoptim_objective(lam: np.ndarray, order: int) -> float:
     """J of Xue et al. (module docstring) for levels lambda_0 < ... < lambda_N (lambda = -log sigma)."""
-    growth = np.exp(lam)
-    sigma = np.exp(-lam)
+    growth, sigma = np.exp(lam), np.exp(-lam)
     coef = np.zeros(lam.size)
     for n in range(lam.size - 1):
         step = growth[n + 1] - growth[n]
         if order == 1 or n == 0:
             coef[n] += step
             continue
-        r = (lam[n] - lam[n - 1]) / (lam[n + 1] - lam[n])
-        coef[n] += step * (1 + 1 / (2 * r))
-        coef[n - 1] -= step / (2 * r)
+        with np.errstate(divide="ignore"):  # a vanishing previous step: an infinite extrapolation, J = inf
+            half_inverse_r = 0.5 * (lam[n + 1] - lam[n]) / (lam[n] - lam[n - 1])
+        coef[n] += step * (1 + half_inverse_r)
+        coef[n - 1] -= step * half_inverse_r
     return float(np.sum(np.abs(coef) * sigma**2 / np.sqrt(1 + sigma**2)))
 
 
