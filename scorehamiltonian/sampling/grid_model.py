@@ -252,11 +252,18 @@ class GridModel:
 
     def level(self, t: float) -> Level:
         """p_t on the grid and its SqRA operator (cached)."""
-        alpha, sigma = float(self.process.alpha(t)), float(self.process.sigma(t))
+        return self._cached_level(float(t), float(self.process.alpha(t)), float(self.process.sigma(t)))
+
+    def data_level(self) -> Level:
+        """The data itself (alpha = 1, sigma = 0; ``t`` NaN) on the grid: the target of a solver run
+        whose last step lands on sigma = 0."""
+        return self._cached_level(math.nan, 1.0, 0.0)
+
+    def _cached_level(self, t: float, alpha: float, sigma: float) -> Level:
         key = (*self._key, alpha, sigma)
         level = self._cache.get(key)
         if level is None:
-            level = self._build_level(float(t), alpha, sigma)
+            level = self._build_level(t, alpha, sigma)
             self._cache[key] = level
             if len(self._cache) > _LEVEL_CACHE_SIZE:
                 self._cache.popitem(last=False)

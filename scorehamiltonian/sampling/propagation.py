@@ -75,7 +75,7 @@ from .grid_model import (
 )
 from .schedules import Schedule, as_schedule
 
-__all__ = ["PropagationResult", "propagate_exact"]
+__all__ = ["PropagationResult", "StepMap", "invert_map", "kernel_step", "propagate_exact"]
 
 Sampler = Literal["langevin", "sde", "ode"]
 #: Quadrature of the Euler-Maruyama kernel needs noise std >= this many h ||Dm|| (trapezoid error
@@ -133,9 +133,14 @@ def _step_map(model: GridModel, t: float, dt: float, coef: float) -> tuple[StepM
     return apply, math.sqrt(g2 * dt)
 
 
-def _invert(step: StepMap, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """x with m(x) = y by damped Newton from x = y; returns x, det Dm(x) and whether all converged."""
-    x = y.copy()
+def invert_map(step: StepMap, y: np.ndarray, start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
+    """x with m(x) = y at every row of y (n, d), by damped Newton from ``start`` (default x = y).
+
+    ``step`` maps x (n, d) to (m(x), Dm(x) (n, d, d)). Each Newton step is halved (up to 30
+    times) until the residual |m(x) - y| falls; converged where it is below 1e-12 (1 + |y|)
+    within 60 steps. Returns x, det Dm(x) and whether every row converged.
+    """
+    x = y.copy() if start is None else np.array(start, dtype=float)
     mx, jac = step(x)
     res = np.linalg.norm(mx - y, axis=1)
     tol = _NEWTON_TOL * (1.0 + np.linalg.norm(y, axis=1))
@@ -165,7 +170,7 @@ def _ode(model: GridModel, schedule: Schedule, q0: Marginal, n_steps: int) -> tu
     converged = True
     for t, dt in reversed(_steps(schedule, n_steps)):
         step, _ = _step_map(model, t, dt, 0.5)
-        x, det, ok = _invert(step, x)
+        x, det, ok = invert_map(step, x)
         converged &= ok
         if (det <= 0).any():
             raise ScheduleError(
@@ -217,31 +222,48 @@ def _quadrature(model: GridModel, q: np.ndarray, m: np.ndarray, std: float) -> n
 def _pushforward(model: GridModel, q: np.ndarray, step: StepMap) -> tuple[np.ndarray, bool]:
     """q~(y) = q(m^{-1}(y)) / det Dm(m^{-1}(y)) at the nodes (cubic spline of log q; beyond the
     box q takes its value at the nearest face, where the box makes it negligible)."""
-    x, det, converged = _invert(step, model.points)
+    x, det, converged = invert_map(step, model.points)
     coords = ((x - np.array(model.grid.lo)) / model.h - 1.0).T
     log_q = np.log(np.maximum(q, np.exp(_LOG_FLOOR))).reshape(model.grid.n)
     return np.exp(map_coordinates(log_q, coords, order=3, mode="nearest")) / det, converged
 
 
+def kernel_step(model: GridModel, q: np.ndarray, step: StepMap, std: float) -> tuple[np.ndarray, bool, str | None]:
+    """The density of m(X) + std Z, X ~ q (densities at the grid's nodes, (N,)), Z ~ N(0, I).
+
+    ``step`` maps x (n, d) to (m(x), Dm(x)). When the kernel is resolved (std >= 1.2 h ||Dm||
+    over the nodes holding mass above 1e-16) or the map folds space (det Dm <= 0 there), by the
+    quadrature q'(y_j) = sum_i vol q(x_i) N(y_j; m(x_i), std^2 I); otherwise by the push-forward
+    q(m^{-1}(y)) / det Dm (spline of log q) convolved with the Gaussian (module docstring); std = 0
+    is the push-forward alone. Mass carried beyond the box is lost, not renormalised. Returns
+    q', whether every Newton inversion converged, and a note when a folding map met an
+    unresolved kernel (None otherwise).
+    """
+    h_max = float(model.h.max())
+    m, jac = step(model.points)
+    alive = q * model.grid.cell_volume > 1e-16
+    stretch = float(np.linalg.norm(jac[alive], ord=2, axis=(1, 2)).max()) if alive.any() else 1.0
+    folds = bool((np.linalg.det(jac)[alive] <= 0).any())
+    resolved = std >= _QUADRATURE_RESOLUTION * h_max * stretch
+    if std > 0 and (resolved or folds):
+        note = None if resolved else (f"the step folds space and its kernel is unresolved (noise std {std:.3g} < "
+                                      f"{_QUADRATURE_RESOLUTION} h ||Dm|| = {_QUADRATURE_RESOLUTION * h_max * stretch:.3g})")
+        return _quadrature(model, q, m, std), True, note
+    pushed, converged = _pushforward(model, q, step)
+    if std > 0:
+        pushed = _smooth(pushed.reshape(model.grid.n), model.grid, std).reshape(-1)
+    note = "a deterministic step folds space: its push-forward density is singular" if folds else None
+    return pushed, converged, note
+
+
 def _sde(model: GridModel, schedule: Schedule, q: np.ndarray, n_steps: int) -> tuple[np.ndarray, bool, list[str]]:
     converged, notes = True, []
-    h_max = float(model.h.max())
     for t, dt in _steps(schedule, n_steps):
         step, std = _step_map(model, t, dt, 1.0)
-        m, jac = step(model.points)
-        alive = q * model.grid.cell_volume > 1e-16
-        stretch = float(np.linalg.norm(jac[alive], ord=2, axis=(1, 2)).max()) if alive.any() else 1.0
-        det = np.linalg.det(jac)
-        if std >= _QUADRATURE_RESOLUTION * h_max * stretch or (det[alive] <= 0).any():
-            if std < _QUADRATURE_RESOLUTION * h_max * stretch:
-                notes.append(f"Euler-Maruyama step at t = {t:.4g} folds space and its kernel is unresolved "
-                             f"(noise std {std:.3g} < {_QUADRATURE_RESOLUTION} h ||Dm|| = "
-                             f"{_QUADRATURE_RESOLUTION * h_max * stretch:.3g})")
-            q = _quadrature(model, q, m, std)
-        else:
-            pushed, ok = _pushforward(model, q, step)
-            converged &= ok
-            q = _smooth(pushed.reshape(model.grid.n), model.grid, std).reshape(-1)
+        q, ok, note = kernel_step(model, q, step, std)
+        converged &= ok
+        if note is not None:
+            notes.append(f"Euler-Maruyama step at t = {t:.4g}: {note}")
     return q, converged, notes
 
 

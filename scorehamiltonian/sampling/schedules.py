@@ -8,8 +8,8 @@ A :class:`Schedule` is what every sampler of the toolkit consumes (THEORY sectio
   level t_k = times[k], k = 1..N (the start t_0 = t_max is the prior, where no time is spent).
   Its sum is the schedule's total Langevin time, the ``budget`` U.
 
-Exports as the plain arrays other libraries take: k-diffusion sigmas with a trailing zero,
-diffusers ``timesteps=`` / ``sigmas=``, a torchdiffeq time grid. :func:`standard_schedule`
+Exports (:mod:`.exports`): k-diffusion sigmas (a trailing zero only for a final step to sigma = 0),
+a diffusers scheduler configured to run the schedule, a torchdiffeq time grid. :func:`standard_schedule`
 builds the named baselines (uniform, log-uniform, cosine, EDM, log-SNR, thermodynamic length,
 and the naive adiabatic rules).
 """
@@ -155,31 +155,32 @@ class Schedule:
         process.time(torch.tensor(self.times))
         return self
 
-    def sigmas(self, process: ForwardProcess) -> np.ndarray:
-        """k-diffusion noise levels: sigma_t / alpha_t at every time, then a trailing 0 (N + 2 entries).
+    def sigmas(self, process: ForwardProcess, final: str = "t_min") -> np.ndarray:
+        """The noise levels sigma_t / alpha_t at the times (N + 1 entries), then 0 with ``final="zero"``.
 
-        k-diffusion samplers work in the variance-exploding variable x / alpha_t, whose noise
-        level is sigma_t / alpha_t = exp(-log_snr(t) / 2); for alpha = 1 processes (VE, EDM)
-        it is the process's own sigma_t. The array descends strictly (the trailing 0 is where
-        the sampler returns the denoised sample).
+        The libraries' noise level of y = x / alpha_t (k-diffusion, diffusers' Euler / Heun /
+        DPM-Solver); for alpha = 1 processes (VE, EDM) the process's own sigma_t. N + 1 levels
+        are N steps ending at t_min; a trailing 0 adds the step to sigma = 0, the denoised mean
+        (:mod:`~scorehamiltonian.sampling.solvers`: the solvers' conventions and NFE).
         """
-        t = torch.tensor(self.check_range(process).times)
-        ratio = (process.sigma(t) / process.alpha(t)).numpy()
-        return np.append(ratio, 0.0)
+        from .solvers import Levels
 
-    def to_diffusers(self, process: ForwardProcess, num_train_timesteps: int | None = None) -> dict[str, np.ndarray]:
-        """Keyword arrays for a diffusers scheduler's ``set_timesteps(timesteps=...)`` / ``(sigmas=...)``.
+        return Levels.of(self, process, final).sigma.copy()
 
-        "sigmas": :meth:`sigmas` (N + 2 entries, trailing 0: diffusers' custom sigmas carry
-        the final one). "timesteps": the N + 1 times (descending) in the process's units, or,
-        with ``num_train_timesteps`` = M, rescaled to the training index scale t / t_max(process) * M
-        (floats; round them for schedulers that accept integer timesteps only).
-        """
-        self.check_range(process)
-        timesteps = self.times.copy()
-        if num_train_timesteps is not None:
-            timesteps = timesteps / process.t_max * int(num_train_timesteps)
-        return {"timesteps": timesteps, "sigmas": self.sigmas(process)}
+    def to_k_diffusion(self, process: ForwardProcess, final: str = "t_min", dtype: torch.dtype = torch.float64,
+                       device: torch.device | str | None = None) -> Any:
+        """k-diffusion's ``sigmas`` tensor and the scales in and out of its variable
+        (:func:`~scorehamiltonian.sampling.exports.to_k_diffusion`)."""
+        from .exports import to_k_diffusion
+
+        return to_k_diffusion(self, process, final, dtype, device)
+
+    def to_diffusers(self, process: ForwardProcess, scheduler: Any, final: str = "t_min") -> Any:
+        """A copy of the diffusers ``scheduler`` set to run this schedule: sigmas, training indices,
+        final step and solver options handled (:func:`~scorehamiltonian.sampling.exports.to_diffusers`)."""
+        from .exports import to_diffusers
+
+        return to_diffusers(self, process, scheduler, final)
 
     def to_torchdiffeq(self, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> torch.Tensor:
         """The times as an increasing tensor (t_min .. t_max), the ``t`` of ``torchdiffeq.odeint``.

@@ -98,24 +98,24 @@ def test_as_schedule_orders_times_and_checks_range():
 
 
 @pytest.mark.parametrize("process", [OU(), VPLinear(), VE(0.01, 20.0), EDM(40.0)], ids=lambda p: type(p).__name__)
-def test_sigmas_are_sigma_over_alpha_with_trailing_zero(process):
+def test_sigmas_are_sigma_over_alpha_and_a_zero_only_for_a_final_step_to_zero(process):
     t = process.t_min + np.array([0.9, 0.5, 0.2, 0.01]) * (process.t_max - process.t_min)
     s = Schedule(t, np.zeros(3))
     sig = s.sigmas(process)
     expected = [float(process.sigma(x) / process.alpha(x)) for x in t]
-    assert sig.shape == (5,) and sig[-1] == 0.0
-    np.testing.assert_allclose(sig[:-1], expected, rtol=1e-14)
+    assert sig.shape == (4,)
+    np.testing.assert_allclose(sig, expected, rtol=1e-14)
     assert np.all(np.diff(sig) < 0)
-    out = s.to_diffusers(process)
-    np.testing.assert_array_equal(out["sigmas"], sig)
-    np.testing.assert_array_equal(out["timesteps"], t)
-    scaled = s.to_diffusers(process, num_train_timesteps=1000)["timesteps"]
-    np.testing.assert_allclose(scaled, t / process.t_max * 1000, rtol=1e-15)
+    with_zero = s.sigmas(process, final="zero")
+    assert with_zero.shape == (5,) and with_zero[-1] == 0.0
+    np.testing.assert_array_equal(with_zero[:-1], sig)
+    kd = s.to_k_diffusion(process)
+    assert kd.sigmas.dtype == torch.float64 and np.array_equal(kd.sigmas.numpy(), sig)
 
 
 def test_sigmas_equal_the_process_sigma_when_alpha_is_one():
     s = Schedule([30.0, 2.0, 0.002], [0.0, 0.0])
-    np.testing.assert_array_equal(s.sigmas(EDM(40.0))[:-1], s.times)
+    np.testing.assert_array_equal(s.sigmas(EDM(40.0)), s.times)
 
 
 def test_exports_refuse_times_outside_the_process():
@@ -123,7 +123,7 @@ def test_exports_refuse_times_outside_the_process():
     with pytest.raises(TimeRangeError):
         s.sigmas(OU())
     with pytest.raises(TimeRangeError):
-        s.to_diffusers(OU())
+        s.to_k_diffusion(OU())
 
 
 def test_to_torchdiffeq_is_increasing():
@@ -214,7 +214,7 @@ def test_edm_rule_on_the_edm_process_is_karras_eq5():
     k = np.arange(11) / 10
     karras = (80.0 ** (1 / 7) + k * (0.002 ** (1 / 7) - 80.0 ** (1 / 7))) ** 7
     np.testing.assert_allclose(s.times, karras, rtol=1e-12)
-    np.testing.assert_allclose(s.sigmas(EDM(80.0))[:-1], karras, rtol=1e-12)
+    np.testing.assert_allclose(s.sigmas(EDM(80.0)), karras, rtol=1e-12)
 
 
 @pytest.mark.parametrize("name", sorted(EQUALLY_SPACED))
