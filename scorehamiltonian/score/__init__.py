@@ -21,31 +21,45 @@ from .derivatives import DivergenceResult, JacobianResult, divergence, jacobian
 from .examples import EXAMPLES, example
 from .interface import ExactScore, ModelScore, Score, as_score
 from .mixture import GaussianMixture, MixtureEvaluation
+from .noised import NoisedDensity, ProductScore
 from .potential import PotentialResult, quantum_potential
 from .processes import EDM, OU, VE, ForwardProcess, VPLinear, process_from_config
+from .quadrature import BasinResult, QuadratureGap, gap_1d
+from .systems import SYSTEMS, DataSystem, DensitySystem, ManyWell, MuellerBrown, System, system
 from .training import MLPScore, load_score, save_score, train_dsm
 
 __all__ = [
     "EDM",
     "EXAMPLES",
     "OU",
+    "SYSTEMS",
     "VE",
+    "BasinResult",
+    "DataSystem",
+    "DensitySystem",
     "DivergenceResult",
     "ExactScore",
     "ForwardProcess",
     "GaussianMixture",
     "JacobianResult",
     "MLPScore",
+    "ManyWell",
     "MixtureEvaluation",
     "ModelScore",
+    "MuellerBrown",
+    "NoisedDensity",
     "PotentialResult",
+    "ProductScore",
+    "QuadratureGap",
     "Score",
     "ScoreAudit",
     "ScoreError",
+    "System",
     "VPLinear",
     "as_score",
     "divergence",
     "example",
+    "gap_1d",
     "jacobian",
     "load_score",
     "process_from_config",
@@ -53,5 +67,6 @@ __all__ = [
     "save_score",
     "score_audit",
     "score_error",
+    "system",
     "train_dsm",
 ]
