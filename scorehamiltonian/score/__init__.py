@@ -19,7 +19,10 @@ X_t = alpha_t X_0 + sigma_t Z is the input of everything else in the toolkit.
   differences), with error estimates.
 - ``potential``: the quantum potential V_t = |s_t|^2 / 4 + div(s_t) / 2 (:func:`quantum_potential`).
 - ``audit``: finiteness, scale, curl and the error against a reference score (:func:`score_audit`).
-- ``examples``: the built-in targets (:func:`example`).
+- ``examples``: the built-in targets (:func:`example`); ``systems``: systems no one here wrote
+  (Mueller-Brown, many-well-32, two-moons, digits; :func:`system`), with exact references by
+  ``quadrature`` (basins, basin probabilities, 1D gaps) and exact noised scores of any density
+  by ``noised`` (:class:`NoisedDensity`, :class:`ProductScore`).
 """
 
 from .adapters import (
@@ -45,19 +48,26 @@ from .interface import (
     as_score,
 )
 from .mixture import GaussianMixture, MixtureEvaluation
+from .noised import NoisedDensity, ProductScore
 from .potential import PotentialResult, quantum_potential
 from .processes import EDM, OU, VE, DiscreteVP, ForwardProcess, VPLinear, process_from_config
+from .quadrature import BasinResult, QuadratureGap, gap_1d
+from .systems import SYSTEMS, DataSystem, DensitySystem, ManyWell, MuellerBrown, System, system
 from .training import MLPScore, train_dsm
 
 __all__ = [
     "EDM",
     "EXAMPLES",
     "OU",
+    "SYSTEMS",
     "VE",
     "AdaptedNetwork",
     "AdaptedScore",
     "AnalyticScore",
+    "BasinResult",
+    "DataSystem",
     "DensityScore",
+    "DensitySystem",
     "DiscreteVP",
     "DivergenceResult",
     "ExactScore",
@@ -66,19 +76,26 @@ __all__ = [
     "GaussianMixture",
     "JacobianResult",
     "MLPScore",
+    "ManyWell",
     "MixtureEvaluation",
     "ModelScore",
+    "MuellerBrown",
+    "NoisedDensity",
     "PotentialResult",
+    "ProductScore",
+    "QuadratureGap",
     "Score",
     "ScoreAudit",
     "ScoreEnsemble",
     "ScoreError",
+    "System",
     "VPLinear",
     "as_score",
     "divergence",
     "example",
     "from_diffusers",
     "from_k_diffusion",
+    "gap_1d",
     "jacobian",
     "load_module",
     "load_score",
@@ -88,6 +105,7 @@ __all__ = [
     "save_score",
     "score_audit",
     "score_error",
+    "system",
     "train_dsm",
     "train_ensemble",
 ]
