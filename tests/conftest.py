@@ -32,6 +32,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Trained models are cached in a folder of the test session, never in the user's home."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    before = os.environ.get("SCOREHAMILTONIAN_CACHE")
+    os.environ["SCOREHAMILTONIAN_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        del os.environ["SCOREHAMILTONIAN_CACHE"]
+    else:
+        os.environ["SCOREHAMILTONIAN_CACHE"] = before
+
+
 PROCESSES = [OU(), VPLinear(), VE(sigma_min=0.01, sigma_max=20.0), EDM(sigma_max=40.0)]
 
 

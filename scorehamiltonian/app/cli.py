@@ -7,7 +7,7 @@ Subcommands:
   schedule  standard and designed schedules judged by exact propagation, with their bounds
   energy    -log p_0(x) by the probability-flow ODE, with its error (and the exact value)
   train     train an MLP score (or an ensemble) by denoising score matching on a data file or an example
-  examples  list the built-in example targets
+  examples  list the built-in example targets and systems
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from ..score.examples import EXAMPLES, example
 from ..score.interface import ExactScore, Score
 from ..score.potential import quantum_potential
 from ..score.processes import PROCESS_NAMES, ForwardProcess
+from ..score.systems import SYSTEMS, DensitySystem, system
 from ..score.training import train_dsm
 from ..spectral.gap import spectral_gap
 from ..thermo.energy import energy
@@ -64,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train an MLP score by denoising score matching")
     train_source = train.add_mutually_exclusive_group()
     train_source.add_argument("--example", choices=sorted(EXAMPLES), help="built-in target to sample (default bimodal)")
+    train_source.add_argument("--system", choices=sorted(SYSTEMS),
+                              help="built-in system: exact draws of a density, or a data set's training rows")
     train_source.add_argument("--data", help="samples of the data, N x d: " + ", ".join(DATA_FORMATS)
                               + " (name an array of an .npz or .pt file as FILE:NAME)")
     train.add_argument("--process", choices=sorted(PROCESS_NAMES), default="ou")
@@ -175,6 +178,12 @@ def _train(args: argparse.Namespace) -> None:
     reference = None
     if args.data:
         samples, label = load_data(args.data), f"data {args.data}"
+    elif args.system:
+        found, label = system(args.system), f"system {args.system!r}"
+        if isinstance(found, DensitySystem):
+            reference, samples = found.exact_score(process), found.sample(args.samples, generator)
+        else:
+            samples = found.train
     else:
         name = args.example or "bimodal"
         reference = ExactScore(example(name), process)
@@ -200,7 +209,7 @@ def _train(args: argparse.Namespace) -> None:
     if reference is not None:
         for frac in DEFAULT_TIME_FRACTIONS[1:]:
             t = frac * process.t_max
-            x = reference.marginal(t).sample(4000, generator)
+            x = reference.sample(4000, t, generator)
             err = score_error(score, reference, x, t)
             print(f"  t = {t:8.4g}: relative score error {err.relative:.4f} +- {err.relative_stderr:.4f}")
 
@@ -279,6 +288,9 @@ def _energy(args: argparse.Namespace) -> None:
 def _examples(_: argparse.Namespace) -> None:
     for name, build in EXAMPLES.items():
         print(f"{name:14s} {build.__doc__}")
+    print("systems (train --system NAME; report --example NAME trains an ensemble on it):")
+    for name in SYSTEMS:
+        print(f"{name:14s} {system(name).description}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

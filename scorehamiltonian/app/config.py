@@ -1,17 +1,20 @@
 """The report's configuration: a TOML file checked against a JSON schema before any work.
 
 A configuration names the score (a built-in example's exact score, an MLP trained on its
-samples, or a checkpoint written by :func:`~scorehamiltonian.score.training.save_score`) and the
-sizes of each part of the report. Every field has a default except ``model.example``, the
-exact target the report measures against. Unknown fields, wrong types, values out of range
-and a model file that does not exist raise :class:`ConfigError` naming the field.
+samples or on a built-in system, a checkpoint written by
+:func:`~scorehamiltonian.score.checkpoints.save_score`, or a user's model through the adapters)
+and the sizes of each part of the report. Every field has a default but the model; the
+reference (``model.example``, ``model.system`` or a ``[reference]`` table) is optional.
+Unknown fields, wrong types, values out of range and a model file that does not exist raise
+:class:`ConfigError` naming the field.
 
 Paths: ``model.path`` (read only) is relative to the configuration file's folder. No field
 names an output path: everything the report writes goes into the output folder given on
 the command line, so a configuration cannot write elsewhere.
 
-The built-in configurations (:data:`BUILTIN`) are one per example; ``small=True`` gives the
-reduced sizes the tests use.
+The built-in configurations (:data:`BUILTIN`) are one per example and one per system of
+:mod:`~scorehamiltonian.score.systems` (an ensemble trained on its samples); ``small=True``
+gives the reduced sizes the tests use.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import jsonschema
 from ..common.errors import ConfigError
 from ..score.examples import EXAMPLES, example
 from ..score.processes import PROCESS_NAMES
+from ..score.systems import DATA_SETS, SYSTEMS, system
 
 __all__ = ["BUILTIN", "CONFIG_SCHEMA", "MODEL_KINDS", "builtin_config", "load_config", "validate_config"]
 
@@ -66,6 +70,7 @@ CONFIG_SCHEMA: dict[str, Any] = _section({
     "seed": _integer(0, minimum=0),
     "model": _section({
         "example": {"enum": sorted(EXAMPLES), "description": "the exact target (the reference of every check)"},
+        "system": {"enum": sorted(SYSTEMS), "description": "a built-in system: the reference, and training data"},
         "kind": {"enum": list(MODEL_KINDS), "default": "exact"},
         "path": {"type": "string", "minLength": 1,
                  "description": "checkpoint file (file), TorchScript file (torchscript) or model folder (diffusers)"},
@@ -86,6 +91,7 @@ CONFIG_SCHEMA: dict[str, Any] = _section({
     }),
     "reference": {"type": "object", "additionalProperties": False, "properties": {
         "example": {"enum": sorted(EXAMPLES), "description": "a built-in exact target"},
+        "system": {"enum": sorted(SYSTEMS), "description": "a built-in system (exact density or held-out data)"},
         "samples": {"type": "string", "minLength": 1, "description": "held-out samples of the data (a file)"},
         "log_prob": {"type": "string", "minLength": 1, "description": "'package.module:function', log p_0(x)"},
         "normalised": {"type": "boolean", "default": False},
@@ -146,9 +152,10 @@ def validate_config(config: dict[str, Any], folder: str | os.PathLike[str] = "."
 
     Beyond the schema: t_min < t_max in ``gap`` and ``schedules``; ``model.path`` required
     for kind "file", forbidden otherwise; ``model.data`` only for kind "mlp"; a reference
-    given once (``model.example`` or a ``[reference]`` table, which needs an example, samples
-    or a log_prob); a reference for kind "exact" (an example) and training data for kind
-    "mlp" (``model.data`` or an example); every file path (model.path, model.data,
+    given once (``model.example``, ``model.system`` or a ``[reference]`` table, which needs
+    an example, a system, samples or a log_prob); a reference with an exact density for kind
+    "exact" (an example or a density system) and training data for kind "mlp"
+    (``model.data``, an example or a system); every file path (model.path, model.data,
     reference.samples) resolved against ``folder`` to an existing file.
     """
     validator = jsonschema.Draft202012Validator(CONFIG_SCHEMA)
@@ -172,16 +179,17 @@ def validate_config(config: dict[str, Any], folder: str | os.PathLike[str] = "."
             raise ConfigError(f"config field 'model.{name}': for model.kind in {owners} only, not {kind!r}")
     if "data" in model and kind != "mlp":
         raise ConfigError("config field 'model.data': training data are for model.kind = 'mlp' only")
-    if reference is not None:
-        if "example" in model:
-            raise ConfigError("config field 'reference': give the reference once, as model.example or [reference]")
-        if not {"example", "samples", "log_prob"} & set(reference):
-            raise ConfigError("config field 'reference': needs an example, samples or a log_prob")
-    example_given = "example" in model or "example" in (reference or {})
-    if model["kind"] == "exact" and not example_given:
-        raise ConfigError("config field 'model.example': model.kind = 'exact' needs a built-in example")
-    if model["kind"] == "mlp" and not (example_given or "data" in model):
-        raise ConfigError("config field 'model.data': model.kind = 'mlp' needs training data or an example")
+    sources = [f"model.{k}" for k in ("example", "system") if k in model] + (["[reference]"] if reference else [])
+    if len(sources) > 1:
+        raise ConfigError(f"config field 'reference': give the reference once, not {' and '.join(sources)}")
+    if reference is not None and not {"example", "system", "samples", "log_prob"} & set(reference):
+        raise ConfigError("config field 'reference': needs an example, a system, samples or a log_prob")
+    named = {k: v for k, v in {**(reference or {}), **model}.items() if k in ("example", "system", "data")}
+    if kind == "exact" and not ("example" in named or named.get("system", DATA_SETS[0]) not in DATA_SETS):
+        raise ConfigError("config field 'model.example': model.kind = 'exact' needs a built-in example or a "
+                          f"system with a density ({sorted(set(SYSTEMS) - set(DATA_SETS))})")
+    if kind == "mlp" and not named:
+        raise ConfigError("config field 'model.data': model.kind = 'mlp' needs training data, an example or a system")
     for section, field_name in _PATHS:
         table = config.get(section) or {}
         if field_name in table:
@@ -208,11 +216,14 @@ def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 #: Built-in configurations, one per example (``example = name``); "mlp" trains an ensemble of
-#: three scores on samples of the bimodal example (its spread is the results' model error).
+#: three scores on samples of the bimodal example (its spread is the results' model error); one
+#: per system, an ensemble of three trained on its exact samples or training rows (cached).
 BUILTIN: dict[str, dict[str, Any]] = {
     **{name: {"title": f"built-in example {name}", "model": {"example": name}} for name in EXAMPLES},
     "mlp": {"title": "MLP score ensemble (3 members) trained on samples of the bimodal example",
             "model": {"example": "bimodal", "kind": "mlp", "ensemble": 3}},
+    **{name: {"title": f"MLP score ensemble (3 members) trained on {name}",
+              "model": {"system": name, "kind": "mlp", "ensemble": 3}} for name in SYSTEMS},
 }
 
 #: The reduced sizes of ``builtin_config(..., small=True)``.
@@ -239,7 +250,9 @@ def builtin_config(name: str, small: bool = False) -> dict[str, Any]:
         raise ConfigError(f"unknown built-in configuration {name!r}; choose one of {sorted(BUILTIN)}")
     config = copy.deepcopy(BUILTIN[name])
     if small:
-        reductions = [_SMALL, _SMALL_2D] if example(config["model"]["example"]).dim == 2 else [_SMALL]
+        model = config["model"]
+        dim = example(model["example"]).dim if "example" in model else system(model["system"]).dim
+        reductions = [_SMALL, _SMALL_2D] if dim == 2 else [_SMALL]
         for reduction in reductions:
             for section, values in reduction.items():
                 config[section] = {**config.get(section, {}), **values}

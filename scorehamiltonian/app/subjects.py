@@ -1,17 +1,25 @@
 """What a report studies and what it measures it against, resolved from a configuration.
 
 The subject is a score (:class:`~scorehamiltonian.score.interface.Score`): a built-in
-example's exact score, an MLP trained here (on a data file or on samples of an example,
-optionally an ensemble), or a model file. The :class:`Reference` holds whatever is known
-about the truth, each part optional: the exact score of p_t at every t (a Gaussian-mixture
-example: energies, score errors, exact propagation of schedules), a log-density of the data
-(``"package.module:function"``: exact energies up to a constant), and samples of the data
-(held-out data, or exact draws), from which samples of p_t are made. Each section of the
-report uses what the reference has and says what it lacks.
+example's exact score, an MLP trained here (on a data file, on samples of an example or on a
+built-in system, optionally an ensemble), or a model file. The :class:`Reference` holds
+whatever is known about the truth, each part optional: the exact score of p_t at every t (a
+Gaussian-mixture example: energies, score errors, exact propagation of schedules; a density
+system: its exact noised score), a log-density of the data (``"package.module:function"``:
+exact energies up to a constant), and samples of the data (held-out data, or exact draws),
+from which samples of p_t are made. Each section of the report uses what the reference has
+and says what it lacks.
+
+Trained models are cached: an MLP (or ensemble) trained here is written to
+``$SCOREHAMILTONIAN_CACHE`` (default ``~/.cache/scorehamiltonian``; ``off`` disables it) under
+a hash of its training rows, process, options and the package version, and read back on the
+next run instead of training again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,12 +30,13 @@ import torch
 from ..common.errors import ConfigError, SamplesRequiredError
 from ..common.imports import resolve
 from ..score.adapters import from_diffusers, from_k_diffusion, load_module, load_torchscript, module_from
-from ..score.checkpoints import load_score
+from ..score.checkpoints import load_score, save_score
 from ..score.ensemble import train_ensemble
 from ..score.examples import example
 from ..score.interface import DensityScore, ExactScore, Score, as_score
 from ..score.mixture import GaussianMixture
 from ..score.processes import PROCESS_NAMES, ForwardProcess
+from ..score.systems import DensitySystem, system
 from ..score.training import train_dsm
 from .data import load_data
 
@@ -42,7 +51,9 @@ class Reference:
     exact : the exact score of p_t at every t, or None. mixture : the Gaussian mixture of an
     example (exact propagation of schedules in d <= 2), or None. log_density : log p_0 of the
     data as a function of x (n, d) -> (n,), or None; ``normalised`` whether it integrates to
-    one. data : samples of p_0 (n, d), or None.
+    one. data : samples of p_0 (n, d), or None. training : the rows a model is trained on when
+    the reference is a data set whose ``data`` are its held-out rows (else None: train on
+    samples of the reference).
     """
 
     name: str
@@ -53,6 +64,7 @@ class Reference:
     log_density: Callable[[torch.Tensor], torch.Tensor] | None = None
     normalised: bool = False
     data: torch.Tensor | None = None
+    training: torch.Tensor | None = None
 
     @property
     def can_sample(self) -> bool:
@@ -85,6 +97,9 @@ def _reference(config: dict[str, Any]) -> Reference | None:
     section, model = config.get("reference", {}), config["model"]
     name = section.get("example") or model.get("example")
     process = _process(model)
+    named_system = section.get("system") or model.get("system")
+    if named_system is not None:
+        return _system_reference(named_system, process, config["model"]["train_samples"], config["seed"])
     if name is not None:
         mixture = example(name)
         exact = ExactScore(mixture, process)
@@ -105,6 +120,51 @@ def _reference(config: dict[str, Any]) -> Reference | None:
     label = " and ".join(f"{k} {section[k]}" for k in ("samples", "log_prob") if k in section)
     return Reference(label, int(dim), process, log_density=log_density,
                      normalised=bool(section.get("normalised", False)), data=data)
+
+
+def _system_reference(name: str, process: ForwardProcess, n: int, seed: int) -> Reference:
+    """A built-in system as a reference: a density system's exact noised score, normalised
+    log-density, n exact draws to train on and n independent ones as data; a data set's
+    held-out rows as data and its training rows to train on."""
+    found = system(name)
+    label = f"system {name!r}"
+    if isinstance(found, DensitySystem):
+        def log_density(x: torch.Tensor) -> torch.Tensor:
+            return found.log_prob(x) - found.log_z
+
+        training, held_out = (found.sample(n, torch.Generator().manual_seed(seed + k)) for k in (0, 1))
+        return Reference(label, found.dim, process, exact=found.exact_score(process), log_density=log_density,
+                         normalised=True, data=held_out, training=training)
+    return Reference(label, found.dim, process, data=found.held_out, training=found.train)
+
+
+def _cache_file(samples: torch.Tensor, options: dict[str, Any]) -> str | None:
+    """Where a model trained on ``samples`` with ``options`` is cached (module docstring), or None."""
+    from .. import __version__
+
+    folder = os.environ.get("SCOREHAMILTONIAN_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                                    "scorehamiltonian"))
+    if folder == "off":
+        return None
+    digest = hashlib.sha256(samples.detach().to(torch.float64).contiguous().numpy().tobytes())
+    digest.update(json.dumps({**options, "version": __version__}, sort_keys=True, default=repr).encode())
+    return os.path.join(folder, f"model-{digest.hexdigest()[:24]}.pt")
+
+
+def _trained(samples: torch.Tensor, process: ForwardProcess, ensemble: int, options: dict[str, Any],
+             progress: bool) -> Score:
+    """An MLP score (ensemble > 1: an ensemble) trained on ``samples``, from the cache when there."""
+    path = _cache_file(samples, {**options, "process": repr(process), "ensemble": ensemble})
+    if path is not None and os.path.isfile(path):
+        return as_score(load_score(path), data=samples)
+    if ensemble > 1:
+        score = train_ensemble(samples, ensemble, process, **options, progress=progress)
+    else:
+        score = as_score(train_dsm(samples, process, **options, progress=progress), data=samples)
+    if path is not None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        save_score(score, path)
+    return score
 
 
 def _model(config: dict[str, Any], reference: Reference | None, progress: bool) -> Score:
@@ -132,15 +192,15 @@ def _model(config: dict[str, Any], reference: Reference | None, progress: bool) 
         generator = torch.Generator().manual_seed(config["seed"])
         if "data" in model:
             samples = load_data(model["data"])
+        elif reference is not None and reference.training is not None:
+            samples = reference.training
         elif reference is not None and reference.can_sample:
             samples = reference.data_samples(model["train_samples"], generator)
         else:
-            raise ConfigError("config field 'model.data': kind 'mlp' needs training data (a file) or an example")
-        options = {"steps": model.get("train_steps"), "seed": config["seed"], "progress": progress}
-        process = _process(model)
-        if model["ensemble"] > 1:
-            return train_ensemble(samples, model["ensemble"], process, **options)
-        return as_score(train_dsm(samples, process, **options), data=samples)
+            raise ConfigError("config field 'model.data': kind 'mlp' needs training data (a file), an example or "
+                              "a system")
+        options = {"steps": model.get("train_steps"), "seed": config["seed"]}
+        return _trained(samples, _process(model), model["ensemble"], options, progress)
     raise ConfigError(f"config field 'model.kind': unknown kind {kind!r}")
 
 
@@ -167,7 +227,8 @@ def resolve_subject(config: dict[str, Any], progress: bool = True) -> tuple[Scor
         reference.process = score.process
         if reference.mixture is not None:
             reference.exact = ExactScore(reference.mixture, score.process)
-    info = {"kind": config["model"]["kind"], "example": config["model"].get("example"), "reference": reference.name,
+    info = {"kind": config["model"]["kind"], "example": config["model"].get("example") or config["model"].get("system"),
+            "reference": reference.name,
             "process": repr(score.process), "dim": reference.dim, "score": repr(score),
             "exact_reference": reference.exact is not None, "path": config["model"].get("path"),
             "files": [os.fspath(p) for p in (config["model"].get("data"),) if p]}

@@ -42,7 +42,7 @@ from .noised import NoisedDensity, ProductScore
 from .processes import ForwardProcess
 from .quadrature import BasinResult, EnvelopeSampler, QuadratureGap, gap_1d, steepest_descent_basins
 
-__all__ = ["SYSTEMS", "DataSystem", "DensitySystem", "ManyWell", "MuellerBrown", "System", "system"]
+__all__ = ["DATA_SETS", "SYSTEMS", "DataSystem", "DensitySystem", "ManyWell", "MuellerBrown", "System", "system"]
 
 
 class System(ABC):
@@ -375,6 +375,9 @@ def digits() -> DataSystem:
     return DataSystem("digits", "scikit-learn 8 x 8 handwritten digits (pixels 0..16), 64-d, standardised",
                       x_train, y_train, x_held, y_held)
 
+
+#: The systems of :data:`SYSTEMS` that are data sets (:class:`DataSystem`: no density).
+DATA_SETS = ("two-moons", "digits")
 
 SYSTEMS: dict[str, Callable[[], System]] = {
     "mueller-brown": MuellerBrown,
