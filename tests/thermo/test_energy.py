@@ -271,3 +271,19 @@ def test_start_time_of_networks_and_ensembles():
     assert start_time(ScoreEnsemble([eps_network(0.02), eps_network(0.01)])) == 0.02
     with pytest.raises(ValueError, match="pass t_start"):
         start_time(ScoreEnsemble([eps_network(None), exact]))
+
+
+def test_energy_of_a_non_mixture_density_against_quadrature():
+    """The double well p_0 proportional to exp(-(x^4 - 6 x^2 - x / 2)), its exact noised score by
+    quadrature (NoisedDensity): the PF-ODE energy equals -log p_0 normalised by the trapezoid's
+    log Z, within the reported error, at points across both wells and the barrier."""
+    from scorehamiltonian.score.noised import NoisedDensity
+    from scorehamiltonian.score.systems import double_well_factor
+
+    density = NoisedDensity(double_well_factor, [-3.5], [3.5])
+    x = torch.tensor([[-1.9], [-1.6], [-0.5], [0.0], [0.7], [1.5], [1.8], [2.1]], dtype=torch.float64)
+    result = energy(density, None, x)
+    exact = -(double_well_factor(x) - density.log_z)
+    assert bool(result.converged.all())
+    assert bool(((result.value - exact).abs() <= result.error).all()), (result.value - exact, result.error)
+    assert float((result.value - exact).abs().max()) < 1e-2
