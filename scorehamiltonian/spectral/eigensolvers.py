@@ -284,7 +284,8 @@ def spectrum(
     if method in ("auto", "lobpcg"):
         grid = matching_grid(H)
         nodes = tuple(grid.n) if grid is not None else (int(H.shape[0]),)
-        check_memory(estimate_memory(nodes, k, dtype=H.dtype).solver, f"spectrum(k={k}) on {H.shape[0]} unknowns",
+        backend = "numba" if getattr(H, "backend", "torch") == "numba" else "torch"
+        check_memory(estimate_memory(nodes, k, dtype=H.dtype, backend=backend).solver, f"spectrum(k={k}) on {H.shape[0]} unknowns",
                      H.device)
     op = Counted(H)
     m = k + GUARD

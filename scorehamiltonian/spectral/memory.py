@@ -25,11 +25,12 @@ axis while N_l > ``COARSEST_SIZE``):
 The LOBPCG blocks are allocated zero-filled, so the resident memory of a run is what is
 counted and not an accident of which rows an iteration touched (the multigrid blocks are
 written whole in every cycle). Peak = operator + max(build, solver).
-Measured (peak RSS over a whole job, 2 cores, float64): 3-20% over on 2D 383^2 - 1023^2 and
-3D 63^3 and 95^3 grids (1023^2, k = 3: 512 B per unknown measured, 614 estimated; 63^3,
-k = 3: 502 against 572; 95^3, k = 2: 459 against 472), most of it the third smoothing block
-per level that the numba sweep does not hold, and 34% under on 255^2 (k = 1), where fixed
-overheads (about 12 MiB) weigh (tests/test_memory.py checks 20% on 383^2, 511^2 and 63^3).
+Measured (peak RSS over a whole job, 2 cores, float64), with the torch count: 3-20% over on
+2D 383^2 - 1023^2 and 3D 63^3 and 95^3 grids (1023^2, k = 3: 512 B per unknown measured, 614
+estimated; 63^3, k = 3: 502 against 572; 95^3, k = 2: 459 against 472), most of it the third
+smoothing block per level that the numba sweep does not hold, and 34% under on 255^2 (k = 1),
+where fixed overheads (about 12 MiB) weigh; tests/test_memory.py checks the numba count
+within 20% on 383^2, 511^2 and 63^3 (the CPU jobs run numba above 2^16 unknowns).
 Other solver methods (eigsh's factorisation, Lanczos' basis) are not counted.
 
 :func:`check_memory` compares an estimate with what the device has free (``MemAvailable`` of
@@ -87,10 +88,13 @@ def _levels(n: tuple[int, ...]) -> list[int]:
 
 
 def estimate_memory(n: Sequence[int] | int, k: int = 3, dim: int | None = None,
-                    dtype: torch.dtype = torch.float64) -> MemoryEstimate:
+                    dtype: torch.dtype = torch.float64, backend: str = "torch") -> MemoryEstimate:
     """The memory of a :class:`ScoreHamiltonian` on a grid of ``n`` nodes per axis (an int
     with ``dim``, or one per axis) and of ``spectrum(H, k)`` with the default solver, in
-    bytes (module docstring for the count). ``dtype``: the operator's."""
+    bytes (module docstring for the count). ``dtype``: the operator's; ``backend``: the
+    operator's ("torch", the larger count, or "numba")."""
+    if backend not in ("torch", "numba"):
+        raise ValueError(f"backend must be 'torch' or 'numba'; got {backend!r}")
     n = (int(n),) * (dim or 1) if isinstance(n, int) else tuple(int(a) for a in n)
     if not n or min(n) < 1 or k < 1:
         raise ValueError(f"estimate_memory needs n >= 1 per axis and k >= 1; got n={n}, k={k}")
@@ -100,9 +104,11 @@ def estimate_memory(n: Sequence[int] | int, k: int = 3, dim: int | None = None,
     N = sizes[0]
     operator = N * (3 * w + 2 * b)
     build = N * w * (4 * d + 5)
-    smoothed = sum(sizes[:-1]) * 3 * m * b
+    numba = backend == "numba"
+    smoothed = sum(sizes[:-1]) * (2 if numba else 3) * m * b
     multigrid = sum(sizes) * b + smoothed + sum(sizes[1:]) * (3 * w + 2 * b + m * b)
-    solver = N * w * (6 * m + 3 * m + 1) + 2 * m * -(-N // UPDATE_CHUNKS) * w + multigrid
+    update = 0 if numba else 2 * m * -(-N // UPDATE_CHUNKS) * w
+    solver = N * w * (6 * m + 3 * m + 1) + update + multigrid
     return MemoryEstimate(n, k, operator, build, solver)
 
 
