@@ -14,14 +14,16 @@ THEORY sections 3 and 4: sampling as adiabatic transport of the ground state sqr
   ``judges``: their exact laws on 1D / 2D grids (:func:`judge_solver`); ``exports``: schedules to
   k-diffusion and diffusers and sigma lists back (:func:`to_k_diffusion`, :func:`to_diffusers`,
   :func:`schedule_from_sigmas`); ``baselines``: EDM, log-SNR, time-uniform / quadratic, Align Your
-  Steps (published and optimised), StepOptim, OSS and the spectral rules (:func:`baseline_schedule`).
+  Steps (published and optimised), StepOptim, OSS and the spectral rules (:func:`baseline_schedule`);
+  ``steps``: step schedules designed for those solvers at a given NFE, against the exact judge in
+  1D / 2D or the model's own fine trajectory in any d (:func:`design_steps`).
 - ``bounds``: the tracking bound and the score-error limit eps^2 / lambda_1, checked against
   exact propagation (:func:`tracking_bound`, :func:`score_error_bound`).
 - ``diagnostics``: lambda_1, lambda_2, the adiabatic lag and basin masses along t
   (:func:`spectral_diagnostics`).
 """
 
-from .baselines import AYS_SIGMAS, BASELINES, baseline_schedule, klub
+from .baselines import AYS_SIGMAS, BASELINES, PROCESS_BASELINES, baseline_schedule, klub
 from .bounds import ScoreErrorBound, TrackingBound, score_error_bound, tracking_bound
 from .designer import DEFAULT_BASELINES, DesignResult, design_schedule, perturbed_mixtures
 from .diagnostics import SpectralDiagnostics, spectral_diagnostics
@@ -32,12 +34,15 @@ from .propagation import PropagationResult, propagate_exact
 from .reduced import ReducedPrediction, reduced_prediction
 from .schedules import STANDARD_SCHEDULES, PathProfile, Schedule, as_schedule, path_profile, standard_schedule
 from .solvers import FINALS, SOLVERS, SampleRun, prior_samples, sample, solver_nfe, steps_for_nfe
+from .steps import DESIGN_METRICS, StepDesign, design_steps
 
 __all__ = [
     "AYS_SIGMAS",
     "BASELINES",
     "DEFAULT_BASELINES",
+    "DESIGN_METRICS",
     "FINALS",
+    "PROCESS_BASELINES",
     "SOLVERS",
     "STANDARD_SCHEDULES",
     "DesignResult",
@@ -51,11 +56,13 @@ __all__ = [
     "ScoreErrorBound",
     "SolverJudgement",
     "SpectralDiagnostics",
+    "StepDesign",
     "TrackingBound",
     "as_schedule",
     "baseline_schedule",
     "default_grid",
     "design_schedule",
+    "design_steps",
     "judge_solver",
     "klub",
     "path_profile",
