@@ -49,8 +49,11 @@ def test_design_is_never_worse_than_its_start_under_the_judge(trimodal):
     assert result.improved and result.value < 0.9 * result.start_value
 
 
-def test_max_time_holds(trimodal):
-    schedule = baseline_schedule("edm", OU(), 20, "heun", 5.0, 1e-3)
+@pytest.mark.parametrize("judge", [False, True])
+def test_max_time_holds(trimodal, judge):
+    started = time.perf_counter()
+    schedule = baseline_schedule("stepoptim", OU(), 20, "heun", 5.0, 1e-3)
+    baseline = time.perf_counter() - started
     started = time.perf_counter()
     exact_objective(trimodal, schedule, "heun")
     evaluation = time.perf_counter() - started
@@ -59,13 +62,16 @@ def test_max_time_holds(trimodal):
         judge_solver(trimodal, None, schedule, "heun")
     judgement = time.perf_counter() - started - evaluation
     started = time.perf_counter()
-    result = design_steps(trimodal, nfe=20, solver="heun", t_max=5.0, t_min=1e-3, max_time=2.0)
+    result = design_steps(trimodal, nfe=20, solver="heun", t_max=5.0, t_min=1e-3, max_time=2.0, judge=judge)
     elapsed = time.perf_counter() - started
-    # The clock is read before every evaluation and every starting baseline; past it, at most one
-    # evaluation, one baseline (the costliest, StepOptim, is bounded by a few judgements) and one
-    # judgement run on (timings vary with the machine's load, hence the factor 2).
+    # The clock is read before every evaluation and every starting baseline; past it run on at most
+    # one baseline (StepOptim the costliest), one evaluation and the final measurement: two
+    # evaluations without the judge, one judgement with it (timings vary with the machine's load:
+    # factor 2).
     assert not result.converged and result.seconds <= elapsed
-    assert elapsed < 2.0 + 2 * (evaluation + 3 * judgement)
+    final = judgement if judge else 2 * evaluation
+    assert elapsed < 2.0 + 2 * (baseline + evaluation + final)
+    assert result.notes == () if judge else "not judged" in result.notes[0]
 
 
 def _callable_score_in_d8():
