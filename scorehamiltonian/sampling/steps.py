@@ -49,7 +49,7 @@ import numpy as np
 import scipy.optimize
 import torch
 
-from ..common.errors import ScheduleError, TimeRangeError
+from ..common.errors import ResolutionError, ScheduleError, TimeRangeError
 from ..score.interface import ExactScore
 from ..score.mixture import GaussianMixture
 from ..score.processes import ForwardProcess
@@ -216,7 +216,8 @@ def design_steps(
     solver's map is one-to-one, noted). The judge's time is not bounded by this module: its Newton
     inversions took 0.1-0.5 s per 1D judgement here but up to 70 s for some Heun schedules, so with
     ``judge=True`` a design can overrun ``max_time`` by one such judgement; ``judge=False`` holds it
-    to one objective evaluation.
+    to one objective evaluation. Where the judge refuses a schedule (:class:`ResolutionError`: the
+    solver's law too wide for its grid) the objective measures it, noted.
 
     Raises ValueError for a solver that is not an ODE solver or an unknown metric,
     :class:`TimeRangeError` for ends outside the process's range, :class:`ScheduleError` when ``nfe``
@@ -263,12 +264,16 @@ def design_steps(
     def final_measure(schedule: Schedule) -> tuple[float, float, tuple[str, ...]]:
         if metric == "trajectory":
             return (*measure(schedule), ())
+        refused: tuple[str, ...] = ()
         if judge:
-            return _judged(score, schedule, solver, metric, final)
+            try:
+                return _judged(score, schedule, solver, metric, final)
+            except ResolutionError as exc:  # a law too wide for the judge's node cap: measured by the objective
+                refused = (f"judge_solver refused: {exc}",)
         value = exact_objective(score, schedule, solver, metric=metric, final=final)
         coarse = exact_objective(score, schedule, solver, metric=metric, final=final,
                                  points=_QUADRATURE[score.dim] // 2 + 1)
-        return value, abs(value - coarse), (_UNJUDGED,)
+        return value, abs(value - coarse), (*refused, _UNJUDGED)
 
     judge_started = time.perf_counter()
     start_value, start_error, notes = final_measure(start_schedule)
