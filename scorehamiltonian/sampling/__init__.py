@@ -14,14 +14,18 @@ THEORY sections 3 and 4: sampling as adiabatic transport of the ground state sqr
   ``judges``: their exact laws on 1D / 2D grids (:func:`judge_solver`); ``exports``: schedules to
   k-diffusion and diffusers and sigma lists back (:func:`to_k_diffusion`, :func:`to_diffusers`,
   :func:`schedule_from_sigmas`); ``baselines``: EDM, log-SNR, time-uniform / quadratic, Align Your
-  Steps (published and optimised), StepOptim, OSS and the spectral rules (:func:`baseline_schedule`).
+  Steps (published and optimised), StepOptim, OSS and the spectral rules (:func:`baseline_schedule`);
+  ``steps``: step schedules designed for those solvers at a given NFE, against the exact judge in
+  1D / 2D or the model's own fine trajectory in any d (:func:`design_steps`); ``sample_judges``:
+  judges from samples in high d, each with its standard error (:func:`sliced_wasserstein`,
+  :func:`mmd`, :func:`cross_entropy_gap`, :func:`basin_weight_error`).
 - ``bounds``: the tracking bound and the score-error limit eps^2 / lambda_1, checked against
   exact propagation (:func:`tracking_bound`, :func:`score_error_bound`).
 - ``diagnostics``: lambda_1, lambda_2, the adiabatic lag and basin masses along t
   (:func:`spectral_diagnostics`).
 """
 
-from .baselines import AYS_SIGMAS, BASELINES, baseline_schedule, klub
+from .baselines import AYS_SIGMAS, BASELINES, PROCESS_BASELINES, baseline_schedule, klub
 from .bounds import ScoreErrorBound, TrackingBound, score_error_bound, tracking_bound
 from .designer import DEFAULT_BASELINES, DesignResult, design_schedule, perturbed_mixtures
 from .diagnostics import SpectralDiagnostics, spectral_diagnostics
@@ -30,14 +34,18 @@ from .grid_model import GridModel, default_grid
 from .judges import SolverJudgement, judge_solver, solver_grid
 from .propagation import PropagationResult, propagate_exact
 from .reduced import ReducedPrediction, reduced_prediction
+from .sample_judges import SampleDistance, basin_weight_error, cross_entropy_gap, mmd, sliced_wasserstein
 from .schedules import STANDARD_SCHEDULES, PathProfile, Schedule, as_schedule, path_profile, standard_schedule
 from .solvers import FINALS, SOLVERS, SampleRun, prior_samples, sample, solver_nfe, steps_for_nfe
+from .steps import DESIGN_METRICS, StepDesign, design_steps
 
 __all__ = [
     "AYS_SIGMAS",
     "BASELINES",
     "DEFAULT_BASELINES",
+    "DESIGN_METRICS",
     "FINALS",
+    "PROCESS_BASELINES",
     "SOLVERS",
     "STANDARD_SCHEDULES",
     "DesignResult",
@@ -46,18 +54,24 @@ __all__ = [
     "PathProfile",
     "PropagationResult",
     "ReducedPrediction",
+    "SampleDistance",
     "SampleRun",
     "Schedule",
     "ScoreErrorBound",
     "SolverJudgement",
     "SpectralDiagnostics",
+    "StepDesign",
     "TrackingBound",
     "as_schedule",
     "baseline_schedule",
+    "basin_weight_error",
+    "cross_entropy_gap",
     "default_grid",
     "design_schedule",
+    "design_steps",
     "judge_solver",
     "klub",
+    "mmd",
     "path_profile",
     "perturbed_mixtures",
     "prior_samples",
@@ -66,6 +80,7 @@ __all__ = [
     "sample",
     "schedule_from_sigmas",
     "score_error_bound",
+    "sliced_wasserstein",
     "solver_grid",
     "solver_nfe",
     "spectral_diagnostics",

@@ -64,8 +64,9 @@ from ..score.processes import ForwardProcess
 from .schedules import Schedule, standard_schedule
 from .solvers import SDE_SOLVERS, Field, Final, Levels, dpmpp_2m_step, sample, steps_for_nfe
 
-__all__ = ["AYS_SIGMAS", "BASELINES", "ays_klub_levels", "baseline_schedule", "klub", "oss_levels", "stepoptim_levels",
-           "stepoptim_objective"]
+__all__ = ["AYS_SIGMAS", "BASELINES", "PROCESS_BASELINES", "ays_klub_levels", "baseline_schedule", "klub",
+           "lambda_from_logits", "oss_levels", "sigma_ends", "stepoptim_levels", "stepoptim_objective",
+           "times_of_sigmas"]
 
 #: The published Align Your Steps 10-step sigma lists (Sabour et al. 2024; NVIDIA's quickstart guide,
 #: research.nvidia.com/labs/toronto-ai/AlignYourSteps/howto.html): Stable Diffusion 1.5, SDXL, and
@@ -82,17 +83,20 @@ _SPECTRAL = ("thermodynamic", "adiabatic-A/gap", "adiabatic-A/sqrt-gap")
 #: Every name :func:`baseline_schedule` accepts (the model rules last).
 BASELINES = ("edm", "log-snr", "time-uniform", "time-quadratic", "ays-sd15", "ays-sdxl", "ays-svd", "stepoptim",
              "ays-klub", "oss", *_SPECTRAL)
+#: The baselines that need only the process (no model evaluations).
+PROCESS_BASELINES = BASELINES[:8]
 _GAUSS_NODES, _GAUSS_WEIGHTS = np.polynomial.legendre.leggauss(6)
 _SECOND_ORDER = ("heun", "dpmpp-2m")
 
 
-def _sigma_ends(process: ForwardProcess, t_max: float, t_min: float) -> tuple[float, float]:
+def sigma_ends(process: ForwardProcess, t_max: float, t_min: float) -> tuple[float, float]:
+    """The noise levels sigma = sigma_t / alpha_t at t_max and t_min."""
     ratio = process.sigma(torch.tensor([t_max, t_min], dtype=torch.float64)) / process.alpha(
         torch.tensor([t_max, t_min], dtype=torch.float64))
     return float(ratio[0]), float(ratio[1])
 
 
-def _times_of_sigmas(process: ForwardProcess, sigmas: np.ndarray, t_max: float, t_min: float) -> np.ndarray:
+def times_of_sigmas(process: ForwardProcess, sigmas: np.ndarray, t_max: float, t_min: float) -> np.ndarray:
     """Times of the noise levels (descending), the ends exactly t_max and t_min."""
     times = process.log_snr_to_t(torch.tensor(-2.0 * np.log(sigmas))).numpy()
     times[0], times[-1] = t_max, t_min
@@ -102,13 +106,14 @@ def _times_of_sigmas(process: ForwardProcess, sigmas: np.ndarray, t_max: float, 
 def _ays_published(key: str, n_steps: int, process: ForwardProcess, t_max: float, t_min: float) -> np.ndarray:
     log_list = np.log(np.asarray(AYS_SIGMAS[key], dtype=np.float64))
     log_at = np.interp(np.linspace(0.0, 1.0, n_steps + 1), np.linspace(0.0, 1.0, log_list.size), log_list)
-    top, bottom = (math.log(s) for s in _sigma_ends(process, t_max, t_min))
+    top, bottom = (math.log(s) for s in sigma_ends(process, t_max, t_min))
     mapped = bottom + (log_at - log_list[-1]) * (top - bottom) / (log_list[0] - log_list[-1])
-    return _times_of_sigmas(process, np.exp(mapped), t_max, t_min)
+    return times_of_sigmas(process, np.exp(mapped), t_max, t_min)
 
 
-def _increments(lam_0: float, lam_n: float, logits: np.ndarray) -> np.ndarray:
-    """lambda_0 .. lambda_N with increments (lam_n - lam_0) softmax(logits)."""
+def lambda_from_logits(lam_0: float, lam_n: float, logits: np.ndarray) -> np.ndarray:
+    """lambda_0 .. lambda_N (lambda = -log sigma) with increments (lam_n - lam_0) softmax(logits): every
+    logit vector gives levels from lam_0 to lam_n, strictly monotone; logits = log(diff(lambda)) inverts it."""
     share = np.exp(logits - logits.max())
     return lam_0 + (lam_n - lam_0) * np.concatenate([[0.0], np.cumsum(share / share.sum())])
 
@@ -131,12 +136,12 @@ def stepoptim_objective(lam: np.ndarray, order: int) -> float:
 
 def stepoptim_levels(process: ForwardProcess, n_steps: int, solver: str, t_max: float, t_min: float) -> np.ndarray:
     """The StepOptim times (module docstring) for ``n_steps`` steps of ``solver``."""
-    top, bottom = _sigma_ends(process, t_max, t_min)
+    top, bottom = sigma_ends(process, t_max, t_min)
     lam_0, lam_n = -math.log(top), -math.log(bottom)
     order = 2 if solver in _SECOND_ORDER else 1
-    run = scipy.optimize.minimize(lambda a: stepoptim_objective(_increments(lam_0, lam_n, a), order),
+    run = scipy.optimize.minimize(lambda a: stepoptim_objective(lambda_from_logits(lam_0, lam_n, a), order),
                                   np.zeros(n_steps), method="L-BFGS-B", bounds=[(-20.0, 20.0)] * n_steps)
-    return _times_of_sigmas(process, np.exp(-_increments(lam_0, lam_n, run.x)), t_max, t_min)
+    return times_of_sigmas(process, np.exp(-lambda_from_logits(lam_0, lam_n, run.x)), t_max, t_min)
 
 
 def _denoiser(score: Any) -> Callable[[torch.Tensor, float], torch.Tensor]:
@@ -195,7 +200,7 @@ def ays_klub_levels(score: Any, n_steps: int, t_max: float, t_min: float, *, n_s
     """The AYS times optimised on the model's KLUB (module docstring)."""
     process = score.process
     bound = _Klub(score, n_samples, seed)
-    top, bottom = _sigma_ends(process, t_max, t_min)
+    top, bottom = sigma_ends(process, t_max, t_min)
     log_s = np.log(standard_schedule("edm", n_steps, t_max, t_min, process).sigmas(process))
     log_s[0], log_s[-1] = math.log(top), math.log(bottom)
     for _ in range(int(max_sweeps)):
@@ -211,7 +216,7 @@ def ays_klub_levels(score: Any, n_steps: int, t_max: float, t_min: float, *, n_s
             log_s[i] = best.x
         if moved < 1e-3:
             break
-    return _times_of_sigmas(process, np.exp(log_s), t_max, t_min)
+    return times_of_sigmas(process, np.exp(log_s), t_max, t_min)
 
 
 def _student_step(solver: str, score: Any, state: tuple[torch.Tensor, Any, int | None], k: int, j: int,

@@ -1,0 +1,152 @@
+"""Judges of a sampler's output in high dimension, from samples, each with its Monte Carlo standard error.
+
+Where no grid exists (d > 2) a solver's law q is known only through its samples x (n, d); the
+target p through exact samples y (m, d), its log-density, or its basins. Each judge returns a
+:class:`SampleDistance` (value, standard error, sample sizes). Issue 22 item 4; THEORY
+section 3 (the errors a step schedule is judged by).
+
+- :func:`sliced_wasserstein`: SW_1(q, p) = E_theta W_1(theta.q, theta.p), theta uniform on the
+  sphere, W_1 of two 1D empirical laws of equal size = mean |sort(theta.x) - sort(theta.y)|.
+  Estimated as the mean over ``n_batches`` disjoint batches, each with its own ``n_projections``
+  directions; standard error std / sqrt(B) over the batches (projection and sampling noise both).
+  Empirical Wasserstein is biased upwards: two samples of the same law give a floor of order
+  (n / B)^(-1/2) per slice, which :func:`sliced_wasserstein` of two exact samples measures.
+- :func:`mmd`: the unbiased U-statistic of MMD^2 with the Gaussian kernel
+  k(a, b) = exp(-|a - b|^2 / (2 h^2)) (Gretton et al. 2012), h the median pairwise distance of
+  the pooled samples unless given; per batch, mean and std / sqrt(B) over batches. Unbiased:
+  zero in expectation for q = p (it may then be negative).
+- :func:`cross_entropy_gap`: E_q[-log p] - E_p[-log p] (nats) from log p at the samples of q and
+  of p (= KL(q || p) + H(q) - H(p)); standard error sqrt(var_q / n + var_p / m).
+- :func:`basin_weight_error`: 1/2 sum_k |q_k - w_k|, q_k the fraction of samples in basin k (a
+  function x -> basin index), w_k the exact basin weights; delta-method standard error
+  1/2 sqrt(s^T (diag(q) - q q^T) s / n), s = sign(q - w).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..common.errors import InputShapeError
+
+__all__ = ["SampleDistance", "basin_weight_error", "cross_entropy_gap", "mmd", "sliced_wasserstein"]
+
+
+@dataclass(frozen=True)
+class SampleDistance:
+    """A sample estimate: ``value`` and its Monte Carlo standard ``error``; ``n``, ``m``: the samples of
+    q and p used; ``name``: what was estimated; ``parts``: per-basin errors for :func:`basin_weight_error`."""
+
+    name: str
+    value: float
+    error: float
+    n: int
+    m: int
+    parts: tuple[float, ...] = ()
+
+
+def _samples(x: Any, name: str, dim: int | None = None) -> torch.Tensor:
+    out = torch.as_tensor(x, dtype=torch.float64)
+    if out.ndim != 2 or out.shape[0] < 2 or (dim is not None and out.shape[1] != dim):
+        want = f"(n >= 2, {dim})" if dim is not None else "(n >= 2, d)"
+        raise InputShapeError(f"{name} must have shape {want}; got {tuple(out.shape)}")
+    if not bool(torch.isfinite(out).all()):
+        raise InputShapeError(f"{name} has NaN or infinite entries")
+    return out
+
+
+def _batches(n: int, n_batches: int) -> int:
+    if int(n_batches) != n_batches or n_batches < 2:
+        raise ValueError(f"n_batches must be an integer >= 2; got {n_batches!r}")
+    if n // int(n_batches) < 2:
+        raise InputShapeError(f"{n} samples do not fill {n_batches} batches of at least 2")
+    return n // int(n_batches)
+
+
+def _mean_and_error(values: list[float]) -> tuple[float, float]:
+    array = np.asarray(values)
+    return float(array.mean()), float(array.std(ddof=1) / math.sqrt(array.size))
+
+
+def sliced_wasserstein(x: Any, y: Any, *, n_projections: int = 128, n_batches: int = 10, seed: int = 0
+                       ) -> SampleDistance:
+    """SW_1 between the laws of samples ``x`` (n, d) and ``y`` (m, d) (module docstring); the first
+    min(n, m) // B * B rows of each, in order, make the batches."""
+    x = _samples(x, "x")
+    y = _samples(y, "y", x.shape[1])
+    size = _batches(min(x.shape[0], y.shape[0]), n_batches)
+    generator = torch.Generator().manual_seed(int(seed))
+    values = []
+    for b in range(int(n_batches)):
+        theta = torch.randn(x.shape[1], int(n_projections), generator=generator, dtype=torch.float64)
+        theta = theta / theta.norm(dim=0, keepdim=True)
+        px = torch.sort(x[b * size:(b + 1) * size] @ theta, dim=0).values
+        py = torch.sort(y[b * size:(b + 1) * size] @ theta, dim=0).values
+        values.append(float((px - py).abs().mean()))
+    value, error = _mean_and_error(values)
+    return SampleDistance("sliced W1", value, error, size * int(n_batches), size * int(n_batches))
+
+
+def _median_distance(x: torch.Tensor, y: torch.Tensor) -> float:
+    pooled = torch.cat([x[:1000], y[:1000]])
+    distances = torch.cdist(pooled, pooled)
+    return float(distances[torch.triu(torch.ones_like(distances, dtype=torch.bool), diagonal=1)].median())
+
+
+def mmd(x: Any, y: Any, *, bandwidth: float | None = None, n_batches: int = 10) -> SampleDistance:
+    """Unbiased MMD^2 with a Gaussian kernel between samples ``x`` (n, d) and ``y`` (m, d) (module
+    docstring); ``bandwidth`` h, default the median pairwise distance of (up to 2000) pooled samples."""
+    x = _samples(x, "x")
+    y = _samples(y, "y", x.shape[1])
+    h = _median_distance(x, y) if bandwidth is None else float(bandwidth)
+    if not h > 0:
+        raise ValueError(f"bandwidth must be positive; got {h!r}")
+    nx, ny = _batches(x.shape[0], n_batches), _batches(y.shape[0], n_batches)
+    values = []
+    for b in range(int(n_batches)):
+        xb, yb = x[b * nx:(b + 1) * nx], y[b * ny:(b + 1) * ny]
+        kxx = torch.exp(-torch.cdist(xb, xb) ** 2 / (2 * h * h))
+        kyy = torch.exp(-torch.cdist(yb, yb) ** 2 / (2 * h * h))
+        kxy = torch.exp(-torch.cdist(xb, yb) ** 2 / (2 * h * h))
+        values.append(float((kxx.sum() - kxx.diagonal().sum()) / (nx * (nx - 1))
+                            + (kyy.sum() - kyy.diagonal().sum()) / (ny * (ny - 1)) - 2 * kxy.mean()))
+    value, error = _mean_and_error(values)
+    return SampleDistance(f"MMD^2 (h = {h:.4g})", value, error, nx * int(n_batches), ny * int(n_batches))
+
+
+def cross_entropy_gap(x: Any, y: Any, log_prob: Callable[[torch.Tensor], torch.Tensor]) -> SampleDistance:
+    """E_q[-log p] - E_p[-log p] in nats from samples ``x`` of q and ``y`` of p and ``log_prob`` = log p
+    (up to a constant, which cancels); module docstring."""
+    x = _samples(x, "x")
+    y = _samples(y, "y", x.shape[1])
+    with torch.no_grad():
+        on_q, on_p = -log_prob(x).double().reshape(-1), -log_prob(y).double().reshape(-1)
+    if on_q.shape[0] != x.shape[0] or on_p.shape[0] != y.shape[0]:
+        raise InputShapeError("log_prob must return one value per sample")
+    if not bool(torch.isfinite(on_q).all() and torch.isfinite(on_p).all()):
+        raise InputShapeError("log_prob is not finite at every sample: E_q[-log p] is infinite or undefined")
+    error = math.sqrt(float(on_q.var()) / on_q.numel() + float(on_p.var()) / on_p.numel())
+    return SampleDistance("E_q[-log p] - E_p[-log p]", float(on_q.mean() - on_p.mean()), error, x.shape[0], y.shape[0])
+
+
+def basin_weight_error(x: Any, basin: Callable[[torch.Tensor], Any], weights: Any) -> SampleDistance:
+    """1/2 sum_k |q_k - w_k| between the basin fractions of samples ``x`` (``basin(x)``: an index in
+    0 .. K-1 per sample) and the exact basin weights ``weights`` (K,); module docstring. ``parts``:
+    q_k - w_k per basin."""
+    x = _samples(x, "x")
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if w.size < 2 or (w < 0).any() or abs(w.sum() - 1) > 1e-8:
+        raise ValueError(f"weights must be K >= 2 non-negative numbers summing to 1; got {w.tolist()}")
+    labels = np.asarray(torch.as_tensor(basin(x)).reshape(-1).cpu(), dtype=np.int64)
+    if labels.size != x.shape[0] or labels.min() < 0 or labels.max() >= w.size:
+        raise InputShapeError(f"basin must give one index in 0 .. {w.size - 1} per sample")
+    q = np.bincount(labels, minlength=w.size) / labels.size
+    sign = np.sign(q - w)
+    variance = float(sign @ (np.diag(q) - np.outer(q, q)) @ sign) / labels.size
+    return SampleDistance("basin-weight TV", 0.5 * float(np.abs(q - w).sum()), 0.5 * math.sqrt(max(variance, 0.0)),
+                          labels.size, 0, tuple((q - w).tolist()))

@@ -1,0 +1,114 @@
+"""design_steps (scorehamiltonian.sampling.steps): never worse than its start, max_time holds, any d."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from scorehamiltonian import OU, ExactScore, GaussianMixture, as_score, example
+from scorehamiltonian.common.errors import ScheduleError, TimeRangeError
+from scorehamiltonian.sampling import baseline_schedule, judge_solver, sample
+from scorehamiltonian.sampling.solvers import prior_samples
+from scorehamiltonian.sampling.steps import design_steps, exact_objective, trajectory_objective
+
+
+@pytest.fixture(scope="module")
+def trimodal():
+    return ExactScore(example("trimodal"), OU())
+
+
+@pytest.mark.parametrize(("solver", "nfe"), [("dpmpp-2m", 10), ("euler", 8)])
+def test_exact_objective_is_the_judge_where_the_map_is_one_to_one(trimodal, solver, nfe):
+    # Both are quadratures of the same integral (the objective in x_0, the judge in x_N); with
+    # 2001 / ~1e4 nodes over the laws their O(h^2) errors are below 1e-3 of the TV here.
+    schedule = baseline_schedule("log-snr", OU(), nfe, solver, 5.0, 1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        judged = judge_solver(trimodal, None, schedule, solver)
+    assert judged.resolved
+    assert exact_objective(trimodal, schedule, solver) == pytest.approx(judged.tv, rel=5e-3)
+    assert exact_objective(trimodal, schedule, solver, metric="kl") == pytest.approx(judged.kl, rel=5e-3)
+
+
+def test_design_is_never_worse_than_its_start_under_the_judge(trimodal):
+    result = design_steps(trimodal, nfe=8, solver="dpmpp-2m", t_max=5.0, t_min=1e-3, max_time=8.0)
+    assert result.start in result.baselines and result.baselines[result.start] == min(result.baselines.values())
+    assert result.value <= result.start_value
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert judge_solver(trimodal, None, result.schedule, "dpmpp-2m").tv == pytest.approx(result.value, rel=1e-12)
+    schedule = result.schedule
+    assert schedule.n_levels == 8 and schedule.times[0] == 5.0 and schedule.times[-1] == 1e-3
+    assert np.all(np.diff(schedule.times) < 0)
+    # dpmpp-2m at 8 steps on the trimodal target: the search finds a schedule the judge ranks better.
+    assert result.improved and result.value < 0.9 * result.start_value
+
+
+@pytest.mark.parametrize("judge", [False, True])
+def test_max_time_holds(trimodal, judge):
+    started = time.perf_counter()
+    schedule = baseline_schedule("stepoptim", OU(), 20, "heun", 5.0, 1e-3)
+    baseline = time.perf_counter() - started
+    started = time.perf_counter()
+    exact_objective(trimodal, schedule, "heun")
+    evaluation = time.perf_counter() - started
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        judge_solver(trimodal, None, schedule, "heun")
+    judgement = time.perf_counter() - started - evaluation
+    started = time.perf_counter()
+    result = design_steps(trimodal, nfe=20, solver="heun", t_max=5.0, t_min=1e-3, max_time=2.0, judge=judge)
+    elapsed = time.perf_counter() - started
+    # The clock is read before every evaluation and every starting baseline; past it run on at most
+    # one baseline (StepOptim the costliest), one evaluation and the final measurement: two
+    # evaluations without the judge, one judgement with it (timings vary with the machine's load:
+    # factor 2).
+    assert not result.converged and result.seconds <= elapsed
+    final = judgement if judge else 2 * evaluation
+    assert elapsed < 2.0 + 2 * (baseline + evaluation + final)
+    assert result.notes == () if judge else "not judged" in result.notes[0]
+
+
+def _callable_score_in_d8():
+    mixture = GaussianMixture([0.3, 0.7], torch.stack([torch.full((8,), -1.5), torch.full((8,), 1.0)]),
+                              [0.2, 0.5])
+    exact = ExactScore(mixture, OU())
+    return as_score(lambda x, t: exact(x, t), process=OU(), dim=8)
+
+
+def test_trajectory_objective_is_zero_on_the_reference_and_designs_in_d8():
+    score = _callable_score_in_d8()
+    x0 = prior_samples(OU(), 5.0, 64, 8, torch.Generator().manual_seed(3))
+    fine = baseline_schedule("log-snr", OU(), 40, "euler", 5.0, 1e-2)
+    with torch.no_grad():
+        reference = sample("heun", score, x0, fine).x
+    value, error = trajectory_objective(score, fine, "heun", x0, reference)
+    assert value == 0.0 and error == 0.0
+
+    result = design_steps(score, nfe=10, solver="heun", t_max=5.0, t_min=1e-2, max_time=6.0, n_samples=128,
+                          teacher_steps=60)
+    assert result.metric == "trajectory" and result.value <= result.start_value
+    assert math.isfinite(result.error) and 0 < result.error < result.value
+    assert result.schedule.n_levels == 5
+
+
+def test_bad_input_is_refused(trimodal):
+    with pytest.raises(ScheduleError):
+        design_steps(trimodal, nfe=3, solver="heun", t_max=5.0, t_min=1e-3)  # one Heun step: nothing to design
+    with pytest.raises(ScheduleError):
+        design_steps(trimodal, nfe=1, solver="heun", t_max=5.0, t_min=1e-3)
+    with pytest.raises(TimeRangeError):
+        design_steps(trimodal, nfe=10, solver="heun", t_max=50.0, t_min=1e-3)  # OU's T is 10
+    with pytest.raises(TimeRangeError):
+        design_steps(trimodal, nfe=10, solver="heun", t_max=5.0, t_min=6.0)
+    with pytest.raises(ValueError, match="ODE solvers"):
+        design_steps(trimodal, nfe=10, solver="ancestral", t_max=5.0, t_min=1e-3)
+    with pytest.raises(ValueError, match="d <= 2"):
+        design_steps(_callable_score_in_d8(), nfe=10, solver="heun", t_max=5.0, t_min=1e-2, metric="tv")
+    with pytest.raises(ValueError, match="process"):
+        design_steps(example("trimodal"), nfe=10)
