@@ -174,3 +174,28 @@ def test_free_energy_of_a_single_learned_model_is_never_converged():
         result = free_energy_difference(single, MEMBERS[0], "zwanzig", n_samples=100, samples_0=x0)
     assert math.isnan(result.model_error) and not result.converged
     assert result.flags[-1].startswith("model_unknown")
+
+
+@pytest.mark.slow
+def test_an_ensemble_end_state_reads_its_members_once_per_estimate():
+    """A ScoreEnsemble as an end state: the main estimate's energies skip their members
+    (model_error=False: NaN and "model_skipped", no warning), the K member estimates give the
+    model error; both end states normalised, so every member's Delta F is 0 up to its PF-ODE
+    error and the spread stays within the energies' own systematic bound."""
+    from scorehamiltonian.thermo.free_energy import free_energy_difference
+    from scorehamiltonian.thermo.path import ScoreEnergy
+
+    ensemble = ScoreEnsemble([ExactScore(m, PROCESS) for m in MEMBERS[:2]])
+    x = _points()[:2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        warnings.filterwarnings("ignore", message=".*cannot be trusted")
+        skipped = energy(ensemble, None, x, n_steps=32, closure=False, model_error=False)
+    assert bool(skipped.model_error.isnan().all()) and "model_skipped" in skipped.flags
+    x0 = MEMBERS[0].sample(60, torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = free_energy_difference(MEMBERS[0], ScoreEnergy(ensemble, n_steps=64), "zwanzig", n_samples=60,
+                                        samples_0=x0)
+    assert math.isfinite(result.model_error) and not any(f.startswith("model_unknown") for f in result.flags)
+    assert result.model_error <= result.systematic_error
