@@ -97,8 +97,9 @@ value is the energy of the members' mean score, and each member's energy E_k(x) 
 that point's own final grid (the same schedule, the same Hutchinson probes, the same
 reference law; no step doubling or refinement of its own): ``model_error`` is
 std_k E_k(x) (ddof 1). Cost, per point and member: the solve's evaluations on a fixed grid
-or dopri5 (``nfe_solve``), 1.75 of them under refinement (the per-point grids are run with
-their step-doubling companions), counted in ``nfe_model_per_point`` (member evaluations). A
+or dopri5 (``nfe_solve``); under refinement the points' grids, padded with steps of length 0
+to the longest, are run together with their step-doubling companions, 1.75 times the longest
+grid's evaluations for every point; counted in ``nfe_model_per_point`` (member evaluations). A
 single learned model: NaN, flagged ``model_unknown``, never converged (one warning).
 ``total_error`` = error + model_error (a bound plus one standard deviation of the members,
 added as the gap's are); ``reached`` is total_error <= requested, and ``converged`` is
@@ -526,22 +527,21 @@ class _Task:
         T = torch.as_tensor(self.process.t_max, dtype=flat.dtype, device=flat.device)
         values = torch.empty(len(self.score.members), n, dtype=flat.dtype, device=flat.device)
         per_row = isinstance(times, tuple)
-        groups: dict[int, list[int]] = {}
-        for row in range(n) if per_row else ():
-            groups.setdefault(len(times[row]), []).append(row)
-        for rows in ([torch.tensor(r, device=flat.device) for r in groups.values()] if per_row
-                     else [torch.arange(n, device=flat.device)]):
-            grid = (torch.stack([torch.as_tensor(times[r]) for r in rows.tolist()], 1) if per_row
-                    else torch.as_tensor(times)).to(dtype=flat.dtype, device=flat.device)
-            for k, member in enumerate(self.score.members):
-                field = _Field(member, self.process, None if probes is None else probes[:, rows])
-                if per_row:
-                    x_T, ell = integrators.integrate_recorded(field, self.process, flat[rows], m, grid, self.method)[0][0]
-                else:
-                    x_T, ell = next(integrators.integrate(field, flat[rows], m, grid, self.method, self.solver_rtol,
-                                                          self.solver_atol))
-                values[k, rows] = -(self._log_prior(x_T, T) + ell.mean(-1))
-                spent[rows] += field.nfe
+        if per_row:  # every row's grid padded to the longest with steps of length 0 at T
+            longest = max(len(g) for g in times)
+            grid = torch.stack([torch.as_tensor(np.pad(g, (0, longest - len(g)), mode="edge")) for g in times], 1)
+        else:
+            grid = torch.as_tensor(times)
+        grid = grid.to(dtype=flat.dtype, device=flat.device)
+        for k, member in enumerate(self.score.members):
+            field = _Field(member, self.process, probes)
+            if per_row:
+                x_T, ell = integrators.integrate_recorded(field, self.process, flat, m, grid, self.method)[0][0]
+            else:
+                x_T, ell = next(integrators.integrate(field, flat, m, grid, self.method, self.solver_rtol,
+                                                      self.solver_atol))
+            values[k] = -(self._log_prior(x_T, T) + ell.mean(-1))
+            spent += field.nfe
         return member_spread(values), spent
 
     def _readout(self, field: _Field, x: torch.Tensor, solutions: list[tuple[torch.Tensor, torch.Tensor]],
