@@ -18,7 +18,9 @@ X_t = alpha_t X_0 + sigma_t Z is the input of everything else in the toolkit.
 - ``derivatives``: the divergence and Jacobian of a score (exact, autograd, Hutchinson, finite
   differences), with error estimates.
 - ``potential``: the quantum potential V_t = |s_t|^2 / 4 + div(s_t) / 2 (:func:`quantum_potential`).
-- ``audit``: finiteness, scale, curl and the error against a reference score (:func:`score_audit`).
+- ``audit``: finiteness, scale, curl and the error against a reference score (:func:`score_audit`);
+  ``extrapolation``: where a learned score extrapolates (distance to the data, ensemble
+  disagreement, :func:`extrapolation_map`) and the held-out denoising loss (:func:`denoising_loss`).
 - ``examples``: the built-in targets (:func:`example`); ``systems``: systems no one here wrote
   (Mueller-Brown, many-well-32, two-moons, digits; :func:`system`), with exact references by
   ``quadrature`` (basins, basin probabilities, 1D gaps) and exact noised scores of any density
@@ -38,6 +40,7 @@ from .checkpoints import load_score, save_score
 from .derivatives import DivergenceResult, JacobianResult, divergence, jacobian
 from .ensemble import ScoreEnsemble, train_ensemble
 from .examples import EXAMPLES, example
+from .extrapolation import DenoisingLoss, ExtrapolationMap, denoising_loss, extrapolation_map
 from .interface import (
     AnalyticScore,
     DensityScore,
@@ -66,11 +69,13 @@ __all__ = [
     "AnalyticScore",
     "BasinResult",
     "DataSystem",
+    "DenoisingLoss",
     "DensityScore",
     "DensitySystem",
     "DiscreteVP",
     "DivergenceResult",
     "ExactScore",
+    "ExtrapolationMap",
     "ExtrapolationWarning",
     "ForwardProcess",
     "GaussianMixture",
@@ -91,8 +96,10 @@ __all__ = [
     "System",
     "VPLinear",
     "as_score",
+    "denoising_loss",
     "divergence",
     "example",
+    "extrapolation_map",
     "from_diffusers",
     "from_k_diffusion",
     "gap_1d",

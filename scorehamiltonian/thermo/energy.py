@@ -90,6 +90,20 @@ refinement).
 
 The cycle closure of :func:`~.line_energy.line_energy` is reported beside the energies of any score
 that has no exact log-density (not a :class:`DensityScore`).
+
+Model error (``EnergyResult.model_error``, nats; the rule of :mod:`.model_error`). 0 for an
+exact or analytic score. For a :class:`~scorehamiltonian.score.ensemble.ScoreEnsemble` the
+value is the energy of the members' mean score, and each member's energy E_k(x) is read on
+that point's own final grid (the same schedule, the same Hutchinson probes, the same
+reference law; no step doubling or refinement of its own): ``model_error`` is
+std_k E_k(x) (ddof 1). Cost, per point and member: the solve's evaluations on a fixed grid
+or dopri5 (``nfe_solve``); under refinement the points' grids, padded with steps of length 0
+to the longest, are run together with their step-doubling companions, 1.75 times the longest
+grid's evaluations for every point; counted in ``nfe_model_per_point`` (member evaluations). A
+single learned model: NaN, flagged ``model_unknown``, never converged (one warning).
+``total_error`` = error + model_error (a bound plus one standard deviation of the members,
+added as the gap's are); ``reached`` is total_error <= requested, and ``converged`` is
+``trusted`` and ``reached``.
 """
 
 from __future__ import annotations
@@ -114,6 +128,7 @@ from ..score.processes import ForwardProcess
 from ..spectral.solution import ConvergenceWarning
 from . import integrators, refinement
 from .line_energy import line_energy
+from .model_error import MODEL_SPREAD, MODEL_UNKNOWN, member_spread, source_kind, warn_model_unknown
 
 __all__ = ["DEFAULT_STEPS", "EnergyResult", "default_schedule", "energy", "start_time"]
 
@@ -135,20 +150,26 @@ class EnergyResult:
 
     value : (...,) the energies, one per point (row) of x.
     error : (...,) integrator_error + reference_error + divergence_error + start_error (see
-        module docstring).
+        module docstring): the numerical error.
     integrator_error, reference_error, divergence_error, start_error : (...,) the parts
         (start_error is zero when the integration starts at the process's t_min).
-    converged : (...,) bool: the error bar can be trusted (the step-doubling differences are
-        asymptotic, or shrink at least as a first-order method's; module docstring). A
-        :class:`ConvergenceWarning` is issued when any point's cannot.
+    model_error : (...,) the spread of an ensemble's members' energies (module docstring,
+        Model error); 0 for an exact score, NaN for a single learned model.
+    converged : (...,) bool: ``trusted`` and ``reached`` (the whole interval, model included,
+        is trusted and meets the request).
+    trusted : (...,) bool: the numerical error bar can be trusted (the step-doubling
+        differences are asymptotic, or shrink at least as a first-order method's; module
+        docstring). A :class:`ConvergenceWarning` is issued when any point's cannot.
     observed_ratio : (...,) |E_2h - E_4h| / |E_h - E_2h| (2^p asymptotically; dopri5: between
         the tolerances tol, 10 tol, 100 tol, 10^(5/6) asymptotically).
     requested : (...,) atol + rtol |value|, the accuracy asked for.
-    reached : (...,) bool: error <= requested.
+    reached : (...,) bool: total_error = error + model_error <= requested.
     n_steps : (...,) the steps of each point's grid (0 for dopri5, which chooses its own).
     nfe_per_point, nfe_solve_per_point, n_vjp_per_point : (...,) score evaluations (each with
         its divergence), those of the solve whose value is returned, and vector-Jacobian
         products (autograd or Hutchinson divergences), per point.
+    nfe_model_per_point : (...,) member score evaluations spent on the model error (0 unless
+        the score is an ensemble).
     method, divergence : the integrator and the divergence estimator used.
     times : the increasing time grid of a fixed grid ([t_start, T] for dopri5), or, under
         refinement, a tuple of each point's grid (in the order of the flattened points).
@@ -158,6 +179,10 @@ class EnergyResult:
         :class:`DensityScore`; None for scores with an exact log-density.
     failures : (first row, stop row, "Type: message") of each batch that failed (batched
         runs); its rows are NaN with an infinite error and not converged.
+    flags : the conditions met anywhere among "untrusted" (a numerical bar cannot be trusted),
+        "unreached" (a numerical error above the request), "model_unknown" (a single learned
+        model) and "model_spread" (an ensemble's model error above the request), each warned,
+        and "model_skipped" (``model_error=False``).
     """
 
     value: torch.Tensor
@@ -166,7 +191,9 @@ class EnergyResult:
     reference_error: torch.Tensor
     divergence_error: torch.Tensor
     start_error: torch.Tensor
+    model_error: torch.Tensor
     converged: torch.Tensor
+    trusted: torch.Tensor
     observed_ratio: torch.Tensor
     requested: torch.Tensor
     reached: torch.Tensor
@@ -174,12 +201,19 @@ class EnergyResult:
     nfe_per_point: torch.Tensor
     nfe_solve_per_point: torch.Tensor
     n_vjp_per_point: torch.Tensor
+    nfe_model_per_point: torch.Tensor
     method: str
     divergence: str
     times: np.ndarray | tuple[np.ndarray, ...]
     x_T: torch.Tensor
     closure: torch.Tensor | None
     failures: tuple[tuple[int, int, str], ...] = ()
+    flags: tuple[str, ...] = ()
+
+    @property
+    def total_error(self) -> torch.Tensor:
+        """(...,) error + model_error (nats): the whole interval's half-width."""
+        return self.error + self.model_error
 
     @property
     def nfe(self) -> int:
@@ -195,6 +229,11 @@ class EnergyResult:
     def nfe_estimate(self) -> int:
         """Score evaluations per point spent on the error estimate and on refinement: nfe - nfe_solve."""
         return self.nfe - self.nfe_solve
+
+    @property
+    def nfe_model(self) -> int:
+        """Member score evaluations per point spent on the model error (mean over the points)."""
+        return _mean_count(self.nfe_model_per_point)
 
     @property
     def n_vjp(self) -> int:
@@ -363,6 +402,7 @@ def energy(
     solver_atol: float = 1e-9,
     generator: torch.Generator | None = None,
     closure: bool | None = None,
+    model_error: bool = True,
     t_start: float | None = None,
     executor: Any = None,
     n_workers: int = 2,
@@ -396,6 +436,9 @@ def energy(
     log_prior : log p_T as a function of the end points (k, d) -> (k,), replacing the
         Gaussian reference law N(0, sigma_T^2 I) (and its ``reference_error``, then 0).
     closure : report the line-integral cycle closure (default: for scores that are not exact).
+    model_error : read each member of an ensemble for the model error (module docstring);
+        False skips them (for callers that read the members themselves): an ensemble's
+        model_error is then NaN and flagged "model_skipped", without a warning.
     t_start : where the integration starts (default :func:`start_time`: the process's t_min,
         or a network's smallest training time where it is undefined at t_min); above t_min
         the value is -log p_{t_start}(x) and ``start_error`` bounds, to first order, its
@@ -422,14 +465,13 @@ def energy(
     schedule = _resolve_schedule(schedule, process, method, t_start, n_steps)
     want_closure = not isinstance(score, DensityScore) if closure is None else closure
     task = _Task(score, process, schedule, method, divergence, int(n_probes), float(solver_rtol),
-                 float(solver_atol), want_closure, t_start, float(atol), float(rtol), log_prior, int(max_steps))
+                 float(solver_atol), want_closure, t_start, float(atol), float(rtol), log_prior, int(max_steps), bool(model_error))
     if executor is None and batch_size is None:
         parts, failures = [task.run(flat, generator)], []
     else:
         parts, failures = _batched(task, flat, executor, n_workers, batch_size or _DEFAULT_BATCH, generator)
     result = _assemble(parts, failures, batch_shape, x.shape)
-    _warn(result, schedule, task)
-    return result
+    return replace(result, flags=_warn(result, schedule, task))
 
 
 #: Rows per task of a batched energy (``executor`` given without ``batch_size``).
@@ -455,29 +497,64 @@ class _Task:
     rtol: float
     log_prior: Callable[[torch.Tensor], torch.Tensor] | None
     max_steps: int
+    members: bool
 
     def run(self, flat: torch.Tensor, generator: torch.Generator | None) -> EnergyResult:
         """The energies of the rows ``flat`` (n, d) (module docstring), as flat tensors."""
         probes = _probes(self.divergence, self.n_probes, flat, generator)
         parts = self._fixed(flat, probes) if self.schedule is not None else self._refined(flat, probes)
+        model_error, nfe_model = self._model_error(flat, probes, parts["times"])
         audit = _closure(self.score, flat, self.t_start) if self.closure else None
         error = parts["integrator_error"] + parts["reference_error"] + parts["divergence_error"] + parts["start_error"]
         requested = self.atol + self.rtol * parts["value"].abs()
-        return EnergyResult(error=error, requested=requested, reached=error <= requested, method=self.method,
+        reached = error + model_error <= requested
+        return EnergyResult(error=error, model_error=model_error, nfe_model_per_point=nfe_model, requested=requested,
+                            reached=reached, converged=parts["trusted"] & reached, method=self.method,
                             divergence=self.divergence, closure=audit, **parts)
+
+    def _log_prior(self, x_T: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
+        return _log_reference(self.process, x_T, T) if self.log_prior is None else self.log_prior(x_T)
+
+    def _model_error(self, flat: torch.Tensor, probes: torch.Tensor | None,
+                     times: np.ndarray | tuple[np.ndarray, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model error of each row and the member evaluations it cost (module docstring):
+        each member's energy on the row's own grid (``times``), their standard deviation."""
+        n, kind = flat.shape[0], source_kind(self.score)
+        spent = torch.zeros(n, dtype=torch.int64, device=flat.device)
+        if kind != "ensemble" or not self.members:
+            return torch.full((n,), 0.0 if kind == "exact" else math.nan, dtype=flat.dtype, device=flat.device), spent
+        m = 1 if probes is None else probes.shape[0]
+        T = torch.as_tensor(self.process.t_max, dtype=flat.dtype, device=flat.device)
+        values = torch.empty(len(self.score.members), n, dtype=flat.dtype, device=flat.device)
+        per_row = isinstance(times, tuple)
+        if per_row:  # every row's grid padded to the longest with steps of length 0 at T
+            longest = max(len(g) for g in times)
+            grid = torch.stack([torch.as_tensor(np.pad(g, (0, longest - len(g)), mode="edge")) for g in times], 1)
+        else:
+            grid = torch.as_tensor(times)
+        grid = grid.to(dtype=flat.dtype, device=flat.device)
+        for k, member in enumerate(self.score.members):
+            field = _Field(member, self.process, probes)
+            if per_row:
+                x_T, ell = integrators.integrate_recorded(field, self.process, flat, m, grid, self.method)[0][0]
+            else:
+                x_T, ell = next(integrators.integrate(field, flat, m, grid, self.method, self.solver_rtol,
+                                                      self.solver_atol))
+            values[k] = -(self._log_prior(x_T, T) + ell.mean(-1))
+            spent += field.nfe
+        return member_spread(values), spent
 
     def _readout(self, field: _Field, x: torch.Tensor, solutions: list[tuple[torch.Tensor, torch.Tensor]],
                  T: torch.Tensor) -> dict[str, torch.Tensor]:
         """The energies of the solutions (the first is the result) and every part of the error."""
         x_T, ell = solutions[0]
-        log_prior = (lambda y: _log_reference(self.process, y, T)) if self.log_prior is None else self.log_prior
-        values = [-(log_prior(xs) + ls.mean(-1)) for xs, ls in solutions]
-        integrator_error, ratio, converged = integrators.integrator_error(values, self.method)
+        values = [-(self._log_prior(xs, T) + ls.mean(-1)) for xs, ls in solutions]
+        integrator_error, ratio, trusted = integrators.integrator_error(values, self.method)
         zero = torch.zeros_like(values[0])
         m = ell.shape[-1]
         start = torch.as_tensor(self.t_start, dtype=x.dtype, device=x.device)
         return {
-            "value": values[0], "integrator_error": integrator_error, "observed_ratio": ratio, "converged": converged,
+            "value": values[0], "integrator_error": integrator_error, "observed_ratio": ratio, "trusted": trusted,
             "reference_error": _reference_error(field, x_T, T) if self.log_prior is None else zero,
             "divergence_error": ell.std(-1, correction=1) / math.sqrt(m) if m > 1 else zero,
             "start_error": _start_error(field, x, start) if self.t_start > self.process.t_min else zero,
@@ -530,7 +607,7 @@ class _Task:
             for i, row in enumerate(rows.tolist()):
                 grids[row] = times[:, i].cpu().numpy()
             other = parts["reference_error"] + parts["divergence_error"] + parts["start_error"]
-            return refinement.Outcome(parts["value"], parts["integrator_error"], parts["converged"], other,
+            return refinement.Outcome(parts["value"], parts["integrator_error"], parts["trusted"], other,
                                       increments)
 
         pilot = default_schedule(self.process, refinement.PILOT_STEPS, self.t_start)
@@ -580,8 +657,12 @@ def _failed_part(rows: torch.Tensor, task: _Task) -> EnergyResult:
     count = torch.zeros(rows.shape[:1], dtype=torch.int64, device=rows.device)
     times = (task.schedule.to_torchdiffeq(dtype=rows.dtype).numpy() if task.schedule is not None
              else (np.empty(0),) * rows.shape[0])
-    return EnergyResult(nan, inf, inf, zero, zero, zero, no, nan, nan, no, count, count, count, count, task.method,
-                        task.divergence, times, torch.full_like(rows, math.nan), nan if task.closure else None)
+    return EnergyResult(value=nan, error=inf, integrator_error=inf, reference_error=zero, divergence_error=zero,
+                        start_error=zero, model_error=nan, converged=no, trusted=no, observed_ratio=nan, requested=nan,
+                        reached=no, n_steps=count, nfe_per_point=count, nfe_solve_per_point=count,
+                        n_vjp_per_point=count, nfe_model_per_point=count, method=task.method,
+                        divergence=task.divergence, times=times, x_T=torch.full_like(rows, math.nan),
+                        closure=nan if task.closure else None)
 
 
 def _assemble(parts: list[EnergyResult], failures: list[tuple[int, int, str]], batch_shape: torch.Size,
@@ -599,10 +680,13 @@ def _assemble(parts: list[EnergyResult], failures: list[tuple[int, int, str]], b
     return replace(ran, **rows, times=times, failures=tuple(failures))
 
 
-def _warn(result: EnergyResult, schedule: Schedule | None, task: _Task) -> None:
-    """The :class:`ConvergenceWarning` of untrusted bars, and under refinement of unmet requests."""
+def _warn(result: EnergyResult, schedule: Schedule | None, task: _Task) -> tuple[str, ...]:
+    """The :class:`ConvergenceWarning` of untrusted bars, under refinement of unmet requests, and
+    of the model error (unknown, or above the request); the flags of the conditions met."""
     ran = ~torch.isnan(result.value)
-    n_bad = int((~result.converged & ran).sum())
+    n_bad = int((~result.trusted & ran).sum())
+    short = (result.error > result.requested) & ran
+    flags = [name for name, hit in (("untrusted", n_bad > 0), ("unreached", bool(short.any()))) if hit]
     where = f"on {schedule!r}" if schedule is not None else "after refinement"
     if n_bad:
         warnings.warn(
@@ -611,7 +695,6 @@ def _warn(result: EnergyResult, schedule: Schedule | None, task: _Task) -> None:
             "asymptotic and its differences do not shrink (observed ratio < 2); refine the schedule (more steps)",
             ConvergenceWarning, stacklevel=3,
         )
-    short = ~result.reached & ran
     if schedule is None and bool(short.any()):
         irreducible = (result.reference_error + result.divergence_error + result.start_error) > result.requested
         causes = []
@@ -627,6 +710,20 @@ def _warn(result: EnergyResult, schedule: Schedule | None, task: _Task) -> None:
             + "; ".join(causes),
             ConvergenceWarning, stacklevel=3,
         )
+    kind = source_kind(task.score)
+    if kind == "single":
+        warn_model_unknown("energy")
+        flags.append(MODEL_UNKNOWN)
+    spread = (result.model_error > result.requested) & ran
+    if kind == "ensemble" and not task.members:
+        flags.append("model_skipped")
+    elif kind == "ensemble" and bool(spread.any()):
+        warnings.warn(f"energy: {MODEL_SPREAD}: at {int(spread.sum())} of {result.value.numel()} points the "
+                      f"ensemble's members disagree by more than the request (model error up to "
+                      f"{float(result.model_error[spread].max()):.3g} nats): those energies are not converged",
+                      ConvergenceWarning, stacklevel=3)
+        flags.append(MODEL_SPREAD)
+    return tuple(flags)
 
 
 def _closure(score: Score, x: torch.Tensor, t: float) -> torch.Tensor:

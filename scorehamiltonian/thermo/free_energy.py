@@ -27,6 +27,18 @@ Estimators (:func:`free_energy_difference`):
 - "mbar": MBAR (pymbar) on the ensembles of every state of the ladder.
 - "zwanzig": exponential averaging (pymbar) of W over p_0: Delta F = -log <e^{-W}>_0.
 
+Model error (the rule of :mod:`.model_error`). An end state with ``members`` (a
+:class:`~scorehamiltonian.score.ensemble.ScoreEnsemble`, a :class:`ScoreEnergy` of one, or any
+energy callable carrying its members' energies) is an ensemble: the estimate is run with the
+ensemble's own energy (the mean score's; its energies skip their own members' readouts) and
+again with each member in its place (both ends' k-th members when both are ensembles, of
+equal K), every run from the same seed; ``model_error`` is the members' standard deviation
+of Delta F. Cost: K + 1 estimates. An exact end state (a callable, a mixture, an analytic
+score) has none; a learned end state that is a single model makes it NaN, flagged
+``model_unknown`` and never converged. ``total_error`` = error + systematic_error +
+model_error (standard error, bound and one standard deviation of the members, added);
+``atol`` asks for total_error <= atol.
+
 Samples of an end state come from its exact sampler (mixtures), from ``samples_0`` /
 ``samples_1``, or else from MALA chains started from the other end state's samples.
 Lambda-schedules (:func:`lambda_schedule`): uniform, "thermodynamic" (equal increments of the
@@ -43,20 +55,24 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from ..common.errors import SamplesRequiredError
+from ..common.seeds import draw_seed
+from ..score.interface import Score
 from ..spectral.solution import ConvergenceWarning
 from .lambda_schedules import LambdaSchedule, checked_lambdas
+from .model_error import MODEL_SPREAD, member_spread, source_kind, warn_model_unknown
 from .path import (
     TARGET_ACCEPTANCE,
     Ensemble,
     LinearPath,
     Sampling,
+    ScoreEnergy,
     ensemble,
     langevin_step,
     mala,
@@ -99,9 +115,12 @@ class FreeEnergyResult:
     """Delta F = F_1 - F_0 = -log(Z_1 / Z_0) in k_B T, with its standard error and diagnostics.
 
     value, error : the estimate and its standard error (statistical only).
+    model_error : the members' spread of Delta F (module docstring, Model error): 0 between
+        exact end states, NaN with a single learned model.
     systematic_error : a bound from the end-state energies' own errors (ScoreEnergy: the
         largest reported PF-ODE error of each state, summed; 0 for exact energies).
-    method : the estimator; converged : False when a check failed (a warning was issued);
+    method : the estimator; converged : False when a check failed (a warning was issued),
+        the model error is unknown, or total_error exceeds ``atol``;
         ``flags`` names each failed check. Every estimator checks that value and error are
         finite and that each state has at least ``MIN_STATE_SAMPLES`` samples; BAR and MBAR
         that neighbouring states overlap (``overlap`` >= ``MIN_OVERLAP``); AIS and Zwanzig
@@ -150,6 +169,12 @@ class FreeEnergyResult:
     pareto_k: float | None = None
     reverse_value: float | None = None
     flags: tuple[str, ...] = ()
+    model_error: float = 0.0
+
+    @property
+    def total_error(self) -> float:
+        """error + systematic_error + model_error (k_B T): the whole interval's half-width."""
+        return self.error + self.systematic_error + self.model_error
 
 
 def _verdict(method: str, value: float, error: float, n_per_state: int, checks: list[str | None]) -> tuple[str, ...]:
@@ -476,6 +501,7 @@ def free_energy_difference(
     n_mcmc: int = 200,
     step_size: float | None = None,
     generator: torch.Generator | None = None,
+    atol: float | None = None,
 ) -> FreeEnergyResult:
     """Delta F = F_1 - F_0 = -log(Z_1 / Z_0) in k_B T between p_i proportional to exp(-U_i).
 
@@ -498,7 +524,67 @@ def free_energy_difference(
         AIS tunes one step per level the same way on a separate pilot population of 256
         (toward acceptance 0.9 for ULA moves).
     generator : a seeded torch.Generator for every random draw (default: seed 0).
+    atol : the accuracy asked of the whole interval (k_B T; None: none): total_error above it
+        is flagged and warned. Ensembles as end states: module docstring, Model error.
     """
+    options = {"method": method, "n_samples": n_samples, "samples_0": samples_0, "samples_1": samples_1,
+               "lambdas": lambdas, "n_nodes": n_nodes, "move": move, "n_moves": n_moves, "n_mcmc": n_mcmc,
+               "step_size": step_size}
+    kinds = (source_kind(U_0), source_kind(U_1))
+    if "ensemble" not in kinds:
+        result, model_error, flags = _estimate(U_0, U_1, generator=generator, **options), 0.0, []
+        if "single" in kinds:
+            model_error, flags = math.nan, [warn_model_unknown("free_energy_difference")]
+        warned = len(flags)
+    else:
+        warned = 0
+        seed = 0 if generator is None else draw_seed(generator)
+        ends = [_members(U) if kind == "ensemble" else None for U, kind in zip((U_0, U_1), kinds)]
+        sizes = {len(e) for e in ends if e is not None}
+        if len(sizes) > 1:
+            raise ValueError(f"both end states are ensembles, of different sizes {sorted(sizes)}: their members pair by index")
+        result = _estimate(*(_without_members(U) if kind == "ensemble" else U for U, kind in zip((U_0, U_1), kinds)),
+                           generator=torch.Generator().manual_seed(seed), **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runs = [_estimate(*(U if e is None else e[k] for U, e in zip((U_0, U_1), ends)),
+                              generator=torch.Generator().manual_seed(seed), **options) for k in range(sizes.pop())]
+        model_error, flags = float(member_spread([r.value for r in runs])), []
+        failed = [k for k, r in enumerate(runs) if not r.converged]
+        if failed:
+            flags.append(f"{MODEL_SPREAD}: the estimates of members {failed} are not converged, so their spread is not "
+                         "a trusted model error")
+    total = result.error + result.systematic_error + model_error
+    if atol is not None and not total <= float(atol):
+        flags.append(f"the total error {total:.3g} (statistical {result.error:.3g}, systematic "
+                     f"{result.systematic_error:.3g}, model {model_error:.3g}) exceeds atol = {float(atol):g}")
+    for flag in flags[warned:]:
+        warnings.warn(f"free_energy_difference({method!r}) is not converged: {flag}", ConvergenceWarning, stacklevel=2)
+    return replace(result, model_error=model_error, flags=result.flags + tuple(flags),
+                   converged=result.converged and not flags)
+
+
+def _members(U: Any) -> list[Any]:
+    """The members of an ensemble end state, as end states (a ScoreEnergy's with its settings)."""
+    if isinstance(U, ScoreEnergy):
+        return [ScoreEnergy(m, U.schedule, **U.energy_kwargs) for m in U.score.members]
+    return list(U.members)
+
+
+def _without_members(U: Any) -> Any:
+    """An ensemble end state whose energies skip their own members' readouts (a score's
+    ScoreEnergy with ``model_error=False``); other ensembles as they are."""
+    if isinstance(U, ScoreEnergy):
+        return ScoreEnergy(U.score, U.schedule, **{**U.energy_kwargs, "model_error": False})
+    if isinstance(U, Score):
+        return ScoreEnergy(U, model_error=False)
+    return U
+
+
+def _estimate(U_0: Any, U_1: Any, method: str, n_samples: int, samples_0: Any, samples_1: Any, lambdas: Any,
+              n_nodes: int, move: str, n_moves: int, n_mcmc: int, step_size: float | None,
+              generator: torch.Generator | None) -> FreeEnergyResult:
+    """One estimate of Delta F by ``method`` (:func:`free_energy_difference`, without the model error)."""
     path, pools, sampling = setup_path(U_0, U_1, samples_0, samples_1, int(n_samples), n_mcmc, step_size, generator)
     n = int(n_samples)
     if isinstance(lambdas, LambdaSchedule):

@@ -20,7 +20,7 @@ import torch
 from ..common.validation import check_points
 from ..score.interface import Score, as_score
 
-__all__ = ["LineEnergyResult", "line_energy"]
+__all__ = ["LineEnergyResult", "ReadoutDisagreement", "line_energy", "readout_disagreement"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +123,45 @@ def line_energy(
     closure = fine.amax(-1) - fine.amin(-1)
     nfe = bulges.shape[0] * (int(n_nodes) + int(n_nodes) // 2)
     return LineEnergyResult(fine.mean(-1), quadrature + closure, closure, quadrature, fine, nfe)
+
+
+@dataclass(frozen=True)
+class ReadoutDisagreement:
+    """How far two readouts of the same energies that use the score differently disagree.
+
+    value : (n,) |(E(x) - E(x_a)) + (log p_t(x) - log p_t(x_a))| (nats): E the probability-flow
+        energies given (the score over every time, along trajectories), the second term the
+        straight line integral of s_t from the anchor x_a to x (the score at one small time,
+        in space); 0 at the anchor. Both readouts are exact for a true score.
+    numerical : (n,) the part of it that their numerical errors can explain (error of E at x
+        and at x_a plus the line integral's error).
+    anchor : the index of the anchor (the lowest energy among the points).
+    """
+
+    value: torch.Tensor
+    numerical: torch.Tensor
+    anchor: int
+
+
+def readout_disagreement(score: Any, x: Any, energies: Any, t: float, errors: Any = None,
+                         n_nodes: int = 32) -> ReadoutDisagreement:
+    """The disagreement between probability-flow energies ``energies`` (n,) of points x (n, d)
+    (with their ``errors``, default 0) and line integrals of the score at time t (the energies'
+    start time, small) from the lowest-energy point (:class:`ReadoutDisagreement`): a check
+    that needs no truth and is not empty in 1D (unlike the cycle closure). Cost: 3 n_nodes
+    score evaluations per point (:func:`line_energy` with two paths, its error estimate included)."""
+    score = as_score(score)
+    x = check_points(x, score.dim)
+    x = x.reshape(-1, x.shape[-1])
+    values = torch.as_tensor(energies, dtype=x.dtype, device=x.device).reshape(-1)
+    errors = torch.zeros_like(values) if errors is None else torch.as_tensor(errors, dtype=x.dtype).reshape(-1)
+    if values.shape[0] != x.shape[0] or errors.shape != values.shape:
+        raise ValueError(f"energies and errors need one value per point: {x.shape[0]} points, "
+                         f"{values.shape[0]} energies, {errors.shape[0]} errors")
+    anchor = int(torch.argmin(values))
+    line = line_energy(score, x[anchor].expand_as(x), x, t=t, paths=2, n_nodes=n_nodes)
+    straight = line.per_path[:, 0]
+    value = ((values - values[anchor]) + straight).abs()
+    numerical = errors + errors[anchor] + line.quadrature_error
+    value[anchor], numerical[anchor] = 0.0, 0.0
+    return ReadoutDisagreement(value, numerical, anchor)

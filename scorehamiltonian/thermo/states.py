@@ -16,9 +16,13 @@ node dropped (the trapezoid rule's error on smooth integrands is O(h^2), so this
 it about three-fold), plus the mass the grid may put on the wrong side of the state's
 boundaries (half the larger node mass of each pair of neighbours in different states: an O(h)
 term that the refinement difference can miss by alignment) and the box's missing mass, each
-relative to P(A); ``model`` for a
+relative to P(A); ``model_error`` (the rule of :mod:`.model_error`) for a
 :class:`~scorehamiltonian.score.ensemble.ScoreEnsemble`, the members' standard deviation of F_A
-(each member's own log-density on the grid, the same states); ``total`` their sum. With
+(each member's own log-density on the grid, the same states: K more least-squares potentials
+on the fine grid, K member evaluations per node), 0 for an exact or analytic source and an
+energy callable, NaN for a single learned model (flagged ``model_unknown``, never converged);
+``total_error`` their sum (a bound plus one standard deviation of the members). With ``atol``
+(k_B T) a state whose total error exceeds it is flagged. With
 ``samples`` of the density (data), the sample-count estimate F_A = -log(n_A / n) and its
 delta-method standard error sqrt((1 - P) / (n P)) are reported beside it.
 """
@@ -26,6 +30,7 @@ delta-method standard error sqrt((1 - P) / (n P)) are reported beside it.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,10 +40,11 @@ import torch
 
 from ..common.errors import InputShapeError
 from ..sampling.grid_model import ascent_labels
-from ..score.ensemble import ScoreEnsemble
 from ..score.interface import Score
 from ..spectral.grid import Grid, box_from_samples
 from ..spectral.operator import log_density_on_grid
+from ..spectral.solution import ConvergenceWarning
+from .model_error import MODEL_SPREAD, member_spread, source_kind, warn_model_unknown
 
 __all__ = ["StateFreeEnergies", "state_free_energies"]
 
@@ -55,20 +61,22 @@ class StateFreeEnergies:
     """Free energies of states (module docstring), in k_B T, each with its errors.
 
     names : the states; free_energy, probability : F_A and P(A) (the grid's quadrature);
-    numerical, model, total : the errors of F_A (model None without an ensemble);
+    numerical, model_error, total_error : the errors of F_A (module docstring; model_error 0
+    for an exact source, NaN for a single learned model);
     sample_free_energy, sample_stderr : -log(n_A / n) and its standard error (None without
     samples); minima : (K, d) the lowest-energy node of each state; grid : the grid;
     labels : (N,) each node's state (-1 outside every given state); box_mass : the mass on
     the box's outermost nodes (a box that cuts the density raises it above 1e-6: then the
-    values are flagged); flags : what is not to be trusted, in words; converged : no flag.
+    values are flagged); flags : what is not to be trusted, in words (a model-error flag starts
+    with its name, "model_unknown" or "model_spread"); converged : no flag.
     """
 
     names: tuple[str, ...]
     free_energy: np.ndarray
     probability: np.ndarray
     numerical: np.ndarray
-    model: np.ndarray | None
-    total: np.ndarray
+    model_error: np.ndarray
+    total_error: np.ndarray
     sample_free_energy: np.ndarray | None
     sample_stderr: np.ndarray | None
     minima: np.ndarray
@@ -83,7 +91,7 @@ class StateFreeEnergies:
 
     def difference(self, a: int, b: int) -> tuple[float, float]:
         """Delta F = F_b - F_a and its total error (the sum of both states' errors)."""
-        return float(self.free_energy[b] - self.free_energy[a]), float(self.total[a] + self.total[b])
+        return float(self.free_energy[b] - self.free_energy[a]), float(self.total_error[a] + self.total_error[b])
 
 
 def state_free_energies(
@@ -95,6 +103,7 @@ def state_free_energies(
     t: float | None = None,
     n: int | Sequence[int] | None = None,
     persistence: float = DEFAULT_PERSISTENCE,
+    atol: float | None = None,
 ) -> StateFreeEnergies:
     """Free energies of states of the density of ``source`` by quadrature on a grid (d <= 3).
 
@@ -108,7 +117,8 @@ def state_free_energies(
     box : the quadrature box (default: from ``samples``; required without them). samples :
         (m, d) samples of the density, for the box and the sample-count estimate. n : nodes
         per axis (default 4097, 401, 81 in 1D, 2D, 3D; an even count is raised by one, so that
-        every other node is the coarse grid's).
+        every other node is the coarse grid's). atol : the accuracy asked of every F_A (k_B T;
+        None: none); a total error above it is flagged, and warned (ConvergenceWarning).
     """
     x = None if samples is None else torch.as_tensor(samples, dtype=torch.float64)
     if box is None:
@@ -134,16 +144,25 @@ def state_free_energies(
     shell = torch.from_numpy(grid.boundary_shell(1).numpy())
     box_mass = float(np.exp(log_p[shell.numpy()] - _logsumexp(log_p)).sum())
     numerical = numerical + (_boundary_mass(grid, log_p, labels, len(names)) + box_mass) / np.maximum(prob, 1e-300)
-    model = None
-    if isinstance(source, ScoreEnsemble):
-        members = np.array([_free_energies(_log_density(m, grid, t, source), labels, len(names))[0]
-                            for m in source.members])
-        model = members.std(0, ddof=1)
-    total = numerical + (model if model is not None else 0.0)
+    kind, flags = source_kind(source), []
+    if kind == "ensemble":
+        model = member_spread([_free_energies(_log_density(m, grid, t, source), labels, len(names))[0]
+                               for m in source.members])
+    else:
+        model = np.full(len(names), 0.0 if kind == "exact" else math.nan)
+    if kind == "single":
+        flags.append(warn_model_unknown("state_free_energies"))
+    total = numerical + model
     sample_free = sample_err = None
     if x is not None:
         sample_free, sample_err = _counts(x, grid, labels, len(names))
-    flags = []
+    if atol is not None:
+        for name, part in ((MODEL_SPREAD, model), ("numerical", numerical)):
+            over = [names[k] for k in np.flatnonzero(part > float(atol))]
+            if over:
+                flags.append(f"{name}: the {'ensemble spread' if name == MODEL_SPREAD else 'numerical error'} of "
+                             f"{', '.join(over)} exceeds atol = {float(atol):g} k_B T (largest {float(part.max()):.3g})")
+                warnings.warn(f"state_free_energies: {flags[-1]}", ConvergenceWarning, stacklevel=2)
     if box_mass > 1e-6:
         flags.append(f"the box cuts the density: mass {box_mass:.2g} on its outermost nodes; widen it")
     if np.any(prob <= 0):
@@ -159,8 +178,8 @@ def state_free_energies(
 
     return StateFreeEnergies(
         names=tuple(names[i] if states is not None else f"basin {k}" for k, i in enumerate(order)),
-        free_energy=free[order], probability=prob[order], numerical=numerical[order], model=take(model),
-        total=total[order], sample_free_energy=take(sample_free), sample_stderr=take(sample_err),
+        free_energy=free[order], probability=prob[order], numerical=numerical[order],
+        model_error=model[order], total_error=total[order], sample_free_energy=take(sample_free), sample_stderr=take(sample_err),
         minima=minima[order], grid=grid, labels=labels, box_mass=box_mass, flags=tuple(flags),
     )
 

@@ -91,5 +91,5 @@ def test_shallow_basins_merge_and_an_ensemble_reports_its_spread():
     fields = [as_score(lambda y, s, m=m: m(y, s), process=OU(), dim=1) for m in members]
     result = state_free_energies(ScoreEnsemble(fields), box=box, t=1e-3)
     spread = np.std([[-math.log(1 - w), -math.log(w)] for w in (0.2, 0.25)], axis=0, ddof=1)
-    np.testing.assert_allclose(result.model, spread, rtol=2e-3)
-    assert np.all(result.total >= result.model)
+    np.testing.assert_allclose(result.model_error, spread, rtol=2e-3)
+    assert np.all(result.total_error >= result.model_error)
