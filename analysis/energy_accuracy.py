@@ -57,7 +57,7 @@ def _figures(res, truth: torch.Tensor, caught: list) -> dict[str, Any]:
     err = (res.value - truth).abs()
     return {"max_error": float(err.max()), "median_bar_over_true": float((res.error / err).median()),
             "coverage": float((err <= res.error).double().mean()),
-            "trusted": float(res.converged.double().mean()), "reached": float(res.reached.double().mean()),
+            "trusted": float(res.trusted.double().mean()), "reached": float(res.reached.double().mean()),
             "nfe": float(res.nfe_per_point.double().mean()), "nfe_solve": float(res.nfe_solve_per_point.double().mean()),
             "warnings": [str(w.message)[:160] for w in caught]}
 

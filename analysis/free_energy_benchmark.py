@@ -90,14 +90,14 @@ def energy_table(quick: bool) -> list[dict[str, Any]]:
                          "N": None, "nfe_value": None, "nfe_total": ref.nfe, "max_error": err,
                          "max_reported": float(ref.error.max()),
                          "covered": bool(((ref.value - exact).abs() <= ref.error).all()),
-                         "converged": float(ref.converged.double().mean())})
+                         "converged": float(ref.trusted.double().mean())})
             refined = energy(score, process, x, atol=TARGET_NATS)
             rows.append({"mixture": mix_name, "process": type(process).__name__, "schedule": "refined (atol 1e-3)",
                          "N": int(refined.n_steps.max()), "nfe_value": refined.nfe_solve, "nfe_total": refined.nfe,
                          "max_error": float((refined.value - exact).abs().max()),
                          "max_reported": float(refined.error.max()),
                          "covered": bool(((refined.value - exact).abs() <= refined.error).all()),
-                         "converged": float(refined.converged.double().mean())})
+                         "converged": float(refined.trusted.double().mean())})
     return rows
 
 
@@ -112,7 +112,7 @@ def _steps_needed(score, process, x, exact, name, profile, mix_name, quick) -> d
             covered = bool(((res.value - exact).abs() <= res.error).all())
             return {**row, "N": n, "nfe_value": 4 * n, "nfe_total": res.nfe, "max_error": err,
                     "max_reported": float(res.error.max()), "covered": covered,
-                    "converged": float(res.converged.double().mean())}
+                    "converged": float(res.trusted.double().mean())}
     return {**row, "N": None, "nfe_value": None, "nfe_total": None, "max_error": err,
             "max_reported": float(res.error.max()), "covered": None, "converged": None}
 

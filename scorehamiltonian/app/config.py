@@ -28,6 +28,7 @@ from typing import Any
 import jsonschema
 
 from ..common.errors import ConfigError
+from ..sampling.solvers import ODE_SOLVERS
 from ..score.examples import EXAMPLES, example
 from ..score.processes import PROCESS_NAMES
 from ..score.systems import DATA_SETS, SYSTEMS, system
@@ -40,6 +41,8 @@ MODEL_KINDS: dict[str, tuple[str, ...]] = {
     "exact": (), "mlp": (), "file": ("path",), "torchscript": ("path",), "module": ("factory", "weights"),
     "diffusers": ("path",), "k-diffusion": ("factory", "weights", "sigma_min", "sigma_max"),
 }
+#: The solvers ``schedules.sampler`` may name (design_steps designs for the ODE solvers).
+STEP_SOLVERS = tuple(name for name in ODE_SOLVERS if name != "euler-t")
 #: Fields that name files (or, for diffusers, folders), resolved against the configuration's folder.
 _PATHS = (("model", "path"), ("model", "weights"), ("model", "scheduler"), ("model", "data"), ("reference", "samples"))
 
@@ -116,6 +119,9 @@ CONFIG_SCHEMA: dict[str, Any] = _section({
                      "default": ["log-uniform", "cosine", "edm", "thermodynamic", "adiabatic-A/gap"]},
         "design": {"type": "boolean", "default": True},
         "design_max_time": _number(60.0, 0, exclusive=True),
+        "sampler": {"enum": ["langevin", *STEP_SOLVERS], "default": "langevin",
+                    "description": "a solver: also its step schedules at nfe evaluations (baselines and design_steps)"},
+        "nfe": _integer(20, minimum=2),
     }),
     "energy": _section({
         "n_points": _integer(24),

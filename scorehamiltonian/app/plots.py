@@ -108,11 +108,11 @@ def bounds(judged: list[dict[str, Any]]) -> Any:
 
 
 def energy(result: dict[str, Any], learned: bool) -> Any:
-    """PF-ODE energy against the exact -log p_0 (with the reported error bars), or their
+    """PF-ODE energy against the exact -log p_0 (error bars: numerical + model error), or their
     histogram where the reference has no log-density."""
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     value = np.asarray(result["value"], dtype=float)
-    error = np.asarray(result["error"], dtype=float)
+    error = np.asarray(result["error"], dtype=float) + np.nan_to_num(np.asarray(result["model_error"], dtype=float))
     points = np.asarray(result["points"], dtype=float)
     label = "learned score, PF-ODE" if learned else "exact score, PF-ODE"
     if result["exact"] is None:

@@ -136,6 +136,12 @@ def build_report(config: dict[str, Any], progress: bool = True,
     judged = sections.schedule_section(score, reference, profile, config)
     seconds["schedules"] = time.perf_counter() - start
     note(f"schedules: {len(judged)} judged by {judged[0]['judge']}")
+    steps = None
+    if config["schedules"]["sampler"] != "langevin":
+        steps = sections.solver_section(score, reference, config)
+        seconds["schedules"] = time.perf_counter() - start
+        note(f"step schedules: {len(steps['rows'])} for {steps['solver']} at {steps['nfe']} evaluations, judged by "
+             f"{steps['judge']}")
 
     start = time.perf_counter()
     energies = sections.energy_section(score, reference, config)
@@ -158,7 +164,8 @@ def build_report(config: dict[str, Any], progress: bool = True,
                                  "route": profile.settings["route"],
                                  "failures": [list(f) for f in profile.failures]},
                      "eigenpairs": [n for n, _ in pairs]},
-        "schedules": judged, "energy": energies, "free_energy": free, "audit": audit, "seconds": seconds,
+        "schedules": judged, "solver_schedules": steps, "energy": energies, "free_energy": free, "audit": audit,
+        "seconds": seconds,
     })
     arrays = {"profile": profile, "eigenpairs": [a for _, a in pairs], "schedules": judged, "energy": energies,
               "dim": model["dim"], "learned": model["kind"] != "exact"}
@@ -193,17 +200,21 @@ def _summary(numbers: dict[str, Any]) -> str:
         lines += ["| schedule | predicted final TV | stderr | reliable |", "|---|---|---|---|"]
         lines += [f"| {s['name']} | {_cell(s['tv'])} | {_cell(s['judge_error'])} | {s['judge_converged']} |"
                   for s in schedules]
+    lines += _solver_lines(numbers.get("solver_schedules"))
     e, f = numbers["energy"], numbers["free_energy"]
     against = ("no exact log-density in the reference" if e["exact"] is None else
                f"max |E - E_exact| = {_cell(e['max_abs_error'])}"
                + ("" if e["normalised"] else " (up to a constant), Spearman " + _cell(e.get("spearman"))))
     free = (f"Delta F: skipped ({f['skipped']})." if "skipped" in f else
             f"Delta F ({f['method']}; {f['end_states']}) = {_cell(f['value'])} +- {_cell(f['error'])} "
-            f"(exact {_cell(f['exact'])}, converged {f['converged']}).")
+            f"(statistical) +- {_cell(f['model_error'])} (model) (exact {_cell(f['exact'])}, converged "
+            f"{f['converged']}{'; ' + ', '.join(f['flags']) if f['flags'] else ''}).")
     lines += ["", "## Energies", "",
               (f"-log p_0 by the PF-ODE ({e['method']}, {e['n_steps']} steps, {e['nfe']} score evaluations) at "
                f"{len(e['value'])} samples of p_0: {against}, "
-               f"largest reported error {_cell(max(v for v in e['error'] if v is not None))}."), "",
+               f"largest numerical error {_cell(max(v for v in e['error'] if v is not None))}, "
+               f"largest model error {_cell(_largest(e['model_error']))}"
+               f"{' (flags: ' + ', '.join(e['flags']) + ')' if e['flags'] else ''}."), "",
               free, "", "## Score audit", "",
               ("| t | curl ratio | error | rms abs(s) | non-finite | Fokker-Planck residual (relative) | "
                "relative score error |"), "|---|---|---|---|---|---|---|"]
@@ -226,6 +237,27 @@ def _summary(numbers: dict[str, Any]) -> str:
               ("- `energy.png`: the PF-ODE energy against the exact -log p_0 (or its histogram over samples of "
                "the data where the reference has no log-density).")]
     return "\n".join(lines) + "\n"
+
+
+def _solver_lines(steps: dict[str, Any] | None) -> list[str]:
+    """The summary's table of step schedules for a solver (none when the sampler is Langevin)."""
+    if steps is None:
+        return []
+    metric = "TV" if steps["judge"] == "exact law" else "sliced W1"
+    lines = ["", (f"## Step schedules for {steps['solver']} at {steps['nfe']} score evaluations (judged by "
+                 f"{steps['judge']})"), "", f"| schedule | {metric} | error | NFE |", "|---|---|---|---|"]
+    lines += [f"| {r['name']} | {_cell(r['value'])} | {_cell(r['error'])} | {r['nfe']} |" for r in steps["rows"]]
+    d = steps["design"]
+    if d is not None:
+        lines += ["", f"Designed by design_steps ({d['metric']}, from {d['start']}, {_cell(d['seconds'])} s, converged "
+                      f"{d['converged']})" + (": " + "; ".join(d["notes"]) if d["notes"] else "") + "."]
+    return lines
+
+
+def _largest(values: list[float | None]) -> float | None:
+    """The largest of the finite values (None when there is none: a single model's unknown error)."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return max(finite) if finite else None
 
 
 def _cell(value: Any) -> str:

@@ -6,10 +6,14 @@
    slowest Ritz function at samples of p_t, against their two leading principal coordinates);
 2. schedules: the named baselines and a designed schedule, judged by exact propagation with
    their tracking bounds where the reference is a Gaussian mixture in d <= 2, else by the
-   reduced model in the lowest Ritz modes (a prediction, labelled as such);
-3. energies: -log p_0 by the probability-flow ODE at samples of the data, against the exact
-   value where the reference has a log-density (up to a constant where it is not
-   normalised), and one free-energy difference with a closed form (d <= 3);
+   reduced model in the lowest Ritz modes (a prediction, labelled as such); with a solver
+   (``schedules.sampler``), also its step schedules at ``schedules.nfe`` evaluations: the
+   baselines of the papers and :func:`design_steps`, judged by the solver's exact law for a
+   mixture in d <= 2, else by the sliced Wasserstein distance of its samples to the reference's;
+3. energies: -log p_0 by the probability-flow ODE at samples of the data, with numerical and
+   model errors (an ensemble's spread), against the exact value where the reference has a
+   log-density (up to a constant where it is not normalised), and one free-energy difference
+   with a closed form (d <= 3);
 4. audit: finiteness, scale, curl of the score's Jacobian, the Fokker-Planck residual of the
    score family (differentiable scores), and the error against the exact score where the
    reference has one.
@@ -20,17 +24,23 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import replace
 from typing import Any
 
 import torch
 from scipy.stats import spearmanr
 
 from ..common.errors import NotDifferentiableError
+from ..sampling.baselines import PROCESS_BASELINES, baseline_schedule
 from ..sampling.bounds import tracking_bound
 from ..sampling.designer import design_schedule
+from ..sampling.judges import judge_solver
 from ..sampling.propagation import propagate_exact
 from ..sampling.reduced import reduced_prediction
+from ..sampling.sample_judges import sliced_wasserstein
 from ..sampling.schedules import Schedule, standard_schedule
+from ..sampling.solvers import prior_samples, sample
+from ..sampling.steps import design_steps
 from ..score.audit import fokker_planck_residual, score_audit, score_error
 from ..score.interface import Score
 from ..score.potential import quantum_potential
@@ -46,7 +56,7 @@ from ..thermo.path import ScoreEnergy
 from .subjects import Reference
 
 __all__ = ["audit_section", "eigenpairs", "energy_section", "free_energy_section", "judge", "profile",
-           "schedule_section"]
+           "schedule_section", "solver_section"]
 
 #: Interior nodes per axis of the eigenfunction grids (1D, 2D).
 EIGEN_NODES = {1: 255, 2: 63}
@@ -54,6 +64,8 @@ EIGEN_NODES = {1: 255, 2: 63}
 N_SAMPLES = 4000
 #: The free-energy difference runs in d <= this (its PF-ODE energies of thousands of samples).
 MAX_FREE_ENERGY_DIM = 3
+#: Samples behind the sliced Wasserstein judge of solver schedules (no exact law).
+N_SOLVER_SAMPLES = 2000
 #: Points of the Fokker-Planck residual in the audit (about 3 d backward passes each).
 FOKKER_PLANCK_POINTS = 200
 
@@ -172,6 +184,44 @@ def judge(score: Score, reference: Reference, schedule: Schedule, config: dict[s
             "tv_bound": None, "chi2_bound": None, "flags": list(prediction.flags)}
 
 
+def solver_section(score: Score, reference: Reference, config: dict[str, Any]) -> dict[str, Any]:
+    """Step schedules of ``schedules.sampler`` at ``schedules.nfe`` score evaluations: every
+    process baseline and :func:`design_steps` (exact objective for a mixture in d <= 2, the
+    trajectory objective of the model otherwise), each judged (module docstring)."""
+    sch = config["schedules"]
+    solver, nfe = sch["sampler"], sch["nfe"]
+    exact_judge = reference.mixture is not None and reference.dim <= 2
+    source = reference.exact if exact_judge else score
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        schedules = [baseline_schedule(name, source, nfe, solver, sch["t_max"], sch["t_min"])
+                     for name in PROCESS_BASELINES]
+        design = None
+        if sch["design"]:
+            design = design_steps(source, None, nfe=nfe, solver=solver, t_max=sch["t_max"], t_min=sch["t_min"],
+                                  max_time=sch["design_max_time"], seed=config["seed"])
+            schedules.append(replace(design.schedule, name="designed"))
+        rows = [_judge_steps(score, reference, s, solver, exact_judge, config["seed"]) for s in schedules]
+    return {"solver": solver, "nfe": nfe, "judge": "exact law" if exact_judge else "sliced Wasserstein (samples)",
+            "rows": rows, "design": None if design is None else {
+                "metric": design.metric, "value": design.value, "error": design.error, "start": design.start,
+                "seconds": design.seconds, "converged": design.converged, "notes": list(design.notes)}}
+
+
+def _judge_steps(score: Score, reference: Reference, schedule: Schedule, solver: str, exact: bool,
+                 seed: int) -> dict[str, Any]:
+    row = {"name": schedule.name, "times": schedule.times}
+    if exact:
+        judged = judge_solver(reference.mixture, reference.process, schedule, solver)
+        return {**row, "value": judged.tv, "error": judged.error, "kl": judged.kl, "nfe": judged.nfe}
+    generator = torch.Generator().manual_seed(seed)
+    x0 = prior_samples(score.process, schedule.t_max, N_SOLVER_SAMPLES, reference.dim, generator)
+    with torch.no_grad():
+        run = sample(solver, score, x0, schedule, generator=generator)
+    distance = sliced_wasserstein(run.x, reference.sample(N_SOLVER_SAMPLES, schedule.t_min, generator), seed=seed)
+    return {**row, "value": distance.value, "error": distance.error, "kl": None, "nfe": run.nfe}
+
+
 # --------------------------------------------------------------------------- 3. energies
 
 
@@ -185,7 +235,8 @@ def energy_section(score: Score, reference: Reference, config: dict[str, Any]) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = energy(score, score.process, x, method=cfg["method"], n_steps=cfg["n_steps"])
-    out = {"points": x, "value": res.value, "error": res.error, "nfe": res.nfe, "method": cfg["method"],
+    out = {"points": x, "value": res.value, "error": res.error, "model_error": res.model_error,
+           "total_error": res.total_error, "flags": list(res.flags), "nfe": res.nfe, "method": cfg["method"],
            "n_steps": cfg["n_steps"], "exact": None, "max_abs_error": None, "normalised": reference.normalised}
     if reference.log_density is not None:
         exact = -reference.log_density(x).detach()
@@ -224,6 +275,7 @@ def free_energy_section(score: Score, reference: Reference, config: dict[str, An
         res = free_energy_difference(U_0, gaussian, method=cfg["free_energy_method"], n_samples=n,
                                      samples_0=samples_0, samples_1=samples_1, generator=generator)
     return {"method": res.method, "value": res.value, "error": res.error, "systematic_error": res.systematic_error,
+            "model_error": res.model_error, "total_error": res.total_error,
             "exact": -0.5 * d * math.log(2 * math.pi * v), "converged": bool(res.converged), "ess": res.ess,
             "overlap": res.overlap, "flags": list(res.flags), "n_energy_evaluations": res.n_energy_evaluations,
             "end_states": f"U_0 = -log p_0 ({'exact' if exact else 'PF-ODE energy'}), "

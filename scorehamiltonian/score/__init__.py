@@ -35,7 +35,7 @@ from .adapters import (
     load_module,
     load_torchscript,
 )
-from .audit import ScoreAudit, ScoreError, score_audit, score_error
+from .audit import ScoreAudit, ScoreError, fokker_planck_residual, score_audit, score_error
 from .checkpoints import load_score, save_score
 from .derivatives import DivergenceResult, JacobianResult, divergence, jacobian
 from .ensemble import ScoreEnsemble, train_ensemble
@@ -100,6 +100,7 @@ __all__ = [
     "divergence",
     "example",
     "extrapolation_map",
+    "fokker_planck_residual",
     "from_diffusers",
     "from_k_diffusion",
     "gap_1d",

@@ -11,7 +11,7 @@ import pytest
 
 from scorehamiltonian.app.cli import main
 from scorehamiltonian.app.config import BUILTIN, builtin_config, load_config, validate_config
-from scorehamiltonian.app.report import FIGURES, REPORT_SCHEMA
+from scorehamiltonian.app.report import FIGURES, REPORT_SCHEMA, build_report
 from scorehamiltonian.common.errors import ConfigError
 from scorehamiltonian.score.systems import SYSTEMS
 
@@ -109,3 +109,18 @@ def test_config_defaults_and_paths(tmp_path):
     assert validate_config({"model": {"example": "bimodal"}}) == builtin_config("bimodal") | {"title": ""}
     with pytest.raises(ConfigError, match="unknown built-in"):
         builtin_config("nope")
+
+
+def test_a_solver_sampler_adds_its_step_schedules(tmp_path):
+    """[schedules] sampler = a solver: every process baseline and the designed steps, judged by the
+    solver's exact law, each at the requested NFE; the design is never worse than its start."""
+    config = builtin_config("asymmetric", small=True)
+    config["schedules"].update(sampler="dpmpp-2m", nfe=10, design_max_time=5.0)
+    config = validate_config(config)
+    numbers = build_report(config, progress=False).numbers
+    steps = numbers["solver_schedules"]
+    assert steps["judge"] == "exact law" and steps["solver"] == "dpmpp-2m"
+    rows = {r["name"]: r for r in steps["rows"]}
+    assert all(r["nfe"] == 10 for r in rows.values())
+    assert rows["designed"]["value"] <= rows[steps["design"]["start"]]["value"]
+    jsonschema.validate(numbers, REPORT_SCHEMA)
