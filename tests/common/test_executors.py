@@ -105,6 +105,7 @@ def test_a_full_disk_mid_sweep_loses_nothing(bimodal, tmp_path, monkeypatch):
     assert np.array_equal(resumed.gap[:2], partial.gap)
 
 
+@pytest.mark.slow  # 12 s: a dask cluster; the sweep test above covers dask in the default run
 def test_batched_energies_on_dask_match_the_serial_batches_bit_for_bit():
     """Energies in batches of rows on a dask LocalCluster equal the same batches run serially,
     to the last bit, Hutchinson probes included (seeded per batch from one generator draw);

@@ -77,7 +77,8 @@ def measured_peak(dim: int, n: int, k: int) -> int:
     return record["peak"]
 
 
-@pytest.mark.parametrize("dim, n, k", [(2, 383, 3), (2, 511, 1), (3, 63, 3)])
+@pytest.mark.parametrize("dim, n, k", [(2, 383, 3), pytest.param(2, 511, 1, marks=pytest.mark.slow),
+                                       pytest.param(3, 63, 3, marks=pytest.mark.slow)])
 def test_estimate_is_within_20_percent_of_the_measured_peak(dim, n, k):
     estimate = estimate_memory((n,) * dim, k, backend="numba").total
     peak = measured_peak(dim, n, k)

@@ -261,6 +261,7 @@ def test_bad_inputs_raise_clear_errors():
         ritz_gap(as_score(lambda y, t: -y, dim=2), 0.5)
 
 
+@pytest.mark.slow  # 17 s: trains the network basis
 def test_network_basis_follows_a_curved_slow_eigenfunction():
     """Four modes in 2D at t = 0.05: the slow eigenfunction separates the modes along a
     boundary no fixed basis holds well. The network basis (trained on the fit half with
