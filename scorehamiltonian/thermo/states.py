@@ -94,6 +94,11 @@ class StateFreeEnergies:
         return float(self.free_energy[b] - self.free_energy[a]), float(self.total_error[a] + self.total_error[b])
 
 
+#: The default accuracy asked of every state free energy (k_B T): a model or numerical error above
+#: it is flagged (without it, an ensemble 9 kT apart on Mueller-Brown read as converged).
+DEFAULT_ATOL = 0.1
+
+
 def state_free_energies(
     source: Score | Callable[[torch.Tensor], torch.Tensor],
     states: Sequence[Region] | None = None,
@@ -103,7 +108,7 @@ def state_free_energies(
     t: float | None = None,
     n: int | Sequence[int] | None = None,
     persistence: float = DEFAULT_PERSISTENCE,
-    atol: float | None = None,
+    atol: float | None = DEFAULT_ATOL,
 ) -> StateFreeEnergies:
     """Free energies of states of the density of ``source`` by quadrature on a grid (d <= 3).
 
@@ -117,8 +122,10 @@ def state_free_energies(
     box : the quadrature box (default: from ``samples``; required without them). samples :
         (m, d) samples of the density, for the box and the sample-count estimate. n : nodes
         per axis (default 4097, 401, 81 in 1D, 2D, 3D; an even count is raised by one, so that
-        every other node is the coarse grid's). atol : the accuracy asked of every F_A (k_B T;
-        None: none); a total error above it is flagged, and warned (ConvergenceWarning).
+        every other node is the coarse grid's). atol : the accuracy asked of every F_A (k_B T,
+        default :data:`DEFAULT_ATOL` = 0.1; None: none); a numerical or model error above it is
+        flagged and warned (ConvergenceWarning), so an ensemble whose members disagree by more
+        is never converged.
     """
     x = None if samples is None else torch.as_tensor(samples, dtype=torch.float64)
     if box is None:

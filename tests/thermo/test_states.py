@@ -11,7 +11,7 @@ import torch
 from scipy.optimize import brentq
 from scipy.special import ndtr
 
-from scorehamiltonian import OU, ExactScore, GaussianMixture, ScoreEnsemble, as_score
+from scorehamiltonian import OU, ConvergenceWarning, ExactScore, GaussianMixture, ScoreEnsemble, as_score
 from scorehamiltonian.common.errors import InputShapeError
 from scorehamiltonian.thermo.states import state_free_energies
 
@@ -93,3 +93,18 @@ def test_shallow_basins_merge_and_an_ensemble_reports_its_spread():
     spread = np.std([[-math.log(1 - w), -math.log(w)] for w in (0.2, 0.25)], axis=0, ddof=1)
     np.testing.assert_allclose(result.model_error, spread, rtol=2e-3)
     assert np.all(result.total_error >= result.model_error)
+
+
+def test_an_ensemble_whose_members_disagree_is_not_converged_by_default():
+    """Members with state probabilities 1/2 : 1/2 and 1/5 : 4/5 disagree by about 0.6 k_B T in each
+    F_A: above the default atol (0.1 k_B T) that is flagged and never converged; without atol the
+    numerics alone decide."""
+    members = [ExactScore(GaussianMixture(w, [-2.0, 2.0], [0.25, 0.25]), OU()) for w in ([0.5, 0.5], [0.2, 0.8])]
+    ensemble = ScoreEnsemble(members)
+    states = [((-6.0,), (-1e-9,)), ((1e-9,), (6.0,))]
+    with pytest.warns(ConvergenceWarning, match="ensemble spread"):
+        flagged = state_free_energies(ensemble, states, box=((-6.0,), (6.0,)), t=0.0)
+    assert not flagged.converged and any(f.startswith("model_spread") for f in flagged.flags)
+    exact = np.array([[math.log(2), math.log(2)], [math.log(5), math.log(5 / 4)]])
+    assert np.allclose(flagged.model_error, exact.std(0, ddof=1), rtol=1e-3)
+    assert state_free_energies(ensemble, states, box=((-6.0,), (6.0,)), t=0.0, atol=None).converged
