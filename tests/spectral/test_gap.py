@@ -21,6 +21,7 @@ from scorehamiltonian.spectral.gap import spectral_gap
 from scorehamiltonian.spectral.grid import box_from_mixture
 from scorehamiltonian.spectral.solution import ConvergenceWarning
 
+from ..networks import ScoreNetwork
 from ..reference import galerkin_levels
 from .quadrature import lambda1_1d
 
@@ -178,17 +179,6 @@ def test_three_dimensional_bar_is_tight(t):
     _tight(spectral_gap(ExactScore(four_mode_benchmark(3), OU()), t, rtol=1e-5), _four_mode_truth(t, 3), 1e-5)
 
 
-class _Network(torch.nn.Module):
-    """A learned score stand-in: a torch module returning an exact score (a fitted model to the toolkit)."""
-
-    def __init__(self, score):
-        super().__init__()
-        self.score = score
-
-    def forward(self, x, t):
-        return self.score(x, t)
-
-
 def test_model_error_follows_the_members_gaps():
     """An ensemble of three exact double wells (means and weights perturbed): the gap is the
     mean score's, and its model error, the members' gaps by Rayleigh-Ritz in the span of the
@@ -203,7 +193,7 @@ def test_model_error_follows_the_members_gaps():
         members = [ExactScore(GaussianMixture([w, 1 - w], [-m, m], [0.25, 0.25]), OU())
                    for w, m in zip(weights, means)]
         spread = float(torch.tensor([spectral_gap(m, t, rtol=1e-6).value for m in members]).std())
-        learned = ScoreEnsemble([as_score(_Network(m), process=OU(), dim=1) for m in members])
+        learned = ScoreEnsemble([as_score(ScoreNetwork(m), process=OU(), dim=1) for m in members])
         with pytest.warns(ConvergenceWarning, match="model: the ensemble's spread"):
             result = spectral_gap(learned, t, rtol=1e-6, box=(-7.0, 7.0))
         assert 1 / 1.5 <= result.model_error / spread <= 1.5, (result.model_error, spread)
@@ -216,7 +206,7 @@ def test_a_single_learned_model_cannot_be_converged():
     far off (the 17x learned gap reported as converged), so without an ensemble the model error
     is NaN and the result is not converged; an analytic score has model error 0."""
     score = ExactScore(GaussianMixture([0.5, 0.5], [-1.5, 1.5], [0.3, 0.3]), OU())
-    learned = as_score(_Network(score), process=OU(), dim=1)
+    learned = as_score(ScoreNetwork(score), process=OU(), dim=1)
     with pytest.warns(ConvergenceWarning, match="single learned model"):
         result = spectral_gap(learned, 0.2, rtol=1e-5, box=(-6.0, 6.0))
     assert math.isnan(result.model_error) and not result.converged

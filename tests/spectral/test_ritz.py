@@ -42,6 +42,7 @@ from scorehamiltonian.common.errors import SamplesRequiredError
 from scorehamiltonian.spectral.ritz import RitzResult, ritz_gap
 
 from ..conftest import random_mixture
+from ..networks import ScoreNetwork
 
 
 def sqra_spectrum(weights, means, variances, k=4, n=20001, width=10.0):
@@ -310,17 +311,6 @@ def test_the_model_form_measures_the_model_not_the_samples():
     assert abs(same.value - 1 / nu) < 1e-2 / nu + 4 * same.stderr
 
 
-class _Network(torch.nn.Module):
-    """A learned score stand-in: a torch module returning an exact score (a fitted model to the toolkit)."""
-
-    def __init__(self, score):
-        super().__init__()
-        self.score = score
-
-    def forward(self, x, t):
-        return self.score(x, t)
-
-
 def test_model_error_is_the_members_spread_of_the_quotient():
     """The fitted functions depend on the samples alone, so member k's quotient with the
     ensemble's f_1 is exactly the model-form value of ritz_gap run on member k with the same
@@ -329,7 +319,7 @@ def test_model_error_is_the_members_spread_of_the_quotient():
     t = 0.05
     data = GaussianMixture([1.0], [[0.0, 0.0]], [[1.0, 0.25]])
     samples = ExactScore(data, OU()).sample(8000, t, seeded(2))
-    members = [as_score(_Network(ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [[v, 0.25]]), OU())),
+    members = [as_score(ScoreNetwork(ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [[v, 0.25]]), OU())),
                         process=OU(), dim=2) for v in (0.8, 1.0, 1.3)]
     options = {"samples": samples, "basis": "polynomial", "degree": 1}
     with warnings.catch_warnings():
