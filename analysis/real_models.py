@@ -12,8 +12,10 @@ training rows, then
    global minimum x*:
    Spearman correlation with the exact energy, and the largest error of E(x) - E(x*) in k_B T
    (energies relative to the global minimum, so the unknown constant of a learned model drops);
-3. basin free energies (d <= 3: state_free_energies of the ensemble over the system's basins,
-   relative to the most probable basin) against the exact ones, with the reported total error;
+3. free energies of states relative to the first (Mueller-Brown: the basins A, B, C; many-well:
+   the number of shallow wells), by state_free_energies with the ensemble's own sampler and the
+   training data as the samples' check, against the exact ones, with the reported total error
+   and the data's count beside them;
 4. wall time of each part (training included; the machine is shared: noisy).
 Data sets (no density) give the learned gaps and the held-out energies' spread only.
 
@@ -39,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scorehamiltonian import OU, ritz_gap, spectral_gap, system, train_ensemble
-from scorehamiltonian.score.systems import DensitySystem, MuellerBrown
+from scorehamiltonian.score.systems import DensitySystem, ManyWell, MuellerBrown
 from scorehamiltonian.thermo.energy import energy
 from scorehamiltonian.thermo.states import state_free_energies
 
@@ -47,6 +49,8 @@ TIMES = (0.05, 0.2, 1.0)
 #: lambda_1 of Mueller-Brown in z (shared/reference/mueller_brown.md, independent quadrature).
 MB_REFERENCE_GAP = {0.05: 1.79978e-3, 0.2: 1.341676e-2, 1.0: 0.661553}
 N_POINTS = 30
+#: Many-well states: the number of shallow wells 0, 1, ..., MW_STATES - 2, and MW_STATES - 1 or more.
+MW_STATES = 6
 #: A fixed PF-ODE grid for the learned energies: refining the steps cannot reduce a model's error.
 ENERGY_STEPS = 256
 
@@ -99,18 +103,31 @@ def _energies(score: Any, found: Any, points: torch.Tensor) -> dict[str, Any]:
     return out
 
 
-def _basins(score: Any, found: Any) -> dict[str, Any] | None:
-    if not isinstance(found, MuellerBrown):
+def _basins(score: Any, found: Any, data: torch.Tensor) -> dict[str, Any] | None:
+    """Free energies of the system's states relative to the first, by the ensemble's own sampler
+    (state_free_energies, readout "sampler", the training data as the samples' check), against exact."""
+    if isinstance(found, MuellerBrown):
+        names = list(found.basins().names)
+        regions = [lambda z, k=k: found.basin_of(z) == k for k in range(len(names))]
+        probabilities = found.basins().probabilities
+    elif isinstance(found, ManyWell):
+        plus, minus, _ = found.factor_probabilities()
+        counts = range(MW_STATES)
+        names = [f"{k} shallow" for k in counts[:-1]] + [f">= {MW_STATES - 1} shallow"]
+        regions = [lambda x, k=k: found.basin_of(x) == k for k in counts[:-1]]
+        regions.append(lambda x: found.basin_of(x) >= MW_STATES - 1)
+        pmf = [math.comb(found.wells, k) * plus ** (found.wells - k) * minus**k for k in counts[:-1]]
+        probabilities = torch.tensor([*pmf, 1.0 - sum(pmf)], dtype=torch.float64)
+    else:
         return None
-    basins = found.basins()
-    regions = [lambda z, k=k: found.basin_of(z) == k for k in range(len(basins.names))]
-    res = state_free_energies(score, regions, box=found.box, n=201)
-    exact = -torch.log(basins.probabilities / basins.probabilities[0])
-    names = basins.names
-    learned = res.free_energy - res.free_energy[0]
-    return {"names": list(names), "learned": learned.tolist(), "exact": exact.tolist(),
-            "total_error": res.total_error.tolist(),
-            "converged": bool(res.converged), "flags": list(res.flags)}
+    res = state_free_energies(score, regions, samples=data, readout="sampler")
+    exact = -torch.log(probabilities / probabilities[0])
+    pairs = [res.difference(0, k) for k in range(len(names))]
+    learned, total = [p[0] for p in pairs], [p[1] for p in pairs]
+    data_free = res.sample_free_energy - res.sample_free_energy[0]
+    return {"names": names, "learned": learned, "exact": exact.tolist(), "total_error": total,
+            "model_error": res.model_error.tolist(), "numerical": res.numerical.tolist(),
+            "data_count": data_free.tolist(), "converged": bool(res.converged), "flags": list(res.flags)}
 
 
 def study(name: str, quick: bool, members: int, seed: int) -> dict[str, Any]:
@@ -134,7 +151,7 @@ def study(name: str, quick: bool, members: int, seed: int) -> dict[str, Any]:
         start = time.perf_counter()
         row["energies"] = {**_energies(score, found, held), "seconds": time.perf_counter() - start}
         start = time.perf_counter()
-        basins = _basins(score, found)
+        basins = _basins(score, found, train)
         row["basins"] = None if basins is None else {**basins, "seconds": time.perf_counter() - start}
     return row
 
@@ -165,15 +182,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         lines.append("| " + " | ".join(_fmt(v) for v in (
             row["system"], row["dim"], e.get("spearman"), e.get("max_error_vs_minimum"), e.get("rms_error_vs_minimum"),
             e["median_error_bar"], e.get("held_out_energy_per_dim"), row["train_seconds"], e["seconds"])) + " |")
-    lines += ["", "## Basin free energies (relative to the most probable basin, kT)", "",
-              "| system | basin | learned | total error | exact | converged |", "|---|---|---|---|---|---|"]
+    lines += ["", "## State free energies (relative to the first state, kT; the model's own sampler)", "",
+              "| system | state | learned | total error | exact | error | covered | data count | converged |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         b = row["basins"]
         if b is None:
             continue
         for k, name in enumerate(b["names"]):
-            lines.append("| " + " | ".join(_fmt(v) for v in (row["system"], name, b["learned"][k], b["total_error"][k],
-                                                            b["exact"][k], b["converged"])) + " |")
+            miss = abs(b["learned"][k] - b["exact"][k])
+            lines.append("| " + " | ".join(_fmt(v) for v in (
+                row["system"], name, b["learned"][k], b["total_error"][k], b["exact"][k], miss,
+                miss <= b["total_error"][k], b["data_count"][k], b["converged"])) + " |")
     return "\n".join(lines) + "\n"
 
 

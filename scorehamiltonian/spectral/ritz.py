@@ -52,8 +52,10 @@ covariance U Lambda U^T (so |grad_x f|^2 = sum_j (d f / d z_j)^2 / Lambda_j):
 - ``"polynomial"``: products of normalised Hermite polynomials prod_j He_{n_j}(z_j) / sqrt(n_j!)
   of total degree 1..``degree``; C(d + degree, degree) - 1 functions (1325 in d = 50 at degree
   2). Degree 1 holds the exact eigenfunctions of a Gaussian p_t.
-- ``"tanh"``: ridge functions tanh((u . z - c) / w) with directions u along the leading
-  principal axes (at most ``RIDGE_AXES``) and random unit vectors in their span, centres c
+- ``"tanh"``: ridge functions tanh((u . z - c) / w) with directions u along ``RIDGE_AXES`` axes
+  (the principal axes in d <= 3; above, the most non-Gaussian of the principal and the data's
+  coordinate axes, since a degenerate principal subspace, identical wells, has arbitrary
+  leading axes) and random unit vectors in their span, centres c
   evenly spaced over the central 99.8 % of the projected samples and ``N_RIDGE_WIDTHS`` widths
   w geometric from the narrowest the samples resolve (below; at least ``RIDGE_WIDTHS[0]``) to
   ``RIDGE_WIDTHS[1]`` (whitened units): they represent the step between two separated modes.

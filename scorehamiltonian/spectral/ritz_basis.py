@@ -141,13 +141,15 @@ class _RidgeBasis:
         self.dim = directions.shape[1]
 
     @classmethod
-    def fit(cls, z: torch.Tensor, n_features: int, generator: torch.Generator | None) -> _RidgeBasis:
-        """Features on the leading axes and random directions in their span, from whitened z."""
+    def fit(cls, z: torch.Tensor, n_features: int, generator: torch.Generator | None,
+            whitening: Whitening | None = None) -> _RidgeBasis:
+        """Features on RIDGE_AXES axes (:func:`_ridge_axes`) and random directions in their span,
+        from whitened z."""
         dim = z.shape[1]
         n_axes = min(dim, RIDGE_AXES)
-        axes = torch.eye(n_axes, dim, dtype=z.dtype, device=z.device)
-        random = _random_directions(2 * n_axes if n_axes > 1 else 0, n_axes, z, generator)
-        directions = torch.cat([axes, random @ axes])
+        axes = _ridge_axes(z, whitening, n_axes)
+        random = _random_directions(2 * n_axes if n_axes > 1 else 0, n_axes, z, generator) @ axes
+        directions = torch.cat([axes, random / random.norm(dim=1, keepdim=True)])
         n_centres = max(1, n_features // (directions.shape[0] * N_RIDGE_WIDTHS))
         grids = [_centres_and_widths(z @ u, n_centres) for u in directions]
         rows = torch.repeat_interleave(directions, n_centres * N_RIDGE_WIDTHS, dim=0)
@@ -166,6 +168,37 @@ class _RidgeBasis:
             idx = torch.nonzero(self.directions[:, j]).flatten()
             u = self.directions[idx, j]
             yield idx, slope[:, idx] * u if order == 1 else curve[:, idx] * u**2
+
+
+def _ridge_axes(z: torch.Tensor, whitening: Whitening | None, n_axes: int) -> torch.Tensor:
+    """(n_axes, d) unit directions in z for the ridge features.
+
+    Where d <= n_axes they are the principal axes (they span every direction). Above, the
+    leading principal axes are arbitrary within a degenerate eigenspace (16 identical double
+    wells in d = 32: a step along a mixture of wells is no eigenfunction, and the Ritz value came
+    out 0.63 for the true 0.25), so the candidates are the principal axes and the data's own
+    coordinate axes (x_j - m_j = (U Lambda^{1/2})_j . z), ranked by non-Gaussianity of the
+    standardised projection p, skew(p)^2 + kurt(p)^2 / 4 (the Jarque-Bera form: 0 for a
+    Gaussian, large for separated modes, skewed or not), each kept unless within cos 0.9 of
+    one already kept.
+    """
+    dim = z.shape[1]
+    if whitening is None or dim <= n_axes:
+        return torch.eye(n_axes, dim, dtype=z.dtype, device=z.device)
+    coordinate = whitening.axes * whitening.variances.sqrt()
+    candidates = torch.cat([torch.eye(dim, dtype=z.dtype, device=z.device),
+                            coordinate / coordinate.norm(dim=1, keepdim=True)])
+    p = z @ candidates.T
+    p = (p - p.mean(0)) / p.std(0, correction=0)
+    score = p.pow(3).mean(0) ** 2 + (p.pow(4).mean(0) - 3.0) ** 2 / 4
+    kept: list[torch.Tensor] = []
+    for index in torch.argsort(score, descending=True, stable=True).tolist():
+        u = candidates[index]
+        if all(float((u @ v).abs()) < 0.9 for v in kept):
+            kept.append(u)
+        if len(kept) == n_axes:
+            break
+    return torch.stack(kept)
 
 
 def _centres_and_widths(y: torch.Tensor, n_centres: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,7 +372,7 @@ def feature_map(x_fit: torch.Tensor, basis: str, degree: int | None, n_features:
     if basis != "tanh":
         parts.append(_HermiteBasis(dim, degree or _auto_degree(dim, budget), x_fit.device))
     if basis != "polynomial":
-        parts.append(_RidgeBasis.fit(z, n_features or _auto_features(dim, budget), generator))
+        parts.append(_RidgeBasis.fit(z, n_features or _auto_features(dim, budget), generator, whitening))
     return FeatureMap(whitening, parts)
 
 

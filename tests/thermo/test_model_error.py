@@ -124,7 +124,7 @@ def test_state_free_energies_model_error_rule():
     assert not strict.converged and strict.flags[0].startswith("model_spread")
     single = as_score(_ExactNetwork(members[0]), process=PROCESS, dim=1)
     with pytest.warns(ConvergenceWarning, match="model_unknown"):
-        alone = state_free_energies(single, box=box, t=1e-3)
+        alone = state_free_energies(single, box=box, t=1e-3, draws=1 << 12, steps=16)
     assert np.all(np.isnan(alone.model_error)) and not alone.converged
     assert alone.flags[0].startswith("model_unknown")
 

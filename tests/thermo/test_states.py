@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -108,3 +109,93 @@ def test_an_ensemble_whose_members_disagree_is_not_converged_by_default():
     exact = np.array([[math.log(2), math.log(2)], [math.log(5), math.log(5 / 4)]])
     assert np.allclose(flagged.model_error, exact.std(0, ddof=1), rtol=1e-3)
     assert state_free_energies(ensemble, states, box=((-6.0,), (6.0,)), t=0.0, atol=None).converged
+
+
+class _Network(torch.nn.Module):
+    """A torch module returning an exact mixture score: a "learned" model whose law is known."""
+
+    def __init__(self, mixture: GaussianMixture) -> None:
+        super().__init__()
+        self.exact = ExactScore(mixture, OU())
+        self.scale = torch.nn.Parameter(torch.ones((), dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.exact(x, t)
+
+
+def _cut_masses(mixture: GaussianMixture, cuts: list[float], t: float) -> np.ndarray:
+    """Masses of the 1D mixture noised to t under OU between consecutive cuts (normal CDFs)."""
+    alpha, sigma = math.exp(-t), math.sqrt(-math.expm1(-2 * t))
+    w, mu = mixture.weights.numpy(), alpha * mixture.means[:, 0].numpy()
+    sd = np.sqrt(alpha**2 * mixture.covs[:, 0, 0].numpy() + sigma**2)
+    edges = [-np.inf, *cuts, np.inf]
+    return np.array([float((w * (ndtr((b - mu) / sd) - ndtr((a - mu) / sd))).sum()) for a, b in itertools.pairwise(edges)])
+
+
+def test_the_sampler_readout_of_a_learned_model_matches_its_law():
+    """A network returning the trimodal mixture's exact score is a learned model whose law at t is
+    known: its sampler readout (auto for a learned source) over three intervals is within 4
+    reported numerical errors (binomial standard error plus the Heun step-halving change) of the
+    normal-CDF masses, and the errors are small enough for the test to bite; a single model
+    stays model_unknown."""
+    t, cuts = 0.01, [-1.5, 1.25]
+    states = [lambda y: y[:, 0] < cuts[0], lambda y: (y[:, 0] >= cuts[0]) & (y[:, 0] < cuts[1]), lambda y: y[:, 0] >= cuts[1]]
+    model = as_score(_Network(TRIMODAL), process=OU(), dim=1)
+    with pytest.warns(ConvergenceWarning, match="model_unknown"):
+        result = state_free_energies(model, states, t=t, draws=1 << 15, steps=64)
+    want = -np.log(_cut_masses(TRIMODAL, cuts, t))
+    assert result.readout == "sampler" and result.grid is None and np.all(np.isnan(result.model_error))
+    assert np.all(np.abs(result.free_energy - want) <= 4 * result.numerical)
+    assert result.numerical.max() < 0.04  # standard errors 0.006-0.011 at 2^15 draws, step change about 0.01
+    assert not result.converged
+
+
+def test_sampler_readout_in_8d_with_regions_and_the_grid_refused():
+    """An exact two-mode mixture in d = 8 whose modes differ in x_1 only (diagonal covariances):
+    P(x_1 < 0) is a sum of normal CDFs. d > 3 takes the sampler (no grid) with the model error 0;
+    basins found automatically need a grid and are refused by name."""
+    means = np.zeros((2, 8))
+    means[:, 0] = [-1.0, 1.5]
+    mixture = GaussianMixture([0.3, 0.7], means.tolist(), np.full((2, 8), 0.5).tolist())
+    exact, t = ExactScore(mixture, OU()), 0.05
+    states = [lambda y: y[:, 0] < 0, lambda y: y[:, 0] >= 0]
+    result = state_free_energies(exact, states, t=t, draws=1 << 14, steps=24)
+    alpha, sigma = math.exp(-t), math.sqrt(-math.expm1(-2 * t))
+    sd = math.sqrt(alpha**2 * 0.5 + sigma**2)
+    below = 0.3 * ndtr(alpha / sd) + 0.7 * ndtr(-1.5 * alpha / sd)
+    want = -np.log([below, 1 - below])
+    assert result.readout == "sampler" and np.all(result.model_error == 0)
+    assert np.all(np.abs(result.free_energy - want) <= 4 * result.numerical)
+    with pytest.raises(InputShapeError, match="give the states as regions"):
+        state_free_energies(exact, samples=mixture.sample(100, torch.Generator().manual_seed(0)))
+
+
+def test_an_ensemble_that_misses_its_data_says_so():
+    """Two learned members with weights 0.2 / 0.8 and 0.25 / 0.75 agree within 0.2 k_B T, but the
+    data come from weights 1/2 : 1/2: with samples the model error is at least the miss of the
+    samples' count (so the interval covers the data's law), flagged model_data; without samples
+    only the spread counts."""
+    members = [as_score(_Network(GaussianMixture([w, 1 - w], [-2.0, 2.0], [0.25, 0.25])), process=OU(), dim=1)
+               for w in (0.2, 0.25)]
+    ensemble = ScoreEnsemble(members)
+    truth = GaussianMixture([0.5, 0.5], [-2.0, 2.0], [0.25, 0.25])
+    data = truth.sample(4000, torch.Generator().manual_seed(3))
+    states = [((-8.0,), (0.0,)), ((1e-12,), (8.0,))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        alone = state_free_energies(ensemble, states, t=0.01, draws=1 << 14, steps=16, atol=None)
+    with pytest.warns(ConvergenceWarning, match="model_data"):
+        checked = state_free_energies(ensemble, states, t=0.01, samples=data, draws=1 << 14, steps=16)
+    want = -np.log(_cut_masses(truth, [0.0], 0.01))
+    assert np.all(np.abs(alone.free_energy - want) > alone.total_error)  # the spread alone misses
+    assert np.all(np.abs(checked.free_energy - want) <= checked.total_error)
+    assert np.all(checked.model_error >= np.abs(checked.free_energy - checked.sample_free_energy))
+    assert any(f.startswith("model_data") for f in checked.flags) and not checked.converged
+
+
+def test_a_state_the_sampler_barely_reaches_is_flagged():
+    """A state of mass about 3e-4 at t = 0.01 gets about 5 of 2^14 draws: below MIN_COUNT it is flagged."""
+    model = ExactScore(TRIMODAL, OU())
+    result = state_free_energies(model, [lambda y: y[:, 0] > 3.5, lambda y: y[:, 0] <= 3.5], t=0.01,
+                                 readout="sampler", draws=1 << 14, steps=16, atol=None)
+    assert any("fewer than" in f and "state 0" in f for f in result.flags) and not result.converged
