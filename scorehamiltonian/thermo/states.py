@@ -40,10 +40,11 @@ energy callable, NaN for a single learned model (flagged ``model_unknown``, neve
 (k_B T) a state whose total error exceeds it is flagged. With
 ``samples`` of the density (data), the sample-count estimate F_A = -log(n_A / n) and its
 delta-method standard error sqrt((1 - P) / (n P)) are reported beside it; for an ensemble they
-also bound the model error from below without the truth: model_error = max(spread,
-|F_A - F_A,samples| + its standard error), since a model that misses its data's state weights
-is wrong by at least that (flagged ``model_data`` above ``atol``; held-out samples test more
-than the training rows).
+also bound the model error without the truth: model_error = max(spread, |F_A - F_A,samples| +
+2 se), se the count's standard error, since |F_A - F_A*| <= |F_A - F_A,samples| +
+|F_A,samples - F_A*| and the last term is below 2 se with 95 % probability: a model that misses
+its data's state weights is wrong by about that much (flagged ``model_data`` above ``atol``;
+held-out samples test more than the training rows).
 """
 
 from __future__ import annotations
@@ -191,7 +192,7 @@ def state_free_energies(
     if x is not None:
         sample_free, sample_err = _counts(assign(x), len(names))
         if kind == "ensemble":
-            miss = np.abs(free - sample_free) + sample_err
+            miss = np.abs(free - sample_free) + 2 * sample_err
             miss = np.where(np.isnan(miss), np.inf, miss)
             model = np.maximum(spread, miss)
             flags += _flagged(MODEL_DATA, "miss of the samples' count", names, miss, atol)
