@@ -138,14 +138,18 @@ def invert_map(step: StepMap, y: np.ndarray, start: np.ndarray | None = None) ->
 
     ``step`` maps x (n, d) to (m(x), Dm(x) (n, d, d)). Each Newton step is halved (up to 30
     times) until the residual |m(x) - y| falls; converged where it is below 1e-12 (1 + |y|)
-    within 60 steps. Returns x, det Dm(x) and whether every row converged.
+    within 60 steps. A row whose residual no halved step lowers (its residual at the map's
+    round-off floor, or a Newton direction that does not descend) keeps its best x and is not
+    stepped again: before, it was halved 30 times in each of the 60 steps (a judgement took 70 s
+    instead of 0.4 s). Returns x, det Dm(x) and whether every row converged.
     """
     x = y.copy() if start is None else np.array(start, dtype=float)
     mx, jac = step(x)
     res = np.linalg.norm(mx - y, axis=1)
     tol = _NEWTON_TOL * (1.0 + np.linalg.norm(y, axis=1))
+    stalled = np.zeros(res.shape[0], dtype=bool)
     for _ in range(_NEWTON_ITERATIONS):
-        active = res > tol
+        active = (res > tol) & ~stalled
         if not active.any():
             break
         dx = np.linalg.solve(jac[active], (mx - y)[active][..., None])[..., 0]
@@ -159,7 +163,9 @@ def invert_map(step: StepMap, y: np.ndarray, start: np.ndarray | None = None) ->
                 break
             scale = np.where(ok, scale, 0.5 * scale)
         idx = np.flatnonzero(active)
-        x[idx], mx[idx], jac[idx], res[idx] = trial, m_trial, j_trial, r_trial
+        better = idx[ok]
+        x[better], mx[better], jac[better], res[better] = trial[ok], m_trial[ok], j_trial[ok], r_trial[ok]
+        stalled[idx[~ok]] = True
     return x, np.linalg.det(jac), bool((res <= tol).all())
 
 
