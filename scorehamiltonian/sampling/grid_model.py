@@ -30,13 +30,13 @@ from ..common.errors import InputShapeError
 from ..score.interface import ExactScore
 from ..score.mixture import GaussianMixture
 from ..score.processes import ForwardProcess
+from ..score.quadrature import steepest_descent_basins
 from ..spectral.grid import Grid, box_from_mixture
 
 __all__ = [
     "GridModel",
     "Level",
     "Marginal",
-    "ascent_labels",
     "default_grid",
     "distances",
     "evaluate_marginal",
@@ -330,7 +330,7 @@ class GridModel:
             comp = evaluate_marginal(level.marginal, self.points)[1]
             labels = np.argmax(comp, axis=1)
         elif rule == "ascent":
-            labels = ascent_labels(level.log_mass.reshape(self.grid.n))
+            labels = steepest_descent_basins(torch.from_numpy(-level.log_mass.reshape(self.grid.n))).numpy()
         else:
             raise ValueError(f"basins must be 'ascent' or 'component'; got {rule!r}")
         return np.unique(labels, return_inverse=True)[1].reshape(-1)
@@ -368,30 +368,6 @@ def _chebyshev_exp(H: sp.csr_matrix, phi: np.ndarray, u: float) -> np.ndarray:
         prev, cur = cur, 2.0 * ((2.0 / bound) * (H @ cur) - cur) - prev
         out = out + c * cur
     return out
-
-
-def ascent_labels(log_p: np.ndarray) -> np.ndarray:
-    """Each node's local maximum of ``log_p`` (an array on the grid's shape; flat index) reached by
-    following its highest neighbour (3^d - 1 of them, diagonals included): the steepest-ascent
-    basins of the density."""
-    shape = log_p.shape
-    index = np.arange(log_p.size).reshape(shape)
-    best, best_val = index.copy(), log_p.copy()
-    padded = np.pad(log_p, 1, constant_values=-np.inf)
-    padded_idx = np.pad(index, 1, constant_values=-1)
-    for offset in np.ndindex(*([3] * log_p.ndim)):
-        if all(o == 1 for o in offset):
-            continue
-        window = tuple(slice(o, o + m) for o, m in zip(offset, shape))
-        better = padded[window] > best_val
-        best_val = np.where(better, padded[window], best_val)
-        best = np.where(better, padded_idx[window], best)
-    parent = best.reshape(-1)
-    while True:
-        nxt = parent[parent]
-        if np.array_equal(nxt, parent):
-            return parent
-        parent = nxt
 
 
 def distances(q_mass: np.ndarray, p_mass: np.ndarray) -> dict[str, float]:

@@ -59,10 +59,10 @@ import numpy as np
 import torch
 
 from ..common.errors import InputShapeError
-from ..sampling.grid_model import ascent_labels
 from ..sampling.schedules import standard_schedule
 from ..sampling.solvers import prior_samples, sample
 from ..score.interface import DensityScore, Score
+from ..score.quadrature import steepest_descent_basins
 from ..spectral.grid import Grid, box_from_samples
 from ..spectral.operator import log_density_on_grid
 from ..spectral.solution import ConvergenceWarning
@@ -382,7 +382,7 @@ def _assigner(states: Sequence[Region] | None, grid: Grid | None,
 def _merged_basins(grid: Grid, log_p: np.ndarray, persistence: float) -> np.ndarray:
     """Steepest-ascent basins, each shallower than ``persistence`` merged into the neighbour
     across its lowest saddle (highest-density boundary edge), shallowest first."""
-    roots = ascent_labels(log_p.reshape(grid.n))
+    roots = steepest_descent_basins(torch.from_numpy(-log_p.reshape(grid.n))).numpy()
     _, labels = np.unique(roots, return_inverse=True)
     labels = labels.reshape(-1)
     while True:
