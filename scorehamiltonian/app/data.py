@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..common.errors import DataError
-from ..common.validation import nonfinite_rows
+from ..common.validation import nonfinite_rows, real_array
 
 __all__ = ["DATA_FORMATS", "load_data"]
 
@@ -85,11 +85,7 @@ def _one(arrays: dict[str, Any], key: str, file: str) -> Any:
 
 
 def _checked(array: Any, file: str, dim: int | None) -> torch.Tensor:
-    if isinstance(array, torch.Tensor):
-        array = array.detach().cpu().numpy()
-    array = np.asarray(array)
-    if array.dtype.kind not in "fiu":
-        raise DataError(f"{file!r} holds {array.dtype} values; expected real numbers")
+    array = real_array(array, repr(file), DataError)
     x = torch.as_tensor(array, dtype=torch.float64)
     x = x[:, None] if x.ndim == 1 else x
     if x.ndim != 2:

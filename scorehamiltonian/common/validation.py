@@ -32,10 +32,18 @@ def as_float_tensor(
                 f"(float64 recommended, e.g. {name}.double())"
             )
         return value.to(dtype=dtype or value.dtype, device=device or value.device)
+    return torch.as_tensor(real_array(value, name), dtype=dtype or DEFAULT_DTYPE, device=device)
+
+
+def real_array(value: Any, name: str, error: type[Exception] = InputDtypeError) -> np.ndarray:
+    """``value`` (a number, sequence, numpy array or tensor of any shape) as a numpy array of real
+    numbers (float, int or unsigned kinds), else ``error`` naming ``name`` and the dtype found."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
     array = np.asarray(value)
     if array.dtype.kind not in "fiu":
-        raise InputDtypeError(f"{name} has dtype {array.dtype}; expected real numbers")
-    return torch.as_tensor(array, dtype=dtype or DEFAULT_DTYPE, device=device)
+        raise error(f"{name} has dtype {array.dtype}; expected real numbers")
+    return array
 
 
 def check_points(x: Any, dim: int | None = None, name: str = "x") -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch
 
 from ..common.errors import CheckpointError, ScheduleError, TimeRangeError
 from ..common.files import read_json, write_json
+from ..common.validation import real_array
 from ..score.interface import as_score
 from ..score.processes import ForwardProcess
 from ..spectral.gap import spectral_gap
@@ -40,12 +41,7 @@ SCHEDULE_FORMAT = "scorehamiltonian.schedule/1"
 
 def _float_array(value: Any, name: str) -> np.ndarray:
     """``value`` as a read-only 1-D float64 numpy copy; ScheduleError if it cannot be one."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    raw = np.asarray(value)
-    if raw.dtype.kind not in "fiu":
-        raise ScheduleError(f"{name} must hold real numbers; got dtype {raw.dtype}: {value!r}")
-    array = np.array(raw, dtype=np.float64)
+    array = np.array(real_array(value, name, ScheduleError), dtype=np.float64)
     if array.ndim != 1:
         raise ScheduleError(f"{name} must be 1-D; got shape {array.shape}")
     array.setflags(write=False)
