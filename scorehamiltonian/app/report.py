@@ -185,6 +185,10 @@ def _summary(numbers: dict[str, Any]) -> str:
     for row in zip(prof["times"], prof["gap"], prof["gap_error"], prof["gap_model_error"], prof["converged"],
                    prof["speed"], prof["speed_stderr"]):
         lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    if prof["route"] != "grid":
+        lines += ["", ("Rayleigh-Ritz values are upper bounds on the gap: 'converged' says the held-out estimate "
+                       "raised no flag, not that the basis holds the slowest mode; a basis that misses it gives a "
+                       "value above the gap (ritz_gap, module docstring).")]
     if model["kind"] != "exact" and None in prof["gap_model_error"]:
         lines += ["", ("Model error '-': a single learned model cannot know its own error, so no gap is "
                   "converged; train an ensemble (`model.ensemble = K`, or `scorehamiltonian train --ensemble K`).")]
