@@ -18,8 +18,9 @@ learned basins came out 34 and 22 k_B T off). ``"sampler"`` reads the model's ow
 ``draws`` prior draws are carried to t by the Heun probability-flow solver on ``steps``
 levels uniform in log-SNR (:func:`~scorehamiltonian.sampling.solvers.sample`; ``final="zero"``
 at t = 0; uniform steps in log-SNR keep the step-halving change asymptotic, where the EDM rule
-from the process's t_max left a 0.04 k_B T bias at 32 levels that the change missed), each sample is assigned to a state, and F_A = -log(n_A / n): what the model's sampler
-produces, in any dimension (states given as regions beyond d = 3). Its numerical error is the
+from the process's t_max left a 0.04 k_B T bias at 32 levels that the change missed), each
+sample is assigned to a state, and F_A = -log(n_A / n): what the model's sampler produces, in
+any dimension (states given as regions beyond d = 3). Its numerical error is the
 binomial standard error sqrt((1 - P) / (n P)) plus the change of F_A from the same draws on
 steps // 2 levels (Heun's error is O(h^2), so the change over-estimates it about three-fold).
 An ensemble's value is its members' mean, each member run on the same draws. ``"auto"``: the
