@@ -145,8 +145,10 @@ class RitzResult:
     basis : the basis name ("polynomial", "tanh", "poly+tanh" or "network").
     basis_size : number of basis functions m; basis_rank : directions kept after the cut of B.
     dim : dimension d; t : the diffusion time.
-    flags : names of the conditions met among "large_error" (stderr > LARGE_RELATIVE_ERROR
-        value), "few_samples" (n_fit < SAMPLES_PER_FUNCTION basis_size), "heavy_tail"
+    flags : names of the conditions met among "small_basis" ("auto" had to drop ridge
+        features of its default count for want of samples: a many-well-32 report with 4000
+        samples read 0.58 for the gap 0.30, raising no other flag), "large_error" (stderr >
+        LARGE_RELATIVE_ERROR value), "few_samples" (n_fit < SAMPLES_PER_FUNCTION basis_size), "heavy_tail"
         (one held-out sample carries > HEAVY_TAIL_SHARE of the Dirichlet sum: value and
         stderr then rest on a few samples) and "overfit" (value - ritz_values[0] > 3 stderr:
         f_1 carries fitted noise), and in the model form "model_unknown" (a single learned
@@ -392,9 +394,13 @@ def _heldout_ritz(outer: torch.Tensor, f: torch.Tensor, generator: torch.Generat
 
 
 def _flags(value: float, stderr: float, first_ritz: float, n_fit: int, size: int, share: float,
-           model_error: float) -> tuple[str, ...]:
+           model_error: float, shortfall: int) -> tuple[str, ...]:
     """The names of the reliability conditions met, each also issued as a RuntimeWarning."""
     checks = {
+        "small_basis": (shortfall > 0,
+                        (f"the samples pay for {shortfall} fewer ridge features than the default basis: too few "
+                         "steps to place one at a barrier, so the bound may lie far above the gap; pass more "
+                         "samples")),
         "large_error": (stderr > LARGE_RELATIVE_ERROR * value,
                         f"standard error {stderr:.3g} exceeds {LARGE_RELATIVE_ERROR} of the value {value:.3g}"),
         "few_samples": (n_fit < SAMPLES_PER_FUNCTION * size,
@@ -440,7 +446,7 @@ def _evaluate(features: FeatureMap, x: torch.Tensor, fit: _Fit, dim: int, t: flo
     ritz, ritz_err = _heldout_ritz(outer, f, generator)
     share = float(energy.abs().max() / energy.abs().sum())
     model_error = 0.0 if members is None else _member_spread(features, x, fit, scale, f[:, 0], members)
-    flags = _flags(value, stderr, float(ritz[0]), n_fit, features.size, share, model_error)
+    flags = _flags(value, stderr, float(ritz[0]), n_fit, features.size, share, model_error, features.shortfall)
     return RitzResult(
         value=value, stderr=stderr, ritz_values=ritz, ritz_stderr=ritz_err,
         fit_ritz_values=fit.ritz_values, n_samples=n_fit + x.shape[0], n_fit=n_fit, n_eval=x.shape[0],

@@ -289,10 +289,11 @@ class _NetworkBasis:
 
 
 class FeatureMap:
-    """Whitening followed by one or more bases; values, gradients and Gram matrices in x."""
+    """Whitening followed by one or more bases; values, gradients and Gram matrices in x.
+    ``shortfall``: the ridge features "auto" left out of its default count for want of samples."""
 
-    def __init__(self, whitening: Whitening, parts: list[Any]) -> None:
-        self.whitening, self.parts = whitening, parts
+    def __init__(self, whitening: Whitening, parts: list[Any], shortfall: int = 0) -> None:
+        self.whitening, self.parts, self.shortfall = whitening, parts, int(shortfall)
         self.size = sum(p.size for p in parts)
         self.dim = whitening.mean.numel()
 
@@ -371,9 +372,12 @@ def feature_map(x_fit: torch.Tensor, basis: str, degree: int | None, n_features:
                                        _NetworkBasis.fit(z, whitening.variances, generator)])
     if basis != "tanh":
         parts.append(_HermiteBasis(dim, degree or _auto_degree(dim, budget), x_fit.device))
+    shortfall = 0
     if basis != "polynomial":
-        parts.append(_RidgeBasis.fit(z, n_features or _auto_features(dim, budget), generator, whitening))
-    return FeatureMap(whitening, parts)
+        count = n_features or _auto_features(dim, budget)
+        shortfall = 0 if n_features else _auto_features(dim, None) - count
+        parts.append(_RidgeBasis.fit(z, count, generator, whitening))
+    return FeatureMap(whitening, parts, shortfall)
 
 
 def _auto_degree(dim: int, budget: int | None) -> int:

@@ -349,3 +349,15 @@ def test_identical_wells_get_ridges_along_their_own_axes():
     x = score.sample(20000, t, torch.Generator().manual_seed(0))
     result = ritz_gap(score, t, samples=x, generator=torch.Generator().manual_seed(1))
     assert exact - 3 * result.stderr <= result.value <= 1.1 * exact + 3 * result.stderr
+    assert "small_basis" not in result.flags
+
+
+def test_a_basis_cut_short_by_too_few_samples_is_flagged():
+    """4000 samples pay for 100 of the 270 default ridge features (10 fit samples each): the basis
+    is flagged small_basis and not reliable, whatever its value; 20000 pay for all of them."""
+    wells = ManyWell(wells=4)
+    score, t = wells.exact_score(OU()), 0.2
+    x = score.sample(4000, t, torch.Generator().manual_seed(0))
+    with pytest.warns(RuntimeWarning, match="fewer ridge features"):
+        result = ritz_gap(score, t, samples=x, generator=torch.Generator().manual_seed(1))
+    assert "small_basis" in result.flags and not result.reliable
