@@ -158,7 +158,7 @@ def _trained(samples: torch.Tensor, process: ForwardProcess, ensemble: int, opti
     if path is not None and os.path.isfile(path):
         return as_score(load_score(path), data=samples)
     if ensemble > 1:
-        score = train_ensemble(samples, ensemble, process, **options, progress=progress)
+        score = as_score(train_ensemble(samples, ensemble, process, **options, progress=progress), data=samples)
     else:
         score = as_score(train_dsm(samples, process, **options, progress=progress), data=samples)
     if path is not None:

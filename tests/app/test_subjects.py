@@ -54,6 +54,7 @@ def test_a_trained_model_is_read_back_from_the_cache(monkeypatch, tmp_path):
     again = subjects._trained(samples, OU(), 2, options, progress=False)
     x = torch.randn(7, 2, dtype=torch.float64)
     assert torch.equal(first(x, 0.3), again(x, 0.3)) and torch.equal(again.data, samples)
+    assert torch.equal(first.data, samples)  # a fresh ensemble samples p_t too (the digits report failed without)
     with pytest.raises(AssertionError, match="trained again"):
         subjects._trained(samples + 1e-9, OU(), 2, options, progress=False)
     monkeypatch.setenv("SCOREHAMILTONIAN_CACHE", "off")
