@@ -173,7 +173,7 @@ def state_free_energies(
         in d = 32 a default run of a 3-member ensemble takes minutes).
     """
     x = None if samples is None else torch.as_tensor(samples, dtype=torch.float64)
-    mode = _readout(readout, source, box, x)
+    mode = _readout(readout, source)
     grid = labels = log_p = None
     if mode == "grid" or states is None:
         grid, log_p = _grid_density(source, box, x, t, n)
@@ -226,7 +226,7 @@ def state_free_energies(
     )
 
 
-def _readout(readout: str, source: Any, box: Any, x: torch.Tensor | None) -> str:
+def _readout(readout: str, source: Any) -> str:
     """The readout asked for, or the one "auto" picks (module docstring)."""
     if readout not in ("auto", "grid", "sampler"):
         raise ValueError(f"readout must be 'auto', 'grid' or 'sampler'; got {readout!r}")
@@ -281,8 +281,13 @@ def _grid_readout(source: Any, grid: Grid, log_p: np.ndarray, labels: np.ndarray
     if kind == "ensemble":
         spread = member_spread([_free_energies(_log_density(m, grid, t, source), labels, k)[0] for m in source.members])
     else:
-        spread = np.full(k, 0.0 if kind == "exact" else math.nan)
+        spread = _single_spread(kind, k)
     return free, prob, numerical, spread, box_mass
+
+
+def _single_spread(kind: str, k: int) -> np.ndarray:
+    """The model error of a source without members: 0 when exact, NaN for a single learned model."""
+    return np.full(k, 0.0 if kind == "exact" else math.nan)
 
 
 def _sampler_readout(source: Score, assign: Callable[[torch.Tensor], np.ndarray], k: int, t: float | None,
@@ -313,7 +318,7 @@ def _sampler_readout(source: Score, assign: Callable[[torch.Tensor], np.ndarray]
     prob = np.exp(-free)
     with np.errstate(divide="ignore", invalid="ignore"):
         numerical = np.sqrt((1 - prob) / (int(draws) * prob)) + change
-    spread = member_spread(free_k) if kind == "ensemble" else np.full(k, 0.0 if kind == "exact" else math.nan)
+    spread = member_spread(free_k) if kind == "ensemble" else _single_spread(kind, k)
     return free, prob, numerical, spread, [j for j in range(k) if counts[:, j].min() < MIN_COUNT]
 
 
