@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..common.errors import OutputError
+from ..common.errors import ConfigError, OutputError
 from ..common.files import write_json
+from ..thermo.energy import start_time
 from . import sections
 from .subjects import resolve_subject
 
@@ -109,6 +110,20 @@ def _finite(value: Any) -> Any:
 # --------------------------------------------------------------------------- assembly
 
 
+def _within_model_times(config: dict[str, Any], floor: float, note: Callable[[str], None]) -> dict[str, Any]:
+    """``config`` with gap.t_min and schedules.t_min raised to ``floor``, the model's
+    :func:`start_time` (an epsilon or x0 network is not evaluated below its training times)."""
+    raised = {section: config[section]["t_min"] for section in ("gap", "schedules") if config[section]["t_min"] < floor}
+    if not raised:
+        return config
+    for section, t_min in raised.items():
+        if floor >= config[section]["t_max"]:
+            raise ConfigError(f"config field '{section}.t_max': must exceed the model's smallest training time "
+                              f"{floor:g} (got {config[section]['t_max']:g})")
+        note(f"{section}.t_min raised from {t_min:g} to {floor:g}, the model's smallest training time")
+    return {**config, **{section: {**config[section], "t_min": floor} for section in raised}}
+
+
 def build_report(config: dict[str, Any], progress: bool = True,
                  log: Callable[[str], None] | None = None) -> Report:
     """Run every part of the report for a validated ``config`` (module docstring).
@@ -121,6 +136,7 @@ def build_report(config: dict[str, Any], progress: bool = True,
     start = time.perf_counter()
     score, reference, model = resolve_subject(config, progress)
     seconds["model"] = time.perf_counter() - start
+    config = _within_model_times(config, start_time(score), note)
     score.process.time(torch.tensor([config["gap"]["t_min"], config["gap"]["t_max"], config["schedules"]["t_max"],
                                      *config["gap"]["eigenfunction_times"], *config["audit"]["times"]],
                                     dtype=torch.float64))

@@ -50,7 +50,7 @@ from ..spectral.grid import Grid, box_from_mixture, box_from_samples
 from ..spectral.operator import ScoreHamiltonian
 from ..spectral.profiles import gap_profile
 from ..spectral.ritz import ritz_gap
-from ..thermo.energy import energy, start_time
+from ..thermo.energy import energy
 from ..thermo.free_energy import free_energy_difference
 from ..thermo.path import ScoreEnergy
 from .subjects import Reference
@@ -85,10 +85,11 @@ def _exact(score: Score, reference: Reference) -> bool:
 
 
 def profile(score: Score, reference: Reference, config: dict[str, Any], progress: bool) -> Any:
-    """The gap profile over [gap.t_min, gap.t_max] (a network is not analysed below start_time)."""
-    gap = config["gap"]
-    t_min = max(gap["t_min"], start_time(score))
-    return gap_profile(score, t_range=(t_min, gap["t_max"]), n_initial=gap["n_initial"],
+    """The gap profile over the union of [gap.t_min, gap.t_max] and [schedules.t_min,
+    schedules.t_max], so that the spectral schedules interpolate it and never recompute it."""
+    gap, sch = config["gap"], config["schedules"]
+    t_range = (min(gap["t_min"], sch["t_min"]), max(gap["t_max"], sch["t_max"]))
+    return gap_profile(score, t_range=t_range, n_initial=gap["n_initial"],
                        max_solves=max(gap["max_solves"], gap["n_initial"]), rtol=gap["rtol"], k=gap["k"],
                        n_samples=gap["n_samples"], samples=None if _exact(score, reference) else _sampler(reference),
                        seed=config["seed"], progress=progress)
@@ -146,9 +147,7 @@ def schedule_section(score: Score, reference: Reference, profile_: Any, config: 
     sch = config["schedules"]
     exact_judge = reference.mixture is not None and reference.dim <= 2
     args = (sch["n_levels"], sch["t_max"], sch["t_min"], score.process, sch["budget"])
-    covered = profile_.times.min() <= sch["t_min"] and profile_.times.max() >= sch["t_max"]
-    source = {"profile": profile_} if covered else {"score": reference.exact or score}
-    out = [standard_schedule(name, *args, **source) for name in sch["standard"]]
+    out = [standard_schedule(name, *args, profile=profile_) for name in sch["standard"]]
     if sch["design"]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -68,12 +68,10 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from ..score.interface import ExactScore
-from ..score.mixture import GaussianMixture
 from ..score.processes import ForwardProcess
 from ..spectral.grid import Grid
 from .diagnostics import lag, low_modes, shifted_lu
-from .grid_model import GridModel, Initial, Level, distances, initial_mass
+from .grid_model import GridModel, Initial, Level, Target, distances, initial_mass
 from .propagation import propagate_exact
 from .schedules import as_schedule
 
@@ -173,7 +171,7 @@ def _jump(prev: _Modes, cur: _Modes, gamma: np.ndarray, rest: float) -> tuple[np
 
 
 def tracking_bound(
-    target: GaussianMixture | ExactScore,
+    target: Target,
     process: ForwardProcess | None,
     schedule: Any,
     *,
@@ -329,7 +327,7 @@ def _perturbed_stationary(model: GridModel, level: Level, edges: list) -> np.nda
 
 
 def score_error_bound(
-    target: GaussianMixture | ExactScore,
+    target: Target,
     process: ForwardProcess | None,
     t: float,
     error: Callable[[np.ndarray], np.ndarray],

@@ -68,11 +68,11 @@ import scipy.optimize
 import torch
 
 from ..common.errors import ScheduleError
-from ..score.interface import ExactScore
+from ..score.interface import DensityScore, ExactScore
 from ..score.mixture import GaussianMixture
 from ..score.processes import ForwardProcess
 from ..spectral.grid import Grid
-from .grid_model import GridModel, default_grid
+from .grid_model import GridModel, Target, default_grid
 from .propagation import propagate_exact
 from .reduced import ReducedModel
 from .schedules import Schedule, standard_schedule
@@ -185,10 +185,9 @@ class _Target:
     p: np.ndarray
 
     @classmethod
-    def build(cls, mixture: GaussianMixture, process: ForwardProcess, grid: Grid, t_max: float,
-              t_min: float) -> _Target:
-        model = GridModel(mixture, process, grid)
-        start = propagate_exact(mixture, process, Schedule([t_max, t_min], [0.0]), model=model)
+    def build(cls, target: Target, process: ForwardProcess, grid: Grid, t_max: float, t_min: float) -> _Target:
+        model = GridModel(target, process, grid)
+        start = propagate_exact(target, process, Schedule([t_max, t_min], [0.0]), model=model)
         volume = grid.cell_volume
         return cls(model, start.q * volume / (start.q * volume).sum(), start.p * volume)
 
@@ -319,7 +318,8 @@ class DesignResult:
     converged : the optimiser of the best start met its tolerance (not: stopped by maxiter or
         max_time); message : its message. starts : names of the baselines started from.
     n_evaluations : objective + gradient evaluations in all; wall_time : seconds.
-    grid : the design grid; targets : the targets (nominal first) as GaussianMixtures (None
+    grid : the design grid; targets : the targets (nominal first) as GaussianMixtures or
+    DensityScores (None
     and () for a reduced-model design, whose TVs are predictions of the reduced model).
     The TVs carry the design grid's discretisation error: judge on a refined grid.
     """
@@ -338,21 +338,23 @@ class DesignResult:
     n_evaluations: int
     wall_time: float
     grid: Grid | None
-    targets: tuple[GaussianMixture, ...] = field(repr=False)
+    targets: tuple[Target, ...] = field(repr=False)
 
 
-def _mixture_and_process(score: Any, process: ForwardProcess | None) -> tuple[GaussianMixture, ForwardProcess]:
-    if isinstance(score, ExactScore):
+def _target_and_process(score: Any, process: ForwardProcess | None) -> tuple[Target, ForwardProcess]:
+    """The grid model's target (an ExactScore's mixture, or the DensityScore itself) and the process."""
+    if isinstance(score, DensityScore):
         if process is not None and process != score.process:
-            raise ValueError(f"the ExactScore's process {score.process!r} differs from process={process!r}")
-        return score.mixture, score.process
+            raise ValueError(f"the score's process {score.process!r} differs from process={process!r}")
+        return (score.mixture if isinstance(score, ExactScore) else score), score.process
     if isinstance(score, GaussianMixture):
         if process is None:
             raise ValueError("pass the forward process (process=OU(), ...) with a GaussianMixture target")
         return score, process
     raise TypeError(
-        f"design_schedule propagates exactly on a grid and needs the target's density: pass an ExactScore or a "
-        f"GaussianMixture (d <= 2); got {type(score).__name__}"
+        "design_schedule(model='grid') propagates exactly on a grid and needs the target's density: pass a score "
+        "with an exact log-density (an ExactScore, as_score(log_prob=...), a NoisedDensity) or a GaussianMixture "
+        f"(d <= 2), or use model='reduced' for any score; got {type(score).__name__}"
     )
 
 
@@ -373,7 +375,7 @@ def _check_design_args(n_levels: int, budget: float, t_max: float, t_min: float,
         raise ValueError(f"robust must be None, 'mean' or 'worst'; got {robust!r}")
 
 
-def design_grid(targets: Sequence[GaussianMixture], process: ForwardProcess, t_min: float, t_max: float,
+def design_grid(targets: Sequence[Target], process: ForwardProcess, t_min: float, t_max: float,
                 **grid_options: Any) -> Grid:
     """One grid for all targets: the union of their :func:`default_grid` boxes at the finest spacing."""
     grids = [default_grid(m, process, t_min, t_max, **grid_options) for m in targets]
@@ -412,8 +414,8 @@ def _use_reduced(score: Any, model: str) -> bool:
         raise ValueError(f"model must be 'auto', 'grid' or 'reduced'; got {model!r}")
     if model != "auto":
         return model == "reduced"
-    mixture = score.mixture if isinstance(score, ExactScore) else score
-    return not (isinstance(mixture, GaussianMixture) and mixture.dim <= 2) and hasattr(score, "process")
+    exact = isinstance(score, (GaussianMixture, DensityScore)) and score.dim is not None and score.dim <= 2
+    return not exact and hasattr(score, "process")
 
 
 def _design_reduced(score: Any, n_levels: int, budget: float, t_max: float, t_min: float, baselines: Sequence[str],
@@ -512,8 +514,10 @@ def design_schedule(
     Returns a :class:`Schedule` with N + 1 ``times`` from t_max down to t_min and N Langevin
     times summing to ``budget`` (or a :class:`DesignResult` with ``full_output``).
 
-    score : an :class:`ExactScore` or a :class:`GaussianMixture` (then ``process`` is needed),
-        d = 1 or 2: the target whose noised marginals are propagated on the grid.
+    score : the target whose noised marginals are propagated on the grid, d = 1 or 2: a
+        :class:`GaussianMixture` (then ``process`` is needed) or any score with an exact
+        log-density (an :class:`ExactScore`, ``as_score(log_prob=...)``, a NoisedDensity;
+        :class:`~.grid_model.GridModel`); with model="reduced", any score.
     sampler : "langevin" (levels and Langevin times, exact adjoint gradient), or "sde" /
         "ode" (the step grid of the reverse SDE / probability-flow ODE, N + 1 times; budget
         must be 0; the N - 1 free times are optimised with finite-difference gradients, one
@@ -531,7 +535,7 @@ def design_schedule(
         passed to :func:`default_grid`, e.g. points_per_width). The TV on the design grid
         carries its discretisation error: judge the result on a refined grid
         (``propagate_exact(..., refine=True)``).
-    model : "grid" (exact propagation; the target must be an exact 1D / 2D mixture),
+    model : "grid" (exact propagation; the target must have an exact 1D / 2D log-density),
         "reduced" (the reduced model of :func:`~.reduced.reduced_prediction`: any score, any d) or
         "auto" (grid when possible). The reduced design predicts every baseline's final TV,
         keeps the levels of the best one and optimises the Langevin split u = U softmax(b)
@@ -550,16 +554,19 @@ def design_schedule(
         result = _design_reduced(score, int(n_levels), float(budget), float(t_max), float(t_min), baselines,
                                  maxiter, reduced_options or {}, started)
         return result if full_output else result.schedule
-    mixture, process = _mixture_and_process(score, process)
+    target, process = _target_and_process(score, process)
     t_max, t_min, budget = float(t_max), float(t_min), float(budget)
     _check_design_args(n_levels, budget, t_max, t_min, process, sampler, robust)
     n_levels = int(n_levels)
-    mixtures = [mixture]
+    nominal = [target]
     if robust is not None:
-        mixtures += perturbed_mixtures(mixture, n_perturbations, perturbation, seed)
-    grid = grid if grid is not None else design_grid(mixtures, process, t_min, t_max, **grid_options)
+        if not isinstance(target, GaussianMixture):
+            raise ValueError("robust designs perturb a Gaussian mixture's weights and means; the target is "
+                             f"{target!r}: pass robust=None")
+        nominal += perturbed_mixtures(target, n_perturbations, perturbation, seed)
+    grid = grid if grid is not None else design_grid(nominal, process, t_min, t_max, **grid_options)
     parameters = _Parameters(t_max, t_min, budget, n_levels)
-    targets = [_Target.build(m, process, grid, t_max, t_min) for m in mixtures]
+    targets = [_Target.build(m, process, grid, t_max, t_min) for m in nominal]
     objective = (_Objective(targets, parameters, robust) if sampler == "langevin"
                  else _StepObjective(targets, parameters, robust, sampler))
     candidates = {name: standard_schedule(name, n_levels, t_max, t_min, process, budget, profile=profile)
@@ -581,4 +588,4 @@ def design_schedule(
     return DesignResult(designed, math.exp(value), tvs, baseline, math.exp(base_value), base_tvs,
                         {name: math.exp(v) for name, v in standard.items()}, fell_back,
                         bool(best.success), str(best.message), starts,
-                        objective.n_evaluations, time.perf_counter() - started, grid, tuple(mixtures))
+                        objective.n_evaluations, time.perf_counter() - started, grid, tuple(nominal))

@@ -38,11 +38,9 @@ from scipy.linalg import eigh, eigh_tridiagonal
 
 from ..common.errors import ConvergenceError, InputShapeError
 from ..common.validation import as_float_tensor
-from ..score.interface import ExactScore
-from ..score.mixture import GaussianMixture
 from ..score.processes import ForwardProcess
 from ..spectral.grid import Grid
-from .grid_model import BasinRule, GridModel, Level, evaluate_marginal
+from .grid_model import BasinRule, GridModel, Level, Target, evaluate_marginal
 
 __all__ = [
     "LagResult",
@@ -79,7 +77,7 @@ def dirichlet_gram(model: GridModel, level: Level, V: np.ndarray) -> np.ndarray:
 def shifted_lu(model: GridModel, level: Level) -> tuple[float, spla.SuperLU]:
     """(c, LU of H + c I) with c = 0.01 / (largest component variance of p_t): the shift-invert
     operator of the 2D eigen-solver and the preconditioner of the deflated solves."""
-    shift = 0.01 / float(level.marginal.var.max())
+    shift = 0.01 / level.max_var
     H = model.hamiltonian(level)
     return shift, spla.splu((H + shift * sp.identity(H.shape[0])).tocsc(), permc_spec="MMD_AT_PLUS_A")
 
@@ -262,7 +260,7 @@ class SpectralDiagnostics:
 
 
 def spectral_diagnostics(
-    target: GaussianMixture | ExactScore,
+    target: Target,
     process: ForwardProcess | None = None,
     times: Any = None,
     *,

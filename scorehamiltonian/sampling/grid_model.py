@@ -1,8 +1,11 @@
-"""The grid model of exact propagation: a Gaussian mixture's noised marginals p_t on a grid (THEORY sections 3, 4).
+"""The grid model of exact propagation: a target's noised marginals p_t on a grid (THEORY sections 3, 4).
 
 No Monte Carlo: :class:`GridModel` carries p_t on a regular grid (1D or 2D) of a box holding
 the target's noised marginals (:func:`default_grid`), with the exact p_t, score and score
-Jacobian of a Gaussian mixture at every point (:func:`evaluate_marginal`). Each
+Jacobian at every point (:func:`evaluate_marginal`): in closed form for a Gaussian mixture,
+from the score itself for any other score with an exact log-density (a
+:class:`~scorehamiltonian.score.interface.DensityScore`: an analytic log p_t, the quadrature
+of :class:`~scorehamiltonian.score.noised.NoisedDensity`; Jacobian by autograd). Each
 :class:`Level` holds the grid masses P of p_t and the square-root approximation (SqRA) of
 the Langevin generator at t, whose symmetric form is the discrete Score Hamiltonian in
 ground-state form; :meth:`GridModel.relax` applies e^{-u H} (Talbot contour in 1D,
@@ -27,13 +30,15 @@ from scipy.linalg import lapack
 from scipy.special import ive, logsumexp
 
 from ..common.errors import InputShapeError
-from ..score.interface import ExactScore
+from ..score.derivatives import jacobian as score_jacobian
+from ..score.interface import DensityScore, ExactScore
 from ..score.mixture import GaussianMixture
 from ..score.processes import ForwardProcess
 from ..score.quadrature import steepest_descent_basins
-from ..spectral.grid import Grid, box_from_mixture
+from ..spectral.grid import Grid, box_for_score, box_from_mixture
 
 __all__ = [
+    "DensityMarginal",
     "GridModel",
     "Level",
     "Marginal",
@@ -55,6 +60,9 @@ _DEFAULT_PPW = {1: 8.0, 2: 4.0}
 _MAX_NODES = {1: 8191, 2: 96}
 _LEVEL_CACHE_SIZE = 256
 _GRID_CACHE: dict = {}
+#: Nodes whose mass is below e^-_CURVATURE_DEPTH of the largest do not set a density's sharpest width.
+_CURVATURE_DEPTH = 18.0
+Target = GaussianMixture | DensityScore
 
 
 def _talbot() -> tuple[np.ndarray, np.ndarray]:
@@ -93,13 +101,26 @@ def noised_marginal(mixture: GaussianMixture, alpha: float, sigma: float) -> Mar
     )
 
 
-def evaluate_marginal(marg: Marginal, x: np.ndarray, jacobian: bool = False) -> tuple[np.ndarray, ...]:
+@dataclass(frozen=True)
+class DensityMarginal:
+    """p_t of a :class:`DensityScore` at time t, read from the score (log_prob, score, autograd Jacobian)."""
+
+    score: DensityScore
+    t: float
+
+
+def evaluate_marginal(marg: Marginal | DensityMarginal, x: np.ndarray, jacobian: bool = False
+                      ) -> tuple[np.ndarray, ...]:
     """log p (n,), per-component log w_k N_k (n, K), score (n, d) and, if asked, its Jacobian (n, d, d).
 
-    With z_k = U_k^T (x - m_k), w = z / c: log N_k = -(|z|^2_c + sum log c + d log 2 pi) / 2,
+    A mixture: with z_k = U_k^T (x - m_k), w = z / c: log N_k = -(|z|^2_c + sum log c + d log 2 pi) / 2,
     s_k = -U_k w, s = sum_k r_k s_k (r the responsibilities) and
     ds/dx = sum_k r_k (-U_k diag(1 / c_k) U_k^T + s_k s_k^T) - s s^T.
+    A :class:`DensityMarginal`: the score's own log p_t and s_t (one component, K = 1), and the
+    Jacobian of s_t by autograd (:func:`~scorehamiltonian.score.derivatives.jacobian`).
     """
+    if isinstance(marg, DensityMarginal):
+        return _evaluate_density(marg, x, jacobian)
     n, d = x.shape
     k = marg.log_w.size
     rot = marg.rot.transpose(1, 0, 2).reshape(d, k * d)
@@ -117,8 +138,48 @@ def evaluate_marginal(marg: Marginal, x: np.ndarray, jacobian: bool = False) -> 
     return log_p, comp, score, jac - score[:, :, None] * score[:, None, :]
 
 
-def _mixture_key(mixture: GaussianMixture) -> tuple[bytes, ...]:
-    return tuple(a.detach().cpu().numpy().tobytes() for a in (mixture.weights, mixture.means, mixture.covs))
+def _evaluate_density(marg: DensityMarginal, x: np.ndarray, jacobian: bool) -> tuple[np.ndarray, ...]:
+    points = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    if not jacobian:
+        ev = marg.score.evaluate(points, marg.t)
+        log_p = ev.log_prob.detach().cpu().numpy()
+        return log_p, log_p[:, None], ev.score.detach().cpu().numpy()
+    log_p = marg.score.log_prob(points, marg.t).detach().cpu().numpy()
+    jac = score_jacobian(marg.score, points, marg.t)
+    return log_p, log_p[:, None], jac.score.detach().cpu().numpy(), jac.value.detach().cpu().numpy()
+
+
+def _target_key(target: Target) -> tuple[Any, ...]:
+    """What identifies a target in the caches: a mixture by its arrays, any other score by itself."""
+    if isinstance(target, GaussianMixture):
+        return tuple(a.detach().cpu().numpy().tobytes() for a in (target.weights, target.means, target.covs))
+    return ("score", target)
+
+
+def _density_widths(grid: Grid, log_mass: np.ndarray) -> tuple[float, float]:
+    """(sharpest width, largest variance) of a density from its grid log-masses.
+
+    Width: 1 / sqrt(c) with c the largest curvature -d^2 log p / dx_a^2 (second differences
+    along each axis, exact for a Gaussian on any grid) over interior nodes whose mass is
+    within e^-18 of the largest. Variance: the largest eigenvalue of p's covariance on the grid.
+    """
+    values = log_mass.reshape(grid.n)
+    heavy = values >= values.max() - _CURVATURE_DEPTH
+    curvature = 0.0
+    for a, h in enumerate(grid.h):
+        if grid.n[a] < 3:
+            continue
+        second = -(np.diff(values, n=2, axis=a)) / h**2
+        inner = [slice(None)] * values.ndim
+        inner[a] = slice(1, -1)
+        kept = second[heavy[tuple(inner)]]
+        if kept.size:
+            curvature = max(curvature, float(kept.max()))
+    points = grid.points().numpy()
+    mass = np.exp(log_mass)
+    centred = points - mass @ points
+    covariance = (centred * mass[:, None]).T @ centred
+    return (1.0 / math.sqrt(curvature) if curvature > 0 else math.inf), float(np.linalg.eigvalsh(covariance).max())
 
 
 def _prior_marginal(process: ForwardProcess, t_max: float, dim: int) -> Marginal:
@@ -131,7 +192,7 @@ def _grid_points(grid: Grid) -> np.ndarray:
 
 
 def default_grid(
-    target: GaussianMixture,
+    target: Target,
     process: ForwardProcess,
     t_min: float,
     t_max: float,
@@ -148,13 +209,21 @@ def default_grid(
     1D, 4 in 2D), with at most ``max_nodes`` interior nodes per axis (default 8191 in 1D,
     96 in 2D); the grid depends on the target and the time range only, not on the levels in
     between, so that every schedule over the same range is judged on the same grid.
+
+    Any other score with an exact log-density (``target`` a :class:`DensityScore`, d <= 2):
+    the union of :func:`~scorehamiltonian.spectral.grid.box_for_score` (tail mass
+    ``box_tol``) at t_min, sqrt(t_min t_max) (t_min > 0) and t_max and of the prior's box;
+    spacing from the sharpest width of p_t_min (:func:`_density_widths` on a grid of
+    ``max_nodes`` nodes per axis of that box), with the same points per width and cap.
     """
     dim = target.dim
     if dim not in _DEFAULT_PPW:
         raise InputShapeError(f"exact propagation works on 1D and 2D grids; the target has d = {dim}")
     ppw = float(points_per_width if points_per_width is not None else _DEFAULT_PPW[dim])
     cap = int(max_nodes if max_nodes is not None else _MAX_NODES[dim])
-    key = (_mixture_key(target), process, float(t_min), float(t_max), ppw, float(box_tol), cap)
+    key = (_target_key(target), process, float(t_min), float(t_max), ppw, float(box_tol), cap)
+    if key not in _GRID_CACHE and isinstance(target, DensityScore):
+        _GRID_CACHE[key] = _density_grid(target, process, float(t_min), float(t_max), ppw, float(box_tol), cap)
     if key not in _GRID_CACHE:
         times = t_min + (t_max - t_min) * np.concatenate([[0.0], np.logspace(-6, 0, 40)])
         alpha = process.alpha(times)[:, None, None, None]
@@ -174,6 +243,24 @@ def default_grid(
     return _GRID_CACHE[key]
 
 
+def _density_grid(score: DensityScore, process: ForwardProcess, t_min: float, t_max: float, ppw: float,
+                  box_tol: float, cap: int) -> Grid:
+    """:func:`default_grid` of a DensityScore (its docstring)."""
+    dim = score.dim
+    times = [t_min, t_max] + ([math.sqrt(t_min * t_max)] if t_min > 0 else [])
+    prior = _prior_marginal(process, t_max, dim)
+    prior_box = box_from_mixture(GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, dim,
+                                 dtype=torch.float64), float(prior.var.max()) * torch.eye(dim, dtype=torch.float64)[None]),
+                                 box_tol)
+    boxes = [box_for_score(score, t, box_tol) for t in times] + [prior_box]
+    lo, hi = np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0)
+    probe = Grid(lo.tolist(), hi.tolist(), cap)
+    log_p = evaluate_marginal(DensityMarginal(score, t_min), _grid_points(probe))[0]
+    width = _density_widths(probe, log_p - logsumexp(log_p))[0]
+    n = [min(cap, max(3, math.ceil((b - a) * ppw / width) - 1)) for a, b in zip(lo, hi)]
+    return Grid(lo.tolist(), hi.tolist(), n)
+
+
 @dataclass(frozen=True)
 class Level:
     """p_t on the grid and its SqRA operator.
@@ -182,8 +269,13 @@ class Level:
     log_mass : (N,) log of the grid masses P_i of p_t, normalised (logsumexp = 0).
     psi : (N,) sqrt(P): the ground state of H, unit 2-norm.
     diag : (N,) the diagonal of H, sum_{j ~ i} sqrt(P_j / P_i) / h^2 (off-diagonals -1 / h^2).
-    outside : mass of p_t outside the box, 1 - sum_i p_t(x_i) vol (trapezoid rule).
-    points_per_width : smallest component standard deviation of p_t over max h.
+    outside : mass of p_t outside the box, 1 - sum_i p_t(x_i) vol (trapezoid rule); for a
+        log-density known up to a constant, the mass on the outermost nodes (a proxy).
+    points_per_width : min_std over max h.
+    min_std : smallest component standard deviation of p_t (of a DensityScore: its sharpest
+        width, :func:`_density_widths`); max_var : largest component variance (largest
+        eigenvalue of p_t's covariance).
+    marginal : p_t itself (:class:`Marginal` or :class:`DensityMarginal`).
     """
 
     t: float
@@ -194,37 +286,45 @@ class Level:
     diag: np.ndarray
     outside: float
     points_per_width: float
-    marginal: Marginal
+    min_std: float
+    max_var: float
+    marginal: Marginal | DensityMarginal
 
 
 class GridModel:
-    """A Gaussian-mixture target's noised marginals p_t on a grid, with the SqRA dynamics.
+    """A target's noised marginals p_t on a grid, with the SqRA dynamics.
 
     ``GridModel(target, process, grid=None, t_range=None)``: target a
-    :class:`~scorehamiltonian.score.mixture.GaussianMixture` or an
-    :class:`~scorehamiltonian.score.interface.ExactScore` (whose process is used when ``process`` is
-    None); without ``grid``, :func:`default_grid` over ``t_range`` (default the process's
-    range). Levels (p_t on the grid and its operator) are cached per (target, grid, alpha_t,
-    sigma_t) across models, so repeated propagations with the same levels are cheap.
+    :class:`~scorehamiltonian.score.mixture.GaussianMixture`, or a score with an exact
+    log-density (:class:`~scorehamiltonian.score.interface.DensityScore`: an ExactScore is
+    read as its mixture; any other, such as an analytic log p_t or a
+    :class:`~scorehamiltonian.score.noised.NoisedDensity`, through its own log_prob, score and
+    autograd Jacobian), whose process is used when ``process`` is None; without ``grid``,
+    :func:`default_grid` over ``t_range`` (default the process's range). Levels (p_t on the
+    grid and its operator) are cached per (target, grid, alpha_t, sigma_t) across models, so
+    repeated propagations with the same levels are cheap.
     """
 
     _cache: ClassVar[OrderedDict] = OrderedDict()
 
     def __init__(
         self,
-        target: GaussianMixture | ExactScore,
+        target: Target,
         process: ForwardProcess | None = None,
         grid: Grid | None = None,
         t_range: tuple[float, float] | None = None,
         **grid_options: Any,
     ) -> None:
-        if isinstance(target, ExactScore):
+        if isinstance(target, DensityScore):
             process = target.process if process is None else process
             if process != target.process:
-                raise ValueError(f"the ExactScore's process {target.process!r} differs from process={process!r}")
-            target = target.mixture
-        if not isinstance(target, GaussianMixture):
-            raise TypeError(f"target must be a GaussianMixture or an ExactScore; got {type(target).__name__}")
+                raise ValueError(f"the score's process {target.process!r} differs from process={process!r}")
+            if isinstance(target, ExactScore):
+                target = target.mixture
+        if not isinstance(target, (GaussianMixture, DensityScore)):
+            raise TypeError(
+                "exact propagation needs the target's density: a GaussianMixture or a score with an exact "
+                f"log-density (an ExactScore, as_score(log_prob=...), a NoisedDensity); got {type(target).__name__}")
         if process is None:
             raise ValueError("pass the forward process (process=OU(), ...) with a GaussianMixture target")
         if target.dim not in _DEFAULT_PPW:
@@ -237,14 +337,26 @@ class GridModel:
             raise InputShapeError(f"the grid is {self.grid.dim}-dimensional but the target is {target.dim}-dimensional")
         self.points = _grid_points(self.grid)
         self.h = np.array(self.grid.h)
-        self._key = (_mixture_key(target), self.grid)
+        self._key = (_target_key(target), self.grid)
 
     def __repr__(self) -> str:
         return f"GridModel({self.target!r}, {self.process!r}, {self.grid})"
 
-    def marginal(self, t: float) -> Marginal:
-        """p_t as numpy arrays (see :func:`evaluate_marginal`)."""
-        return noised_marginal(self.target, float(self.process.alpha(t)), float(self.process.sigma(t)))
+    @property
+    def is_mixture(self) -> bool:
+        """Whether the target is a Gaussian mixture (closed forms; otherwise a DensityScore)."""
+        return isinstance(self.target, GaussianMixture)
+
+    def marginal(self, t: float) -> Marginal | DensityMarginal:
+        """p_t (see :func:`evaluate_marginal`)."""
+        return self._marginal(float(t), float(self.process.alpha(t)), float(self.process.sigma(t)))
+
+    def _marginal(self, t: float, alpha: float, sigma: float) -> Marginal | DensityMarginal:
+        if self.is_mixture:
+            return noised_marginal(self.target, alpha, sigma)
+        if math.isnan(t):
+            raise ValueError("the data level (sigma = 0 beyond the process's range) needs a Gaussian-mixture target")
+        return DensityMarginal(self.target, t)
 
     def prior(self, t_max: float) -> Marginal:
         """The reference Gaussian N(0, (alpha_T^2 + sigma_T^2) I) at T = t_max."""
@@ -272,13 +384,27 @@ class GridModel:
         return level
 
     def _build_level(self, t: float, alpha: float, sigma: float) -> Level:
-        marg = noised_marginal(self.target, alpha, sigma)
+        marg = self._marginal(t, alpha, sigma)
         log_p = evaluate_marginal(marg, self.points)[0]
+        if not np.isfinite(log_p).any() or np.isnan(log_p).any() or np.isposinf(log_p).any():
+            raise ValueError(f"log p_t of {self.target!r} at t = {t:g} is NaN, +inf or nowhere finite on the grid")
         total = logsumexp(log_p)
         log_mass = log_p - total
-        outside = -math.expm1(total + math.log(self.grid.cell_volume))
+        if self.is_mixture:
+            outside = -math.expm1(total + math.log(self.grid.cell_volume))
+            min_std, max_var = marg.min_std, float(marg.var.max())
+        else:
+            outside = self._face_mass(log_mass) if not self.target.normalised else \
+                max(0.0, -math.expm1(total + math.log(self.grid.cell_volume)))
+            min_std, max_var = _density_widths(self.grid, log_mass)
         return Level(t, alpha, sigma, log_mass, np.exp(0.5 * log_mass), self._sqra_diagonal(log_mass),
-                     outside, marg.min_std / float(self.h.max()), marg)
+                     outside, min_std / float(self.h.max()), min_std, max_var, marg)
+
+    def _face_mass(self, log_mass: np.ndarray) -> float:
+        """The mass on the grid's outermost nodes (the boundary-mass proxy of an unnormalised log p)."""
+        inner = np.zeros(self.grid.n, dtype=bool)
+        inner[tuple(slice(1, -1) for _ in self.grid.n)] = True
+        return float(np.exp(log_mass)[~inner.reshape(-1)].sum())
 
     def _sqra_diagonal(self, log_mass: np.ndarray) -> np.ndarray:
         """sum over neighbours j of exp((log P_j - log P_i) / 2) / h_a^2, from log-mass differences."""
@@ -327,6 +453,8 @@ class GridModel:
     def basins(self, level: Level, rule: BasinRule = "ascent") -> np.ndarray:
         """Basin labels 0..B-1 of the nodes (N,) for p at the level ("ascent" or "component")."""
         if rule == "component":
+            if not self.is_mixture:
+                raise ValueError("basins='component' needs a Gaussian-mixture target; use 'ascent'")
             comp = evaluate_marginal(level.marginal, self.points)[1]
             labels = np.argmax(comp, axis=1)
         elif rule == "ascent":
@@ -387,8 +515,16 @@ def distances(q_mass: np.ndarray, p_mass: np.ndarray) -> dict[str, float]:
     }
 
 
-def initial_mass(model: GridModel, initial: Initial, t_max: float) -> tuple[Marginal, np.ndarray, float]:
+def initial_mass(model: GridModel, initial: Initial, t_max: float
+                 ) -> tuple[Marginal | DensityMarginal, np.ndarray, float]:
+    """The initial law on the grid: (its marginal, masses at the nodes, mass outside the box).
+
+    "exact" is p_{t_max} (its log-density must be normalised), "prior" the process's reference Gaussian.
+    """
     if initial == "exact":
+        if not (model.is_mixture or model.target.normalised):
+            raise ValueError("initial='exact' needs a normalised log-density (the target's is known up to a "
+                             "constant); use initial='prior'")
         marg = model.marginal(t_max)
     elif initial == "prior":
         marg = model.prior(t_max)

@@ -350,7 +350,7 @@ def judge_solver(
     final_level = _final_level(model, levels)
     if final_level.points_per_width < _MIN_POINTS_PER_WIDTH:
         raise ResolutionError(f"the grid (h = {model.h.max():.3g}) does not resolve the target: its sharpest component "
-                              f"has std {final_level.marginal.min_std:.3g}, {final_level.points_per_width:.2f} spacings")
+                              f"has std {final_level.min_std:.3g}, {final_level.points_per_width:.2f} spacings")
     field = Field(score, levels)
     moves = solver_moves(solver, levels, **options)
     if solver in _STOCHASTIC:

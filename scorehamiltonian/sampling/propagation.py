@@ -2,8 +2,9 @@
 
 No Monte Carlo: the density of every sampler is carried on a regular grid (1D or 2D) of
 a box holding the target's noised marginals p_t, and compared at the end with p_{t_min}
-(THEORY sections 3 and 4). The target is a Gaussian mixture, so p_t, its score and the
-score's Jacobian are exact at every point.
+(THEORY sections 3 and 4). The target is a Gaussian mixture or another score with an exact
+log-density (:class:`~.grid_model.GridModel`), so p_t, its score and the score's Jacobian
+are exact at every point.
 
 Annealed Langevin: the square-root approximation (SqRA)
     The Langevin generator at level t is discretised by jump rates between grid neighbours
@@ -58,17 +59,17 @@ import numpy as np
 from scipy.ndimage import correlate1d, map_coordinates
 
 from ..common.errors import ResolutionError, ScheduleError
-from ..score.interface import ExactScore
-from ..score.mixture import GaussianMixture
 from ..score.processes import ForwardProcess
 from ..spectral.grid import Grid
 from ..spectral.operator import BoundaryMassWarning, ResolutionWarning
 from .grid_model import (
     BasinRule,
+    DensityMarginal,
     GridModel,
     Initial,
     Level,
     Marginal,
+    Target,
     distances,
     evaluate_marginal,
     initial_mass,
@@ -169,7 +170,7 @@ def invert_map(step: StepMap, y: np.ndarray, start: np.ndarray | None = None) ->
     return x, np.linalg.det(jac), bool((res <= tol).all())
 
 
-def _ode(model: GridModel, schedule: Schedule, q0: Marginal, n_steps: int) -> tuple[np.ndarray, bool]:
+def _ode(model: GridModel, schedule: Schedule, q0: Marginal | DensityMarginal, n_steps: int) -> tuple[np.ndarray, bool]:
     """Final density at the nodes by backward characteristics (exact up to Newton's tolerance)."""
     x = model.points.copy()
     log_det = np.zeros(x.shape[0])
@@ -342,7 +343,7 @@ class PropagationResult:
 
 
 def propagate_exact(
-    target: GaussianMixture | ExactScore,
+    target: Target,
     process: ForwardProcess | None,
     schedule: Any,
     *,
@@ -356,8 +357,9 @@ def propagate_exact(
 ) -> PropagationResult:
     """Propagate a sampler's density exactly on a grid along a schedule; compare with p_{t_min}.
 
-    target : a :class:`GaussianMixture` (with ``process``) or an :class:`ExactScore`
-        (``process`` None or its own); d = 1 or 2.
+    target : a :class:`GaussianMixture` (with ``process``), or a score with an exact log-density
+        (an ExactScore, ``as_score(log_prob=...)``, a NoisedDensity: :class:`GridModel`), whose
+        ``process`` is None or its own; d = 1 or 2.
     schedule : a :class:`~scorehamiltonian.sampling.schedules.Schedule` or anything
         :func:`~scorehamiltonian.sampling.schedules.as_schedule` accepts (times strictly monotone);
         its times must lie in the process's range (:class:`TimeRangeError`); malformed ones
@@ -391,7 +393,7 @@ def propagate_exact(
     if final.points_per_width < _MIN_POINTS_PER_WIDTH:
         raise ResolutionError(
             f"the grid (h = {model.h.max():.3g}) does not resolve p_t_min: its sharpest component has std "
-            f"{final.marginal.min_std:.3g}, {final.points_per_width:.2f} spacings; refine the grid"
+            f"{final.min_std:.3g}, {final.points_per_width:.2f} spacings; refine the grid"
         )
     q0_marginal, q, prior_outside = initial_mass(model, initial, schedule.t_max)
     notes: list[str] = []

@@ -48,7 +48,7 @@ and lambda_1 read from the Dirichlet form of its eigenvector deflated of the exa
 state, with a Kato-Temple bound, :mod:`.excited`, so that gaps down to 1e-12 keep relative
 accuracy) or "potential" (any score; gap = lambda_1 - lambda_0).
 
-Boxes (``box=None``): exact mixtures from their components (:func:`~.grid.box_from_mixture`);
+Boxes (``box=None``, :func:`~.grid.box_for_score`): exact mixtures from their components (:func:`~.grid.box_from_mixture`);
 scores with an exact log-density from it (:func:`~.grid.box_from_density`, started from
 samples when the score can draw them, else from [-r, r]^d, r = 3 max(1, sigma_t)); other
 scores that can sample from their samples (:func:`~.grid.box_from_samples`), the rest from
@@ -76,14 +76,7 @@ from ..score.interface import DensityScore, Score, as_score
 from ..score.potential import quantum_potential
 from .eigensolvers import spectrum
 from .excited import first_excited
-from .grid import (
-    Grid,
-    box_from_density,
-    box_from_mixture,
-    box_from_samples,
-    box_from_score,
-    mixture_mass_outside,
-)
+from .grid import Grid, box_for_score, mixture_mass_outside
 from .memory import available_memory, estimate_memory
 from .operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
 from .solution import ConvergenceWarning
@@ -102,8 +95,6 @@ GROUND_STATE_MAXITER = 150
 MIN_POINTS_PER_WIDTH = 1.5
 #: The factor on the asymptotic error estimate of the extrapolate (module docstring).
 SAFETY = 3.0
-#: Samples drawn to place a box when the score can sample p_t.
-BOX_SAMPLES = 4000
 
 #: What a failed eigen-solve can raise: SuperLU's RuntimeError ("Factor is exactly singular"),
 #: the multigrid's ValueError (a shift above a diagonal entry), LAPACK's errors.
@@ -250,33 +241,6 @@ def _extrapolate(levels: list[GapLevel], order: int) -> tuple[float, float, floa
     return richardson[-1], error if asymptotic else math.inf, observed, solver
 
 
-def _choose_box(score: Score, t: float, mass_tol: float) -> tuple[list[float], list[float]]:
-    """The box of ``box=None`` (module docstring)."""
-    generator = torch.Generator().manual_seed(0)
-    if hasattr(score, "marginal"):
-        return box_from_mixture(score.marginal(t), mass_tol)
-    if isinstance(score, DensityScore):
-        if score.can_sample:
-            start = box_from_samples(score.sample(BOX_SAMPLES, t, generator), mass_tol)
-        else:
-            if score.dim is None:
-                raise InputShapeError("the score does not state its dimension; pass dim= to as_score, or box=(lo, hi)")
-            radius = 3.0 * max(1.0, float(score.process.sigma(t)))
-            start = ([-radius] * score.dim, [radius] * score.dim)
-
-        def log_prob(x: torch.Tensor) -> torch.Tensor:
-            return score.log_prob(x, t)
-
-        try:
-            return box_from_density(log_prob, start, mass_tol)
-        except ValueError as err:
-            raise InputShapeError(f"spectral_gap could not place a box from the score's log-density: {err}; "
-                                  "pass box=(lo, hi)") from err
-    if score.can_sample:
-        return box_from_samples(score.sample(BOX_SAMPLES, t, generator), mass_tol)
-    return box_from_score(score, t, mass_tol, generator=generator)
-
-
 def spectral_gap(
     score: Any,
     t: float,
@@ -314,7 +278,7 @@ def spectral_gap(
         )
     chosen = box is None
     if chosen:
-        box = _choose_box(score, t, mass_tol)
+        box = box_for_score(score, t, mass_tol)
     lo, hi = (list(b) if hasattr(b, "__len__") else [float(b)] for b in box)
     dim = len(lo)
     outside = mixture_mass_outside(score.marginal(t), lo, hi) if hasattr(score, "marginal") else math.nan

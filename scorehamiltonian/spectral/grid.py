@@ -22,6 +22,7 @@ from ..score.mixture import GaussianMixture
 
 __all__ = [
     "Grid",
+    "box_for_score",
     "box_from_density",
     "box_from_mixture",
     "box_from_samples",
@@ -279,3 +280,46 @@ def box_from_density(
             return lo, hi
     raise ValueError(f"box_from_density: the box did not settle in {max_rounds} rounds (last [{lo}, {hi}]): "
                      "does p have its mass at infinity?")
+
+
+#: Samples drawn to place a box when the score can sample p_t.
+BOX_SAMPLES = 4000
+
+
+def box_for_score(score: Any, t: float, mass_tol: float = 1e-12) -> tuple[list[float], list[float]]:
+    """A box holding all but about ``mass_tol`` of p_t, from whatever the score knows.
+
+    An exact mixture (a score with ``marginal``): :func:`box_from_mixture`. A score with an
+    exact log-density (:class:`~scorehamiltonian.score.interface.DensityScore`):
+    :func:`box_from_density`, started from :data:`BOX_SAMPLES` samples when the score can draw
+    them, else from [-r, r]^d, r = 3 max(1, sigma_t). Other scores that can sample: their
+    samples (:func:`box_from_samples`); the rest: Langevin chains (:func:`box_from_score`).
+    Raises :class:`InputShapeError` when the score states no dimension and cannot sample, or
+    when no box settles on its log-density.
+    """
+    from ..score.interface import DensityScore, as_score
+
+    score = as_score(score)
+    generator = torch.Generator().manual_seed(0)
+    if hasattr(score, "marginal"):
+        return box_from_mixture(score.marginal(t), mass_tol)
+    if isinstance(score, DensityScore):
+        if score.can_sample:
+            start = box_from_samples(score.sample(BOX_SAMPLES, t, generator), mass_tol)
+        else:
+            if score.dim is None:
+                raise InputShapeError("the score does not state its dimension; pass dim= to as_score, or box=(lo, hi)")
+            radius = 3.0 * max(1.0, float(score.process.sigma(t)))
+            start = ([-radius] * score.dim, [radius] * score.dim)
+
+        def log_prob(x: torch.Tensor) -> torch.Tensor:
+            return score.log_prob(x, t)
+
+        try:
+            return box_from_density(log_prob, start, mass_tol)
+        except ValueError as err:
+            raise InputShapeError(f"could not place a box from the score's log-density at t = {t:g}: {err}; "
+                                  "pass box=(lo, hi)") from err
+    if score.can_sample:
+        return box_from_samples(score.sample(BOX_SAMPLES, t, generator), mass_tol)
+    return box_from_score(score, t, mass_tol, generator=generator)

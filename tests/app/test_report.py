@@ -11,7 +11,7 @@ import pytest
 
 from scorehamiltonian.app.cli import main
 from scorehamiltonian.app.config import BUILTIN, builtin_config, load_config, validate_config
-from scorehamiltonian.app.report import FIGURES, REPORT_SCHEMA, build_report
+from scorehamiltonian.app.report import FIGURES, REPORT_SCHEMA, _within_model_times, build_report
 from scorehamiltonian.common.errors import ConfigError
 from scorehamiltonian.score.systems import SYSTEMS
 
@@ -125,3 +125,18 @@ def test_a_solver_sampler_adds_its_step_schedules(tmp_path):
     assert all(r["nfe"] == 10 for r in rows.values())
     assert rows["designed"]["value"] <= rows[steps["design"]["start"]]["value"]
     jsonschema.validate(numbers, REPORT_SCHEMA)
+
+
+def test_times_below_a_networks_training_range_are_raised_to_it():
+    """An epsilon network is not evaluated below its smallest training time: the report raises
+    gap.t_min and schedules.t_min to it and says so (the digits report extrapolated to 1e-3 and
+    recomputed the profile there, for over 17 minutes); a range that ends below it is refused."""
+    config = builtin_config("bimodal")
+    lines = []
+    raised = _within_model_times(config, 0.01, lines.append)
+    assert raised["gap"]["t_min"] == raised["schedules"]["t_min"] == 0.01
+    assert config["gap"]["t_min"] == 1e-3  # the caller's config is not changed
+    assert len(lines) == 2 and "gap.t_min raised from 0.001 to 0.01" in lines[0]
+    assert _within_model_times(config, 1e-4, lines.append) is config and len(lines) == 2
+    with pytest.raises(ConfigError, match="'gap.t_max': must exceed the model's smallest training time 6"):
+        _within_model_times(config, 6.0, lines.append)
