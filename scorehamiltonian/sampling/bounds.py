@@ -211,7 +211,7 @@ def tracking_bound(
                      cur.V.shape[1], jump, sup))
         prev = cur
     cols = [np.array(c) for c in zip(*rows)]
-    chi2 = float(gamma @ gamma) + rest**2
+    chi2 = float(gamma @ gamma) + rest * rest  # inf, not OverflowError, where a sup ratio is astronomical
     tv = min(1.0, 0.5 * math.sqrt(chi2))
     measured = propagate_exact(model.target, model.process, schedule, initial=initial, model=model) if measure else None
     return TrackingBound(

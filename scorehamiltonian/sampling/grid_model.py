@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.linalg as spla
 import torch
 from scipy.linalg import lapack
+from scipy.ndimage import distance_transform_edt
 from scipy.special import ive, logsumexp
 
 from ..common.errors import InputShapeError
@@ -59,6 +62,11 @@ _TALBOT_N = 24
 _DEFAULT_PPW = {1: 8.0, 2: 4.0}
 _MAX_NODES = {1: 8191, 2: 96}
 _LEVEL_CACHE_SIZE = 256
+#: Grid log-masses are floored here (psi = sqrt(P) stays a normal float; the mass added, below
+#: N e^-600, is far below round-off).
+_LOG_MASS_FLOOR = -600.0
+#: Above this many Chebyshev terms a 2D relaxation takes the Talbot contour with sparse LU solves.
+_CHEBYSHEV_MAX_TERMS = 3000
 _GRID_CACHE: dict = {}
 #: Nodes whose mass is below e^-_CURVATURE_DEPTH of the largest do not set a density's sharpest width.
 _CURVATURE_DEPTH = 18.0
@@ -389,7 +397,7 @@ class GridModel:
         if not np.isfinite(log_p).any() or np.isnan(log_p).any() or np.isposinf(log_p).any():
             raise ValueError(f"log p_t of {self.target!r} at t = {t:g} is NaN, +inf or nowhere finite on the grid")
         total = logsumexp(log_p)
-        log_mass = log_p - total
+        log_mass = np.maximum(log_p - total, _LOG_MASS_FLOOR)
         if self.is_mixture:
             outside = -math.expm1(total + math.log(self.grid.cell_volume))
             min_std, max_var = marg.min_std, float(marg.var.max())
@@ -427,7 +435,10 @@ class GridModel:
         """e^{-u H} phi (phi of shape (N,) or (N, m)): Langevin time u at the level, phi-frame.
 
         The ground-state component <psi, phi> psi is kept exactly (mass conservation); the rest
-        goes through the Talbot contour (1D) or the Chebyshev expansion (2D).
+        goes through the Talbot contour (1D), or in 2D the Chebyshev expansion, unless that
+        would take more than _CHEBYSHEV_MAX_TERMS terms (a stiff level: log p falling by
+        hundreds between neighbours, as Mueller-Brown's far tails do), then the Talbot contour
+        with sparse LU solves.
         """
         if u == 0:
             return phi.copy()
@@ -436,7 +447,9 @@ class GridModel:
         if self.grid.dim == 1:
             rest = self._talbot_1d(rest, level, u)
         else:
-            rest = _chebyshev_exp(self.hamiltonian(level), rest, u)
+            H = self.hamiltonian(level)
+            stiff = _chebyshev_terms(0.5 * u * float(abs(H).sum(axis=1).max())) > _CHEBYSHEV_MAX_TERMS
+            rest = _talbot_sparse(H, rest, u) if stiff else _chebyshev_exp(H, rest, u)
         return rest + np.multiply.outer(level.psi, weight)
 
     def _talbot_1d(self, phi: np.ndarray, level: Level, u: float) -> np.ndarray:
@@ -459,6 +472,10 @@ class GridModel:
             labels = np.argmax(comp, axis=1)
         elif rule == "ascent":
             labels = steepest_descent_basins(torch.from_numpy(-level.log_mass.reshape(self.grid.n))).numpy()
+            floored = level.log_mass.reshape(self.grid.n) <= _LOG_MASS_FLOOR
+            if floored.any() and not floored.all():  # flat floor: each node its own basin; give it its nearest
+                nearest = distance_transform_edt(floored, return_distances=False, return_indices=True)
+                labels = labels[tuple(nearest)]
         else:
             raise ValueError(f"basins must be 'ascent' or 'component'; got {rule!r}")
         return np.unique(labels, return_inverse=True)[1].reshape(-1)
@@ -475,6 +492,22 @@ def _neighbours(grid: Grid) -> sp.csr_matrix:
     return sp.csr_matrix(sum(parts))
 
 
+def _chebyshev_terms(beta: float) -> int:
+    """Terms computed by :func:`_chebyshev_exp` for beta = u B / 2 (before truncation)."""
+    return int(math.sqrt(80.0 * beta)) + 30 if math.isfinite(beta) else sys.maxsize
+
+
+def _talbot_sparse(H: sp.csr_matrix, phi: np.ndarray, u: float) -> np.ndarray:
+    """e^{-u H} phi for symmetric H >= 0 by the Talbot contour (module constants), one sparse LU
+    of H + z / u per node: exact to about 3e-14 for any spectrum, however stiff."""
+    eye = sp.identity(H.shape[0], format="csc")
+    H = H.tocsc().astype(complex)
+    out = np.zeros(phi.shape)
+    for z, w in zip(_TALBOT_Z, _TALBOT_W):
+        out += (w / u * spla.splu(H + (z / u) * eye).solve(phi.astype(complex))).real
+    return out
+
+
 def _chebyshev_exp(H: sp.csr_matrix, phi: np.ndarray, u: float) -> np.ndarray:
     """e^{-u H} phi for symmetric H >= 0 by its Chebyshev expansion on [0, B].
 
@@ -486,7 +519,7 @@ def _chebyshev_exp(H: sp.csr_matrix, phi: np.ndarray, u: float) -> np.ndarray:
     """
     bound = float(abs(H).sum(axis=1).max())
     beta = 0.5 * u * bound
-    k = np.arange(int(math.sqrt(80.0 * beta)) + 30)
+    k = np.arange(_chebyshev_terms(beta))
     coef = 2.0 * (-1.0) ** k * ive(k, beta)
     coef[0] *= 0.5
     coef = coef[: int(np.flatnonzero(np.abs(coef) >= 1e-17).max()) + 1]

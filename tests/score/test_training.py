@@ -345,3 +345,28 @@ def test_a_model_warns_below_its_training_time():
         _warnings.simplefilter("error", ExtrapolationWarning)
         score(x, 0.05)
         score(x, 1.0)
+
+
+def test_the_residual_fades_below_the_training_range():
+    """Below log_snr_min the learned residual is damped by exp(3/2 (lambda - log_snr_min)): at the
+    same network input y (the embedding is held at the range's end there) the residual is exactly
+    that fraction of its value at the end of the range (without the damping the digits
+    ensemble's probability-flow ODE grew to |x| = 1e8 between t = 3 and 10)."""
+    torch.manual_seed(0)
+    mlp = MLPScore(dim=2, hidden=8, log_snr_min=-4.0, log_snr_max=6.0, data_mean=[0.5, -1.0], data_std=[2.0, 0.5])
+    torch.nn.init.normal_(mlp.out.weight)
+    mlp = mlp.double()
+    proc = OU()
+    y = torch.tensor([[0.3, -1.2], [2.0, 0.4]], dtype=torch.float64)
+
+    def residual(lam: float) -> torch.Tensor:
+        t = proc.log_snr_to_t(torch.tensor(lam, dtype=torch.float64))
+        alpha, sigma = float(proc.alpha(t)), float(proc.sigma(t))
+        c_in = (alpha**2 * mlp.data_var + sigma**2).rsqrt()
+        x = y / c_in + alpha * mlp.data_mean
+        return mlp(x, t.expand(2)) - sigma * c_in * y
+
+    end = residual(-4.0)
+    assert end.abs().max() > 0.1
+    for lam in (-5.0, -8.0, -14.0):
+        torch.testing.assert_close(residual(lam), math.exp(1.5 * (lam + 4.0)) * end, rtol=1e-9, atol=1e-15)
