@@ -68,11 +68,11 @@ import scipy.optimize
 import torch
 
 from ..common.errors import ScheduleError
-from ..score.interface import DensityScore, ExactScore
+from ..score.interface import DensityScore
 from ..score.mixture import GaussianMixture
 from ..score.processes import ForwardProcess
 from ..spectral.grid import Grid
-from .grid_model import GridModel, Target, default_grid
+from .grid_model import GridModel, Target, default_grid, grid_target
 from .propagation import propagate_exact
 from .reduced import ReducedModel
 from .schedules import Schedule, standard_schedule
@@ -341,23 +341,6 @@ class DesignResult:
     targets: tuple[Target, ...] = field(repr=False)
 
 
-def _target_and_process(score: Any, process: ForwardProcess | None) -> tuple[Target, ForwardProcess]:
-    """The grid model's target (an ExactScore's mixture, or the DensityScore itself) and the process."""
-    if isinstance(score, DensityScore):
-        if process is not None and process != score.process:
-            raise ValueError(f"the score's process {score.process!r} differs from process={process!r}")
-        return (score.mixture if isinstance(score, ExactScore) else score), score.process
-    if isinstance(score, GaussianMixture):
-        if process is None:
-            raise ValueError("pass the forward process (process=OU(), ...) with a GaussianMixture target")
-        return score, process
-    raise TypeError(
-        "design_schedule(model='grid') propagates exactly on a grid and needs the target's density: pass a score "
-        "with an exact log-density (an ExactScore, as_score(log_prob=...), a NoisedDensity) or a GaussianMixture "
-        f"(d <= 2), or use model='reduced' for any score; got {type(score).__name__}"
-    )
-
-
 def _check_design_args(n_levels: int, budget: float, t_max: float, t_min: float, process: ForwardProcess,
                        sampler: str, robust: str | None) -> None:
     if int(n_levels) != n_levels or n_levels < 1:
@@ -550,11 +533,11 @@ def design_schedule(
         _check_design_args(n_levels, budget, float(t_max), float(t_min), process, sampler, robust)
         if robust is not None or sampler != "langevin":
             raise ValueError("robust designs and the sde / ode samplers need the grid model (an exact 1D / 2D "
-                             "mixture target); the reduced model designs annealed Langevin only")
+                             "log-density); the reduced model designs annealed Langevin only")
         result = _design_reduced(score, int(n_levels), float(budget), float(t_max), float(t_min), baselines,
                                  maxiter, reduced_options or {}, started)
         return result if full_output else result.schedule
-    target, process = _target_and_process(score, process)
+    target, process = grid_target(score, process)
     t_max, t_min, budget = float(t_max), float(t_min), float(budget)
     _check_design_args(n_levels, budget, t_max, t_min, process, sampler, robust)
     n_levels = int(n_levels)

@@ -48,6 +48,7 @@ __all__ = [
     "default_grid",
     "distances",
     "evaluate_marginal",
+    "grid_target",
     "initial_mass",
     "noised_marginal",
 ]
@@ -299,6 +300,24 @@ class Level:
     marginal: Marginal | DensityMarginal
 
 
+def grid_target(target: Any, process: ForwardProcess | None) -> tuple[Target, ForwardProcess]:
+    """(the target as the grid model holds it, the process): an ExactScore becomes its mixture, any
+    other DensityScore stays itself (``process`` None or the score's own); a GaussianMixture needs
+    ``process``. TypeError for anything without an exact log-density."""
+    if isinstance(target, DensityScore):
+        if process is not None and process != target.process:
+            raise ValueError(f"the score's process {target.process!r} differs from process={process!r}")
+        return (target.mixture if isinstance(target, ExactScore) else target), target.process
+    if not isinstance(target, GaussianMixture):
+        raise TypeError(
+            "exact propagation on a grid needs the target's density: a GaussianMixture or a score with an exact "
+            f"log-density (an ExactScore, as_score(log_prob=...), a NoisedDensity); got {type(target).__name__} "
+            "(for any other score: design_schedule(model='reduced'), sample-based judges)")
+    if process is None:
+        raise ValueError("pass the forward process (process=OU(), ...) with a GaussianMixture target")
+    return target, process
+
+
 class GridModel:
     """A target's noised marginals p_t on a grid, with the SqRA dynamics.
 
@@ -323,18 +342,7 @@ class GridModel:
         t_range: tuple[float, float] | None = None,
         **grid_options: Any,
     ) -> None:
-        if isinstance(target, DensityScore):
-            process = target.process if process is None else process
-            if process != target.process:
-                raise ValueError(f"the score's process {target.process!r} differs from process={process!r}")
-            if isinstance(target, ExactScore):
-                target = target.mixture
-        if not isinstance(target, (GaussianMixture, DensityScore)):
-            raise TypeError(
-                "exact propagation needs the target's density: a GaussianMixture or a score with an exact "
-                f"log-density (an ExactScore, as_score(log_prob=...), a NoisedDensity); got {type(target).__name__}")
-        if process is None:
-            raise ValueError("pass the forward process (process=OU(), ...) with a GaussianMixture target")
+        target, process = grid_target(target, process)
         if target.dim not in _DEFAULT_PPW:
             raise InputShapeError(f"exact propagation works on 1D and 2D grids; the target has d = {target.dim}")
         t_lo, t_hi = t_range if t_range is not None else (process.t_min, process.t_max)

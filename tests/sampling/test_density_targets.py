@@ -18,6 +18,7 @@ from scorehamiltonian import OU, ExactScore, GaussianMixture, as_score
 from scorehamiltonian.sampling.bounds import tracking_bound
 from scorehamiltonian.sampling.designer import design_schedule
 from scorehamiltonian.sampling.grid_model import GridModel, _chebyshev_exp, _talbot_sparse, default_grid
+from scorehamiltonian.sampling.judges import judge_solver
 from scorehamiltonian.sampling.propagation import propagate_exact
 from scorehamiltonian.sampling.schedules import standard_schedule
 from scorehamiltonian.score.noised import NoisedDensity
@@ -122,3 +123,14 @@ def test_mueller_brown_propagates_despite_its_far_tails():
     assert np.isfinite(result.q).all() and 0 < result.tv < 1
     np.testing.assert_allclose(np.sort(result.basin_weights_p), [0.0032298, 0.022392, 0.97438], atol=2e-4)
     assert not result.resolved and math.isclose(result.q.sum() * result.grid.cell_volume, 1.0)
+
+
+@pytest.mark.parametrize("solver", ["heun", "euler-maruyama"])
+def test_solver_judgements_of_a_density_match_its_mixtures(wrapped, solver):
+    """judge_solver reads a density's p_t as propagate_exact does: the law of Heun (backward
+    characteristics) and of Euler-Maruyama (grid kernel steps) agree with the mixture's closed forms."""
+    schedule = standard_schedule("edm", 6, 3.0, 0.02, PROCESS)
+    exact = judge_solver(ExactScore(MIXTURE, PROCESS), None, schedule, solver)
+    density = judge_solver(wrapped, None, schedule, solver, grid=exact.grid)
+    assert abs(density.tv - exact.tv) <= 1e-8 and abs(density.kl - exact.kl) <= 1e-8
+    assert np.abs(density.q - exact.q).max() <= 1e-8 * exact.q.max()

@@ -180,7 +180,7 @@ def test_design_rejects_bad_input(kwargs, error, match):
 
 
 def test_design_rejects_targets_without_a_grid():
-    with pytest.raises(TypeError, match="needs the target.s density: pass a score with an exact log-density"):
+    with pytest.raises(TypeError, match="needs the target.s density: a GaussianMixture or a score with an exact log"):
         design_schedule(lambda x, t: -x, PROCESS, 4, 1.0)
     with pytest.raises(ValueError, match="process"):
         design_schedule(example("bimodal"), None, 4, 1.0)
