@@ -129,6 +129,7 @@ CONFIG_SCHEMA: dict[str, Any] = _section({
         "method": {"enum": ["euler", "heun", "rk4", "dopri5"], "default": "rk4"},
         "free_energy_method": {"enum": ["ti", "ais", "bar", "mbar"], "default": "bar"},
         "free_energy_samples": _integer(2000, minimum=10),
+        "free_energy_atol": _number(0.1, 0, exclusive=True),
     }),
     "audit": _section({
         "times": {**_TIMES, "default": [0.01, 0.1, 1.0]},

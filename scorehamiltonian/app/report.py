@@ -227,7 +227,9 @@ def _summary(numbers: dict[str, Any]) -> str:
                + ("" if e["normalised"] else " (up to a constant), Spearman " + _cell(e.get("spearman"))))
     free = (f"Delta F: skipped ({f['skipped']})." if "skipped" in f else
             f"Delta F ({f['method']}; {f['end_states']}) = {_cell(f['value'])} +- {_cell(f['error'])} "
-            f"(statistical) +- {_cell(f['model_error'])} (model) (exact {_cell(f['exact'])}, converged "
+            f"(statistical) +- {_cell(f['systematic_error'])} (systematic: the energies' largest error) "
+            f"+- {_cell(f['model_error'])} (model) (exact {_cell(f['exact'])}; converged to "
+            f"{_cell(numbers['config']['energy']['free_energy_atol'])} k_B T: "
             f"{f['converged']}{'; ' + ', '.join(f['flags']) if f['flags'] else ''}).")
     lines += ["", "## Energies", "",
               (f"-log p_0 by the PF-ODE ({e['method']}, {e['n_steps']} steps, {e['nfe']} score evaluations) at "

@@ -272,7 +272,8 @@ def free_energy_section(score: Score, reference: Reference, config: dict[str, An
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = free_energy_difference(U_0, gaussian, method=cfg["free_energy_method"], n_samples=n,
-                                     samples_0=samples_0, samples_1=samples_1, generator=generator)
+                                     samples_0=samples_0, samples_1=samples_1, generator=generator,
+                                     atol=cfg["free_energy_atol"])
     return {"method": res.method, "value": res.value, "error": res.error, "systematic_error": res.systematic_error,
             "model_error": res.model_error, "total_error": res.total_error,
             "exact": -0.5 * d * math.log(2 * math.pi * v), "converged": bool(res.converged), "ess": res.ess,
