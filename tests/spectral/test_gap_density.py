@@ -77,8 +77,7 @@ def test_double_well_with_the_automatic_box_against_quadrature(eps):
 def test_mueller_brown_with_the_automatic_box_against_quadrature():
     """Issue 20's target at t = 0: the exact Mueller-Brown score (its log-density as a torch
     function), default arguments, rtol 1e-6, against the 6-digit quadrature value (grids
-    127^2 - 511^2; 15 - 122 s on the shared 2-core machine at load 6 - 9, much of it autograd's
-    Hessian in AnalyticScore.log_prob on the 511^2 grid; slow)."""
+    127^2 - 511^2; 7 s on the idle 2-core machine, 15 - 122 s at load 6 - 9; slow)."""
     score = as_score(log_prob=mueller_brown_log_prob, dim=2)
     result = spectral_gap(score, 0.0, rtol=1e-6)
     want = MB_LAMBDA1_RAW * MB_S**2
