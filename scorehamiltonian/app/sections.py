@@ -301,7 +301,8 @@ def audit_section(score: Score, reference: Reference, config: dict[str, Any]) ->
         try:
             consistency = fokker_planck_residual(score, x[:FOKKER_PLANCK_POINTS], t)
             row.update(fokker_planck=consistency.mean_relative, fokker_planck_stderr=consistency.mean_relative_stderr)
-        except NotDifferentiableError:
-            row.update(fokker_planck=None, fokker_planck_stderr=None)
+        except NotDifferentiableError as err:
+            row.update(fokker_planck=None, fokker_planck_stderr=None,
+                       warnings=[*row["warnings"], f"no Fokker-Planck residual: {err}"])
         rows.append(row)
     return rows

@@ -197,11 +197,15 @@ def fokker_planck_residual(score: Any, x: Any, t: float) -> FokkerPlanckResidual
         s = score(leaf, tt)
         if not s.requires_grad:
             raise NotDifferentiableError(f"{score!r} has no autograd graph: the Fokker-Planck residual needs autograd")
-        ds_dt = torch.stack([torch.autograd.grad(s[:, i].sum(), tt, retain_graph=True)[0] for i in range(d)], -1)
-        div = sum(torch.autograd.grad(s[:, i].sum(), leaf, create_graph=True)[0][:, i] for i in range(d))
-        f, half_g2 = process.f(times), 0.5 * process.g2(times)
-        rate = -d * f - f * (leaf * s).sum(-1) + half_g2 * (div + (s**2).sum(-1))
-        (grad_rate,) = torch.autograd.grad(rate.sum(), leaf)
+        try:
+            ds_dt = torch.stack([torch.autograd.grad(s[:, i].sum(), tt, retain_graph=True)[0] for i in range(d)], -1)
+            div = sum(torch.autograd.grad(s[:, i].sum(), leaf, create_graph=True)[0][:, i] for i in range(d))
+            f, half_g2 = process.f(times), 0.5 * process.g2(times)
+            rate = -d * f - f * (leaf * s).sum(-1) + half_g2 * (div + (s**2).sum(-1))
+            (grad_rate,) = torch.autograd.grad(rate.sum(), leaf)
+        except RuntimeError as err:  # e.g. an attention kernel with no double backward on this device
+            raise NotDifferentiableError(f"{score!r}: autograd cannot take the second derivatives the "
+                                         f"Fokker-Planck residual needs ({err})") from err
     residual = (ds_dt - grad_rate).detach()
     scale = ds_dt.detach().norm(dim=-1) + grad_rate.detach().norm(dim=-1)
     relative = residual.norm(dim=-1) / scale.clamp_min(torch.finfo(x.dtype).tiny)

@@ -101,3 +101,41 @@ def test_fokker_planck_residual_vanishes_for_true_scores_and_sees_an_inconsisten
     assert fokker_planck_residual(perturbed(0.1), x, t).mean_relative > 1e-4
     big, small, smaller = (fokker_planck_residual(perturbed(e), x, t).residual for e in (0.2, 0.1, 0.05))
     torch.testing.assert_close(big - 2 * small, 4 * (small - 2 * smaller), rtol=1e-8, atol=1e-11)
+
+
+class _Slope(torch.autograd.Function):
+    """x -> -x^2 whose own derivative is missing (as a CPU flash-attention kernel's backward is)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return -(x**2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("derivative for slope_backward is not implemented")
+
+
+class _Cubic(torch.autograd.Function):
+    """x -> -x^3 / 3: differentiable once (its backward is _Slope), not twice."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return -(x**3) / 3
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return _Slope.apply(x) * grad
+
+
+def test_fokker_planck_residual_names_a_score_autograd_cannot_differentiate_twice():
+    """A diffusers UNet's attention on the CPU has no double backward: the residual raises
+    NotDifferentiableError naming why (a RuntimeError before, which ended a 33-minute report)."""
+    from scorehamiltonian.common.errors import NotDifferentiableError
+    from scorehamiltonian.score.audit import fokker_planck_residual
+
+    score = as_score(lambda x, t: _Cubic.apply(x) * (1 + 0 * t[:, None]), dim=2)
+    x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(NotDifferentiableError, match="cannot take the second derivatives.*slope_backward is not implemented"):
+        fokker_planck_residual(score, x, 0.5)
