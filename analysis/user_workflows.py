@@ -14,9 +14,10 @@ Recorded: wall time of each command, the report's section times, the gap profile
 flags, the designed schedule's predicted TV against the best baseline's, the energies' largest
 numerical and model errors, and the free-energy difference (d = 2) with its parts.
 
-Usage: python analysis/user_workflows.py [--cases 2 8 64] [--out DIR] [--work DIR]
-Writes user_workflows.md and user_workflows.json into DIR (default analysis/results/); the data
-files, checkpoints and reports go to --work (default a temporary folder, removed afterwards).
+Usage: python analysis/user_workflows.py [--cases 2 8 64] [--out DIR] [--work DIR] [--update]
+Writes user_workflows.md and user_workflows.json into DIR (default analysis/results/); with
+--update the rows of cases not run are kept from the json already there. The data files,
+checkpoints and reports go to --work (default a temporary folder, removed afterwards).
 """
 
 from __future__ import annotations
@@ -129,11 +130,14 @@ def main_cli() -> None:
     parser.add_argument("--cases", type=int, nargs="+", default=list(CASES), choices=CASES)
     parser.add_argument("--out", default=str(ROOT / "analysis" / "results"))
     parser.add_argument("--work", default=None, help="folder for the data, checkpoints and reports")
+    parser.add_argument("--update", action="store_true", help="keep the json's rows of the cases not run")
     args = parser.parse_args()
+    out = Path(args.out)
+    kept = json.loads((out / "user_workflows.json").read_text()) if args.update else []
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(args.work or scratch)
         rows = [run_case(dim, work / f"d{dim}") for dim in args.cases]
-    out = Path(args.out)
+    rows = sorted([r for r in kept if r["dim"] not in args.cases] + rows, key=lambda r: r["dim"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "user_workflows.json").write_text(json.dumps(rows, indent=1, default=float))
     (out / "user_workflows.md").write_text(_markdown(rows))

@@ -50,9 +50,10 @@ accuracy) or "potential" (any score; gap = lambda_1 - lambda_0).
 
 Boxes (``box=None``, :func:`~.grid.box_for_score`): exact mixtures from their components (:func:`~.grid.box_from_mixture`);
 scores with an exact log-density from it (:func:`~.grid.box_from_density`, started from
-samples when the score can draw them, else from [-r, r]^d, r = 3 max(1, sigma_t)); other
-scores that can sample from their samples (:func:`~.grid.box_from_samples`), the rest from
-Langevin chains (:func:`~.grid.box_from_score`). A grid whose eigen-solve fails (a singular
+samples when there are any, else from [-r, r]^d, r = 3 max(1, sigma_t)); learned scores
+from Langevin chains on the model (:func:`~.grid.box_from_score`), started from samples
+(``samples=``, or the score's own draws) when there are any; other scores from their
+samples (:func:`~.grid.box_from_samples`), else Langevin chains. A grid whose eigen-solve fails (a singular
 factorisation, a preconditioner that cannot be built) is retried with the Fourier
 preconditioner and otherwise skipped, its reason kept in ``GapResult.notes`` and in the
 warning or error of a result that did not converge.
@@ -253,13 +254,15 @@ def spectral_gap(
     mass_tol: float = 1e-12,
     max_unknowns: int | None = None,
     raise_on_failure: bool = False,
+    samples: torch.Tensor | None = None,
 ) -> GapResult:
     """lambda_1 - lambda_0 of the Score Hamiltonian of ``score`` at time t, to relative ``rtol``.
 
     Needs only a score and a time: the dimension (1-3) comes from the score's ``dim`` or from
     ``box`` = (lo, hi); the box is chosen to hold all but ``mass_tol`` of p_t (module
     docstring: exactly for an :class:`ExactScore`, from the log-density for any other
-    :class:`DensityScore`, else from samples or Langevin chains); the grids are refined
+    :class:`DensityScore`, else from Langevin chains started from ``samples``, points (n, d)
+    of p_t such as data noised to t, when given); the grids are refined
     from a coarse one until the extrapolated error (module docstring) is below rtol |value|
     or the grid would exceed ``max_unknowns`` or the memory free on the host
     (:func:`~.memory.estimate_memory`; then ``converged`` is False with a warning, or
@@ -278,7 +281,7 @@ def spectral_gap(
         )
     chosen = box is None
     if chosen:
-        box = box_for_score(score, t, mass_tol)
+        box = box_for_score(score, t, mass_tol, samples=samples)
     lo, hi = (list(b) if hasattr(b, "__len__") else [float(b)] for b in box)
     dim = len(lo)
     outside = mixture_mass_outside(score.marginal(t), lo, hi) if hasattr(score, "marginal") else math.nan

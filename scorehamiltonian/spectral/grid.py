@@ -184,34 +184,52 @@ def box_from_score(
     t: float,
     tol: float = 1e-12,
     n_chains: int = 2000,
-    n_steps: int = 600,
+    n_steps: int | None = None,
     generator: torch.Generator | None = None,
+    start: torch.Tensor | None = None,
 ) -> tuple[list[float], list[float]]:
     """A box for p_t known only through its score, from unadjusted Langevin chains.
 
-    Chains x <- x + eta s_t(x) + sqrt(2 eta) xi start from N(0, r^2 I) with
-    r = 3 max(1, sigma_t), so that every basin within reach of the start receives chains;
-    the step is eta = 0.05 d / mean |s|^2 (a twentieth of the variance of a Gaussian with the
-    same Fisher information), re-estimated at half time. The chains' end points go to
-    :func:`box_from_samples`. ULA does not mix between well-separated modes, but a box only
-    needs each mode visited; the operator's boundary-mass warning checks the result.
+    Chains x <- x + eta s_t(x) + sqrt(2 eta) xi start from ``start`` (points near p_t, e.g.
+    data noised to t: ``n_chains`` of its rows drawn by ``generator``; ``n_steps`` default
+    :data:`START_STEPS`) or else from N(0, r^2 I) with r = 3 max(1, sigma_t), so that every
+    basin within reach of the start receives chains (``n_steps`` default 600). The step is
+    eta = 0.05 d / mean |s|^2 (a twentieth of the variance of a Gaussian with the same
+    Fisher information, so each step relaxes the sharpest direction by about 5 %),
+    re-estimated at half time. The chains' end points go to :func:`box_from_samples`: the
+    box is the score's own p_t's, not the start's. ULA does not mix between well-separated
+    modes, but a box only needs each mode visited; the operator's boundary-mass warning
+    checks the result.
     """
     from ..score.interface import as_score
 
     score = as_score(score)
-    if score.dim is None:
+    if start is not None:
+        start = torch.as_tensor(start, dtype=torch.float64)
+        if start.ndim != 2 or (score.dim is not None and start.shape[1] != score.dim) or len(start) < 10:
+            raise InputShapeError(f"start must be at least 10 points of shape (n, {score.dim}); got {tuple(start.shape)}")
+        x = start[torch.randint(len(start), (n_chains,), generator=generator)] if len(start) > n_chains else start
+        n_steps = START_STEPS if n_steps is None else n_steps
+    elif score.dim is None:
         raise InputShapeError("the score does not state its dimension; pass box=(lo, hi) explicitly")
-    radius = 3.0 * max(1.0, float(score.process.sigma(t)))
-    x = radius * torch.randn(n_chains, score.dim, dtype=torch.float64, generator=generator)
+    else:
+        radius = 3.0 * max(1.0, float(score.process.sigma(t)))
+        x = radius * torch.randn(n_chains, score.dim, dtype=torch.float64, generator=generator)
+        n_steps = 600 if n_steps is None else n_steps
     with torch.no_grad():
         s = score(x, t)
         for step in range(n_steps):
             if step in (0, n_steps // 2):
-                eta = 0.05 * score.dim / float((s**2).sum(-1).mean().clamp_min(1e-12))
+                eta = 0.05 * x.shape[1] / float((s**2).sum(-1).mean().clamp_min(1e-12))
             noise = torch.randn(x.shape, dtype=x.dtype, generator=generator)
             x = x + eta * s + (2.0 * eta) ** 0.5 * noise
             s = score(x, t)
     return box_from_samples(x, tol)
+
+
+#: Langevin steps of :func:`box_from_score` from points near p_t: 100 steps of 5 % relax the
+#: sharpest direction by e^-5, enough to carry the start into the score's own tails.
+START_STEPS = 100
 
 
 #: Nodes per axis of the grids on which :func:`box_from_density` reads log p.
@@ -286,15 +304,20 @@ def box_from_density(
 BOX_SAMPLES = 4000
 
 
-def box_for_score(score: Any, t: float, mass_tol: float = 1e-12) -> tuple[list[float], list[float]]:
+def box_for_score(score: Any, t: float, mass_tol: float = 1e-12,
+                  samples: torch.Tensor | None = None) -> tuple[list[float], list[float]]:
     """A box holding all but about ``mass_tol`` of p_t, from whatever the score knows.
 
+    ``samples``: points of p_t (n, d), e.g. data noised to t, for a score that cannot draw
+    them itself (default: :data:`BOX_SAMPLES` of the score's own draws when it can sample).
     An exact mixture (a score with ``marginal``): :func:`box_from_mixture`. A score with an
     exact log-density (:class:`~scorehamiltonian.score.interface.DensityScore`):
-    :func:`box_from_density`, started from :data:`BOX_SAMPLES` samples when the score can draw
-    them, else from [-r, r]^d, r = 3 max(1, sigma_t). Other scores that can sample: their
-    samples (:func:`box_from_samples`); the rest: Langevin chains (:func:`box_from_score`).
-    Raises :class:`InputShapeError` when the score states no dimension and cannot sample, or
+    :func:`box_from_density`, started from the samples' box when there are samples, else
+    from [-r, r]^d, r = 3 max(1, sigma_t). A learned score: Langevin chains on the score
+    (:func:`box_from_score`), started from the samples when there are any (the box is the
+    model's p_t, which need not be the data's). Other scores: the samples' box
+    (:func:`box_from_samples`), else Langevin chains.
+    Raises :class:`InputShapeError` when the score states no dimension and has no samples, or
     when no box settles on its log-density.
     """
     from ..score.interface import DensityScore, as_score
@@ -303,9 +326,11 @@ def box_for_score(score: Any, t: float, mass_tol: float = 1e-12) -> tuple[list[f
     generator = torch.Generator().manual_seed(0)
     if hasattr(score, "marginal"):
         return box_from_mixture(score.marginal(t), mass_tol)
+    if samples is None and score.can_sample:
+        samples = score.sample(BOX_SAMPLES, t, generator)
     if isinstance(score, DensityScore):
-        if score.can_sample:
-            start = box_from_samples(score.sample(BOX_SAMPLES, t, generator), mass_tol)
+        if samples is not None:
+            start = box_from_samples(samples, mass_tol)
         else:
             if score.dim is None:
                 raise InputShapeError("the score does not state its dimension; pass dim= to as_score, or box=(lo, hi)")
@@ -320,6 +345,6 @@ def box_for_score(score: Any, t: float, mass_tol: float = 1e-12) -> tuple[list[f
         except ValueError as err:
             raise InputShapeError(f"could not place a box from the score's log-density at t = {t:g}: {err}; "
                                   "pass box=(lo, hi)") from err
-    if score.can_sample:
-        return box_from_samples(score.sample(BOX_SAMPLES, t, generator), mass_tol)
-    return box_from_score(score, t, mass_tol, generator=generator)
+    if samples is not None and not score.learned:
+        return box_from_samples(samples, mass_tol)
+    return box_from_score(score, t, mass_tol, generator=generator, start=samples)

@@ -242,7 +242,8 @@ def _solve(score: Score, settings: dict[str, Any], samples: SampleSource | None,
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", ConvergenceWarning)
-                    gap = spectral_gap(score, t, rtol=settings["rtol"], k=k, **gap_options)
+                    x = None if samples is None or "box" in gap_options else samples(t, generator)
+                    gap = spectral_gap(score, t, rtol=settings["rtol"], k=k, samples=x, **gap_options)
                 eigenvalues = gap.eigenvalues.to(torch.float64).cpu().tolist()[:k]
                 eigenvalues += [math.nan] * (k - len(eigenvalues))
                 record.update(lambda0=eigenvalues[0], lambda1=eigenvalues[1], eigenvalues=eigenvalues,
@@ -386,8 +387,9 @@ def gap_profile(
     """The gap lambda_1 - lambda_0 of H_t and the adiabatic speed A(t) over many times t.
 
     At each t: :func:`spectral_gap` (``rtol``, ``k`` and ``gap_options``, e.g. order, form,
-    method, mass_tol, max_unknowns, box, raise_on_failure) gives the gap with its error and
-    the k lowest eigenvalues; :func:`adiabatic_speed` (``n_samples`` draws, ``divergence``)
+    method, mass_tol, max_unknowns, box, raise_on_failure; ``samples`` at t, when given,
+    start its box) gives the gap with its error and the k lowest eigenvalues;
+    :func:`adiabatic_speed` (``n_samples`` draws, ``divergence``)
     gives A(t) with its standard error. Units: gap 1 / x^2, A 1 / t, t the process's time.
 
     Route. ``route="grid"`` is the above (d <= 3); ``"ritz"`` takes the gap from
@@ -452,7 +454,7 @@ def gap_profile(
             "the data with as_score(score, data=x0), or pass samples=callable(t, generator) -> (n, d) tensor"
         )
     gap_options = dict(gap_options or {})
-    clash = {"score", "t", "rtol", "k"} & set(gap_options)
+    clash = {"score", "t", "rtol", "k", "samples"} & set(gap_options)
     if clash:
         raise ValueError(f"gap_options must not set {sorted(clash)}: they are arguments of gap_profile")
     if int(k) < 2:

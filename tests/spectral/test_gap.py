@@ -18,7 +18,7 @@ from scorehamiltonian import (
 )
 from scorehamiltonian.score.examples import four_mode_benchmark
 from scorehamiltonian.spectral.gap import spectral_gap
-from scorehamiltonian.spectral.grid import box_from_mixture
+from scorehamiltonian.spectral.grid import box_for_score, box_from_mixture, box_from_samples
 from scorehamiltonian.spectral.solution import ConvergenceWarning
 
 from ..networks import ScoreNetwork
@@ -102,6 +102,23 @@ def test_potential_form_for_a_score_without_log_density():
     _check(result, _reference_1d(exact.marginal(0.3)), 1e-5)
     chosen = spectral_gap(opaque, 0.3, rtol=1e-4)  # box from Langevin samples
     assert chosen.converged and abs(chosen.value - result.value) <= chosen.error + result.error
+
+
+def test_a_learned_scores_box_is_its_own_mass_not_the_samples():
+    """Chains started from samples (box_for_score(samples=...)) relax to the model's p_t: data
+    N(1, 0.5^2) for a model whose p_t is N(0, 1) give the model's box, about +-7 (the chains'
+    range, +-3.5 for 2000 of them, widened by z(1e-12) - z(1/n) = 3.4 std), not the data's
+    [-2.6, 4.6]. The first 50 steps of 0.05 / mean |s|^2 = 0.02 take the mean from 1 to 0.36,
+    the next 50 of 0.05 / 1.1 to 0.04."""
+    network = as_score(ScoreNetwork(ExactScore(GaussianMixture([1.0], [0.0], [1.0]))), dim=1)
+    assert network.learned
+    data = 1.0 + 0.5 * torch.randn(4000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    lo, hi = box_for_score(network, 0.0, samples=data)
+    assert -8.5 < lo[0] < -6.0 and 6.0 < hi[0] < 8.5
+    analytic = as_score(lambda x, t: -x, dim=1)  # not learned: the samples are taken as p_t's
+    assert box_for_score(analytic, 0.0, samples=data) == box_from_samples(data, 1e-12)
+    result = spectral_gap(network, 0.0, rtol=1e-4, samples=data)  # one model: its own error unknown
+    assert abs(result.value - 1.0) <= result.error <= 1e-4 and math.isnan(result.model_error)
 
 
 def test_not_converging_within_the_budget_is_flagged():
