@@ -230,7 +230,7 @@ def _gap(args: argparse.Namespace) -> None:
     print("gap = lambda_1 - lambda_0 of H_t (units 1/x^2), Richardson-extrapolated; error = its estimate.")
 
 
-def _report(args: argparse.Namespace) -> None:
+def _report(args: argparse.Namespace) -> int:
     if args.config:
         if args.small:
             raise ValueError("--small applies to the built-in configurations (--example) only")
@@ -242,10 +242,14 @@ def _report(args: argparse.Namespace) -> None:
     print(f"scorehamiltonian report: {config['title'] or name} -> {out}/", flush=True)
     report = build_report(config, progress=not args.quiet, log=lambda line: print("  " + line, flush=True))
     files = write_report(report, out, overwrite=args.overwrite)
-    print(f"{'schedule':>22} {'final TV':>10} {'TV bound':>10} {'weight err':>10}")
-    for s in report.numbers["schedules"]:
-        print(f"{s['name']:>22} {_num(s['tv']):>10} {_num(s['tv_bound']):>10} {_num(s['weight_error']):>10}")
+    if report.numbers["schedules"] is not None:
+        print(f"{'schedule':>22} {'final TV':>10} {'TV bound':>10} {'weight err':>10}")
+        for s in report.numbers["schedules"]:
+            print(f"{s['name']:>22} {_num(s['tv']):>10} {_num(s['tv_bound']):>10} {_num(s['weight_error']):>10}")
     print(f"wrote {len(files)} files into {os.path.abspath(out)}/: " + ", ".join(os.path.basename(f) for f in files))
+    for section, reason in report.numbers["failures"].items():
+        print(f"scorehamiltonian report: section {section} failed: {reason}", file=sys.stderr)
+    return 1 if report.numbers["failures"] else 0
 
 
 def _num(value: float | None) -> str:
@@ -294,13 +298,14 @@ def _examples(_: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (2 for bad input)."""
+    """Run the command line; returns the exit status (2 for bad input; 1 for a report written
+    without some of its sections, which failed: their reasons on stderr and in the report)."""
     args = _parser().parse_args(argv)
     commands = {"audit": _audit, "train": _train, "gap": _gap, "examples": _examples, "report": _report,
                 "schedule": _schedule, "energy": _energy}
     try:
-        commands[args.command](args)
+        status = commands[args.command](args)
     except (ScoreHamiltonianError, ValueError, OSError) as err:
         print(f"scorehamiltonian {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return status or 0

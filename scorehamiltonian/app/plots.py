@@ -138,9 +138,13 @@ def energy(result: dict[str, Any], learned: bool) -> Any:
 
 
 def report_figures(arrays: dict[str, Any], folder: str) -> None:
-    """Draw the five report figures into ``folder`` (names in report.FIGURES)."""
-    _save(eigenfunctions(arrays["eigenpairs"], arrays["dim"]), folder, "eigenfunctions.png")
-    _save(gap_profile(arrays["profile"]), folder, "gap_profile.png")
-    _save(schedules(arrays["schedules"]), folder, "schedules.png")
-    _save(bounds(arrays["schedules"]), folder, "bounds.png")
-    _save(energy(arrays["energy"], arrays["learned"]), folder, "energy.png")
+    """Draw the report figures into ``folder`` (names in report.FIGURES); a figure whose
+    section failed (its arrays None) is not drawn."""
+    drawn = {"eigenfunctions.png": ("eigenpairs", lambda a: eigenfunctions(a["eigenpairs"], a["dim"])),
+             "gap_profile.png": ("profile", lambda a: gap_profile(a["profile"])),
+             "schedules.png": ("schedules", lambda a: schedules(a["schedules"])),
+             "bounds.png": ("schedules", lambda a: bounds(a["schedules"])),
+             "energy.png": ("energy", lambda a: energy(a["energy"], a["learned"]))}
+    for name, (needs, draw) in drawn.items():
+        if arrays[needs] is not None:
+            _save(draw(arrays), folder, name)

@@ -48,13 +48,13 @@ _ARRAY = {"type": "array", "items": {"type": ["number", "null"]}}
 REPORT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "required": ["version", "config", "model", "spectrum", "schedules", "energy", "free_energy", "audit",
-                 "seconds"],
+                 "seconds", "failures"],
     "properties": {
         "version": {"type": "string"},
         "config": {"type": "object"},
         "model": {"type": "object", "required": ["kind", "reference", "process", "dim"]},
         "spectrum": {
-            "type": "object", "required": ["profile", "eigenpairs"],
+            "type": ["object", "null"], "required": ["profile", "eigenpairs"],
             "properties": {
                 "profile": {"type": "object", "required": ["times", "gap", "gap_error", "gap_model_error",
                                                            "converged", "speed", "speed_stderr"],
@@ -67,16 +67,18 @@ REPORT_SCHEMA: dict[str, Any] = {
                     "properties": {"gap": _VALUE_ERROR}}},
             },
         },
-        "schedules": {"type": "array", "minItems": 1, "items": {
+        "schedules": {"type": ["array", "null"], "minItems": 1, "items": {
             "type": "object",
             "required": ["name", "times", "langevin_time", "tv", "weight_error", "tv_bound", "chi2_bound",
                          "judge_error"],
             "properties": {"times": _ARRAY, "langevin_time": _ARRAY}}},
-        "energy": {"type": "object", "required": ["points", "value", "error", "exact", "max_abs_error", "nfe"]},
-        "free_energy": {"type": "object", "required": ["method", "value", "error", "exact", "converged"]},
-        "audit": {"type": "array", "minItems": 1, "items": {
+        "energy": {"type": ["object", "null"],
+                   "required": ["points", "value", "error", "exact", "max_abs_error", "nfe"]},
+        "free_energy": {"type": ["object", "null"], "required": ["method", "value", "error", "exact", "converged"]},
+        "audit": {"type": ["array", "null"], "minItems": 1, "items": {
             "type": "object", "required": ["t", "curl_ratio", "curl_ratio_error", "rms_norm", "n_nonfinite"]}},
         "seconds": {"type": "object"},
+        "failures": {"type": "object", "additionalProperties": {"type": "string"}},
     },
 }
 
@@ -130,6 +132,9 @@ def build_report(config: dict[str, Any], progress: bool = True,
 
     ``progress`` shows tqdm bars; ``log`` (e.g. print) receives one line per finished part.
     Times in the config must lie in the process's range (:class:`TimeRangeError` otherwise).
+    A section that raises does not lose the others: its entry in ``numbers`` is None, its
+    reason is in ``numbers["failures"]`` (section -> "Type: message"; the schedules are
+    skipped when the spectrum failed), and the summary and the figures say so.
     """
     note = log or (lambda _: None)
     seconds: dict[str, float] = {}
@@ -141,62 +146,98 @@ def build_report(config: dict[str, Any], progress: bool = True,
                                      *config["gap"]["eigenfunction_times"], *config["audit"]["times"]],
                                     dtype=torch.float64))
 
-    start = time.perf_counter()
-    profile = sections.profile(score, reference, config, progress)
-    pairs = [sections.eigenpairs(score, reference, t, config["gap"]["k"], config["seed"])
-             for t in config["gap"]["eigenfunction_times"]]
-    seconds["spectrum"] = time.perf_counter() - start
-    note(f"spectrum: {len(profile.times)} times, gap {np.nanmin(profile.gap):.3g} .. {np.nanmax(profile.gap):.3g}")
+    failures: dict[str, str] = {}
 
-    start = time.perf_counter()
-    judged = sections.schedule_section(score, reference, profile, config)
-    seconds["schedules"] = time.perf_counter() - start
-    note(f"schedules: {len(judged)} judged by {judged[0]['judge']}")
+    def attempt(name: str, work: Callable[[], Any], needs: str | None = None) -> Any:
+        """work() timed into seconds[name]; a failure is recorded and logged, not raised, so
+        that the other sections are still reported (``needs``: a failed section it depends on)."""
+        if needs in failures:
+            failures[name] = f"skipped: needs the {needs} section, which failed"
+            return None
+        start = time.perf_counter()
+        try:
+            return work()
+        except Exception as err:  # noqa: BLE001 - one section's failure must not lose the others
+            failures[name] = f"{type(err).__name__}: {err}"
+            note(f"{name}: FAILED ({failures[name]})")
+            return None
+        finally:
+            seconds[name] = time.perf_counter() - start
+
+    def spectrum() -> tuple[Any, list[Any]]:
+        profile = sections.profile(score, reference, config, progress)
+        pairs = [sections.eigenpairs(score, reference, t, config["gap"]["k"], config["seed"])
+                 for t in config["gap"]["eigenfunction_times"]]
+        note(f"spectrum: {len(profile.times)} times, gap {np.nanmin(profile.gap):.3g} .. {np.nanmax(profile.gap):.3g}")
+        return profile, pairs
+
+    profile, pairs = attempt("spectrum", spectrum) or (None, None)
+    judged = attempt("schedules", lambda: sections.schedule_section(score, reference, profile, config), "spectrum")
+    if judged is not None:
+        note(f"schedules: {len(judged)} judged by {judged[0]['judge']}")
     steps = None
     if config["schedules"]["sampler"] != "langevin":
-        steps = sections.solver_section(score, reference, config)
-        seconds["schedules"] = time.perf_counter() - start
-        note(f"step schedules: {len(steps['rows'])} for {steps['solver']} at {steps['nfe']} evaluations, judged by "
-             f"{steps['judge']}")
-
-    start = time.perf_counter()
-    energies = sections.energy_section(score, reference, config)
-    free = sections.free_energy_section(score, reference, config)
-    seconds["energy"] = time.perf_counter() - start
-    note("energies: " + (f"max |E - E_exact| = {energies['max_abs_error']:.2e}" if energies["exact"] is not None
-                         else "no exact log-density in the reference")
-         + ("" if free["value"] is None else
-            f"; Delta F = {free['value']:.4f} +- {free['error']:.4f} (exact {free['exact']:.4f})"))
-
-    start = time.perf_counter()
-    audit = sections.audit_section(score, reference, config)
-    seconds["audit"] = time.perf_counter() - start
+        steps = attempt("solver_schedules", lambda: sections.solver_section(score, reference, config))
+        if steps is not None:
+            note(f"step schedules: {len(steps['rows'])} for {steps['solver']} at {steps['nfe']} evaluations, "
+                 f"judged by {steps['judge']}")
+    energies = attempt("energy", lambda: sections.energy_section(score, reference, config))
+    if energies is not None:
+        note("energies: " + (f"max |E - E_exact| = {energies['max_abs_error']:.2e}" if energies["exact"] is not None
+                             else "no exact log-density in the reference"))
+    free = attempt("free_energy", lambda: sections.free_energy_section(score, reference, config))
+    if free is not None and free["value"] is not None:
+        note(f"free energy: Delta F = {free['value']:.4f} +- {free['error']:.4f} (exact {free['exact']:.4f})")
+    audit = attempt("audit", lambda: sections.audit_section(score, reference, config))
 
     numbers = _finite({
         "version": version("scorehamiltonian"), "config": config, "model": model,
-        "spectrum": {"profile": {"times": profile.times, "gap": profile.gap, "gap_error": profile.gap_error,
-                                 "gap_model_error": profile.gap_model_error, "converged": profile.converged, "lambda0": profile.lambda0,
-                                 "speed": profile.speed, "speed_stderr": profile.speed_stderr,
-                                 "route": profile.settings["route"],
-                                 "failures": [list(f) for f in profile.failures]},
-                     "eigenpairs": [n for n, _ in pairs]},
+        "spectrum": None if profile is None else {
+            "profile": {"times": profile.times, "gap": profile.gap, "gap_error": profile.gap_error,
+                        "gap_model_error": profile.gap_model_error, "converged": profile.converged,
+                        "lambda0": profile.lambda0, "speed": profile.speed, "speed_stderr": profile.speed_stderr,
+                        "route": profile.settings["route"], "failures": [list(f) for f in profile.failures]},
+            "eigenpairs": [n for n, _ in pairs]},
         "schedules": judged, "solver_schedules": steps, "energy": energies, "free_energy": free, "audit": audit,
-        "seconds": seconds,
+        "seconds": seconds, "failures": failures,
     })
-    arrays = {"profile": profile, "eigenpairs": [a for _, a in pairs], "schedules": judged, "energy": energies,
-              "dim": model["dim"], "learned": model["kind"] != "exact"}
+    arrays = {"profile": profile, "eigenpairs": None if pairs is None else [a for _, a in pairs],
+              "schedules": judged, "energy": energies, "dim": model["dim"], "learned": model["kind"] != "exact"}
     return Report(numbers, arrays)
 
 
 def _summary(numbers: dict[str, Any]) -> str:
-    """The Markdown summary of a report's numbers."""
-    model, prof = numbers["model"], numbers["spectrum"]["profile"]
-    schedules, judge = numbers["schedules"], numbers["schedules"][0]["judge"]
-    route = "grids, Richardson-extrapolated" if prof["route"] == "grid" else "sample-based Rayleigh-Ritz (model form)"
+    """The Markdown summary of a report's numbers; a failed section gets its reason instead."""
+    model, failures = numbers["model"], numbers["failures"]
     lines = [f"# scorehamiltonian report: {numbers['config'].get('title') or model['reference']}", "",
              (f"Score: {model['kind']} ({model['score']}), measured against {model['reference']}"
-              f"{'' if model['exact_reference'] else ' (no exact score)'}, {model['process']}, d = {model['dim']}."),
-             "", f"## Spectral gap and adiabatic speed ({route})", "",
+              f"{'' if model['exact_reference'] else ' (no exact score)'}, {model['process']}, d = {model['dim']}.")]
+    if failures:
+        lines += ["", "**Incomplete report:** " + "; ".join(f"{k}: {v}" for k, v in failures.items()) + "."]
+    for name, part in (("spectrum", _spectrum_lines), ("schedules", _schedule_lines),
+                       ("solver_schedules", _solver_lines), ("energy", _energy_lines), ("audit", _audit_lines)):
+        if name in failures and name != "energy":  # the energy section also holds Delta F
+            lines += ["", f"## {name.replace('_', ' ').capitalize()}", "", f"Not computed: {failures[name]}."]
+        else:
+            lines += part(numbers)
+    lines += ["", "## Figures", "",
+              ("- `eigenfunctions.png`: the quantum potential V_t and the lowest eigenfunctions of H_t, offset by "
+               "their eigenvalues (2D: the first two excited states; d > 2: the slowest Ritz function at samples "
+               "of p_t against their two leading principal coordinates)."),
+              "- `gap_profile.png`: the gap and the adiabatic speed A(t) with error bars and the GP band.",
+              "- `schedules.png`: the levels of each schedule in t, marker area proportional to Langevin time.",
+              ("- `bounds.png`: each schedule's exactly propagated final TV beside its tracking bound (or its "
+               "predicted TV with error bars, by the reduced model)."),
+              ("- `energy.png`: the PF-ODE energy against the exact -log p_0 (or its histogram over samples of "
+               "the data where the reference has no log-density)."),
+              "", "A figure whose section failed is not drawn."]
+    return "\n".join(lines) + "\n"
+
+
+def _spectrum_lines(numbers: dict[str, Any]) -> list[str]:
+    model, prof = numbers["model"], numbers["spectrum"]["profile"]
+    route = "grids, Richardson-extrapolated" if prof["route"] == "grid" else "sample-based Rayleigh-Ritz (model form)"
+    lines = ["", f"## Spectral gap and adiabatic speed ({route})", "",
              "| t | gap | error | model error | converged | A(t) | stderr |", "|---|---|---|---|---|---|---|"]
     for row in zip(prof["times"], prof["gap"], prof["gap_error"], prof["gap_model_error"], prof["converged"],
                    prof["speed"], prof["speed_stderr"]):
@@ -208,7 +249,13 @@ def _summary(numbers: dict[str, Any]) -> str:
     if model["kind"] != "exact" and None in prof["gap_model_error"]:
         lines += ["", ("Model error '-': a single learned model cannot know its own error, so no gap is "
                   "converged; train an ensemble (`model.ensemble = K`, or `scorehamiltonian train --ensemble K`).")]
-    lines += ["", f"## Schedules (annealed Langevin, judged by {judge})", ""]
+    return lines
+
+
+def _schedule_lines(numbers: dict[str, Any]) -> list[str]:
+    schedules = numbers["schedules"]
+    judge = schedules[0]["judge"]
+    lines = ["", f"## Schedules (annealed Langevin, judged by {judge})", ""]
     if judge == "exact propagation":
         lines += ["| schedule | final TV | tracking bound (TV) | bound / TV | basin-weight error |",
                   "|---|---|---|---|---|"]
@@ -220,49 +267,52 @@ def _summary(numbers: dict[str, Any]) -> str:
         lines += ["| schedule | predicted final TV | stderr | reliable |", "|---|---|---|---|"]
         lines += [f"| {s['name']} | {_cell(s['tv'])} | {_cell(s['judge_error'])} | {s['judge_converged']} |"
                   for s in schedules]
-    lines += _solver_lines(numbers.get("solver_schedules"))
-    e, f = numbers["energy"], numbers["free_energy"]
+    return lines
+
+
+def _energy_lines(numbers: dict[str, Any]) -> list[str]:
+    e, f, failures = numbers["energy"], numbers["free_energy"], numbers["failures"]
+    if "free_energy" in failures:
+        free = f"Delta F: not computed: {failures['free_energy']}."
+    elif "skipped" in f:
+        free = f"Delta F: skipped ({f['skipped']})."
+    else:
+        free = (f"Delta F ({f['method']}; {f['end_states']}) = {_cell(f['value'])} +- {_cell(f['error'])} "
+                f"(statistical) +- {_cell(f['systematic_error'])} (systematic: the energies' largest error) "
+                f"+- {_cell(f['model_error'])} (model) (exact {_cell(f['exact'])}; converged to "
+                f"{_cell(numbers['config']['energy']['free_energy_atol'])} k_B T: "
+                f"{f['converged']}{'; ' + ', '.join(f['flags']) if f['flags'] else ''}).")
+    if e is None:
+        return ["", "## Energies", "", f"Not computed: {failures['energy']}.", "", free]
     against = ("no exact log-density in the reference" if e["exact"] is None else
                f"max |E - E_exact| = {_cell(e['max_abs_error'])}"
                + ("" if e["normalised"] else " (up to a constant), Spearman " + _cell(e.get("spearman"))))
-    free = (f"Delta F: skipped ({f['skipped']})." if "skipped" in f else
-            f"Delta F ({f['method']}; {f['end_states']}) = {_cell(f['value'])} +- {_cell(f['error'])} "
-            f"(statistical) +- {_cell(f['systematic_error'])} (systematic: the energies' largest error) "
-            f"+- {_cell(f['model_error'])} (model) (exact {_cell(f['exact'])}; converged to "
-            f"{_cell(numbers['config']['energy']['free_energy_atol'])} k_B T: "
-            f"{f['converged']}{'; ' + ', '.join(f['flags']) if f['flags'] else ''}).")
-    lines += ["", "## Energies", "",
-              (f"-log p_0 by the PF-ODE ({e['method']}, {e['n_steps']} steps, {e['nfe']} score evaluations) at "
-               f"{len(e['value'])} samples of p_0: {against}, "
-               f"largest numerical error {_cell(max(v for v in e['error'] if v is not None))}, "
-               f"largest model error {_cell(_largest(e['model_error']))}"
-               f"{' (flags: ' + ', '.join(e['flags']) + ')' if e['flags'] else ''}."), "",
-              free, "", "## Score audit", "",
-              ("| t | curl ratio | error | rms abs(s) | non-finite | Fokker-Planck residual (relative) | "
-               "relative score error |"), "|---|---|---|---|---|---|---|"]
+    return ["", "## Energies", "",
+            (f"-log p_0 by the PF-ODE ({e['method']}, {e['n_steps']} steps, {e['nfe']} score evaluations) at "
+             f"{len(e['value'])} samples of p_0: {against}, "
+             f"largest numerical error {_cell(max(v for v in e['error'] if v is not None))}, "
+             f"largest model error {_cell(_largest(e['model_error']))}"
+             f"{' (flags: ' + ', '.join(e['flags']) + ')' if e['flags'] else ''}."), "", free]
+
+
+def _audit_lines(numbers: dict[str, Any]) -> list[str]:
+    lines = ["", "## Score audit", "",
+             ("| t | curl ratio | error | rms abs(s) | non-finite | Fokker-Planck residual (relative) | "
+              "relative score error |"), "|---|---|---|---|---|---|---|"]
     for a in numbers["audit"]:
         rel = a.get("relative_score_error")
-        rel_text = ("exact" if model["kind"] == "exact" else "no exact score") if rel is None else (
+        rel_text = ("exact" if numbers["model"]["kind"] == "exact" else "no exact score") if rel is None else (
             f"{_cell(rel)} +- {_cell(a['relative_score_error_stderr'])}")
         fp = a.get("fokker_planck")
         fp_text = "not differentiable" if fp is None else f"{_cell(fp)} +- {_cell(a['fokker_planck_stderr'])}"
         lines.append(f"| {_cell(a['t'])} | {_cell(a['curl_ratio'])} | {_cell(a['curl_ratio_error'])} | "
                      f"{_cell(a['rms_norm'])} | {a['n_nonfinite']} | {fp_text} | {rel_text} |")
-    lines += ["", "## Figures", "",
-              ("- `eigenfunctions.png`: the quantum potential V_t and the lowest eigenfunctions of H_t, offset by "
-               "their eigenvalues (2D: the first two excited states; d > 2: the slowest Ritz function at samples "
-               "of p_t against their two leading principal coordinates)."),
-              "- `gap_profile.png`: the gap and the adiabatic speed A(t) with error bars and the GP band.",
-              "- `schedules.png`: the levels of each schedule in t, marker area proportional to Langevin time.",
-              ("- `bounds.png`: each schedule's exactly propagated final TV beside its tracking bound (or its "
-               "predicted TV with error bars, by the reduced model)."),
-              ("- `energy.png`: the PF-ODE energy against the exact -log p_0 (or its histogram over samples of "
-               "the data where the reference has no log-density).")]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def _solver_lines(steps: dict[str, Any] | None) -> list[str]:
+def _solver_lines(numbers: dict[str, Any]) -> list[str]:
     """The summary's table of step schedules for a solver (none when the sampler is Langevin)."""
+    steps = numbers.get("solver_schedules")
     if steps is None:
         return []
     metric = "TV" if steps["judge"] == "exact law" else "sliced W1"

@@ -59,6 +59,36 @@ def test_report_runs_on_every_builtin_config(name, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [out]  # no staging folder left behind
 
 
+def test_a_failing_section_does_not_lose_the_others(tmp_path, capsys, monkeypatch):
+    """The spectrum and the energies raise: the report is still written with the free energy
+    and the audit, the schedules (which need the spectrum) skipped, each reason in the json,
+    the summary and on stderr, and the command exits 1."""
+    from scorehamiltonian.app import sections
+
+    def fails(message: str):
+        def run(*args, **kwargs):
+            raise RuntimeError(message)
+        return run
+
+    monkeypatch.setattr(sections, "profile", fails("spectrum broke"))
+    monkeypatch.setattr(sections, "energy_section", fails("energies broke"))
+    out = tmp_path / "out"
+    assert main(["report", "--example", "bimodal", "--small", "--quiet", "--out", str(out)]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["report.json", "summary.md"]
+    numbers = json.loads((out / "report.json").read_text())
+    jsonschema.validate(numbers, REPORT_SCHEMA)
+    assert numbers["failures"] == {"spectrum": "RuntimeError: spectrum broke",
+                                   "schedules": "skipped: needs the spectrum section, which failed",
+                                   "energy": "RuntimeError: energies broke"}
+    assert numbers["spectrum"] is numbers["schedules"] is numbers["energy"] is None
+    free = numbers["free_energy"]
+    assert abs(free["value"] - free["exact"]) <= 4 * free["error"] + free["systematic_error"]
+    assert len(numbers["audit"]) == len(numbers["config"]["audit"]["times"])
+    summary = (out / "summary.md").read_text()
+    assert "Not computed: RuntimeError: spectrum broke" in summary and "Delta F (" in summary
+    assert "section energy failed: RuntimeError: energies broke" in capsys.readouterr().err
+
+
 def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.toml"
     path.write_text(text)
