@@ -117,8 +117,11 @@ class FreeEnergyResult:
     value, error : the estimate and its standard error (statistical only).
     model_error : the members' spread of Delta F (module docstring, Model error): 0 between
         exact end states, NaN with a single learned model.
-    systematic_error : a bound from the end-state energies' own errors (ScoreEnergy: the
-        largest reported PF-ODE error of each state, summed; 0 for exact energies).
+    systematic_error : a bound from the end-state energies' own errors (0 for exact energies).
+        bar, mbar, zwanzig: the largest change of the estimate when every energy at the
+        samples used moves by its own error bar (ScoreEnergy: the PF-ODE's) in the direction
+        that moves Delta F most (:func:`_energy_bound`); ti and ais: the largest reported
+        error of each state, summed.
     method : the estimator; converged : False when a check failed (a warning was issued),
         the model error is unknown, or total_error exceeds ``atol``;
         ``flags`` names each failed check. Every estimator checks that value and error are
@@ -436,52 +439,100 @@ def _ladder(path: LinearPath, pools: tuple, sampling: Sampling, n: int, lambdas:
     return ensembles, mixing, (float(np.mean(rates)) if rates else None)
 
 
-def _bar(path: LinearPath, pools: tuple, sampling: Sampling, n: int, lambdas: np.ndarray) -> FreeEnergyResult:
-    ensembles, mixing, rate = _ladder(path, pools, sampling, n, lambdas)
+Ends = tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def _energy_bound(estimate: Any, ends: list[Ends], value: float, path: LinearPath) -> float:
+    """The systematic error of an estimate from fixed energies: the largest change of
+    ``estimate`` (a function of the (U_0, U_1) pairs of every ensemble) when each energy moves
+    by its own error bar in the direction that moves Delta F most. Delta F = F_1 - F_0 falls as
+    any U_0 value rises and rises with any U_1 value (BAR: each forward work W_i enters
+    Bennett's equation through a term that falls as W_i rises, each reverse work through one
+    that rises; the exponential average and MBAR likewise), so (U_0 + e_0, U_1 - e_1) and
+    (U_0 - e_0, U_1 + e_1) give its extremes at these samples. Where an extreme is not finite,
+    the largest error of each state, summed (``path.systematic``)."""
+    if not any(bool((e0 > 0).any() or (e1 > 0).any()) for _, (e0, e1) in ends):
+        return 0.0
+    sides = [estimate([(u0 + sign * e0, u1 - sign * e1) for (u0, u1), (e0, e1) in ends]) for sign in (1.0, -1.0)]
+    if not all(math.isfinite(v) for v in sides):
+        return path.systematic()
+    return max(abs(v - value) for v in sides)
+
+
+def _bar_sum(pairs: list[tuple[torch.Tensor, torch.Tensor]], lambdas: np.ndarray) -> tuple[float, float]:
+    """Sum over neighbouring states of Bennett's Delta f (pymbar) and its standard error,
+    from each ensemble's (U_0, U_1) at its own samples."""
     bar = _pymbar().other_estimators.bar
-    values, errors, overlaps = [], [], []
+    values, errors = [], []
     for k in range(1, lambdas.size):
-        lo, hi = float(lambdas[k - 1]), float(lambdas[k])
-        (a0, a1), (b0, b1) = path.ends(ensembles[k - 1].x), path.ends(ensembles[k].x)
-        dl = hi - lo
+        dl = float(lambdas[k] - lambdas[k - 1])
+        (a0, a1), (b0, b1) = pairs[k - 1], pairs[k]
         with _quiet():
             result = bar((dl * (a1 - a0)).cpu().numpy(), (-dl * (b1 - b0)).cpu().numpy())
         values.append(float(result["Delta_f"]))
         errors.append(float(result["dDelta_f"]))
-        u0, u1 = torch.cat([a0, b0]), torch.cat([a1, b1])
-        u_kn = torch.stack([(1 - lam) * u0 + lam * u1 for lam in (lo, hi)]).cpu().numpy()
+    return float(np.sum(values)), math.sqrt(float(np.sum(np.square(errors))))
+
+
+def _bar(path: LinearPath, pools: tuple, sampling: Sampling, n: int, lambdas: np.ndarray) -> FreeEnergyResult:
+    ensembles, mixing, rate = _ladder(path, pools, sampling, n, lambdas)
+    ends = [path.ends_with_errors(e.x) for e in ensembles]
+    pairs = [energies for energies, _ in ends]
+    values, errors, overlaps = [], [], []
+    for k in range(1, lambdas.size):
+        value_k, error_k = _bar_sum(pairs[k - 1:k + 1], lambdas[k - 1:k + 1])
+        values.append(value_k)
+        errors.append(error_k)
+        u0, u1 = (torch.cat([pairs[k - 1][i], pairs[k][i]]) for i in (0, 1))
+        u_kn = torch.stack([(1 - lam) * u0 + lam * u1 for lam in lambdas[k - 1:k + 1]]).cpu().numpy()
         overlaps.append(_mbar_solution(u_kn, n)[2])
     value, error, overlap = float(np.sum(values)), math.sqrt(float(np.sum(np.square(errors)))), min(overlaps)
+    systematic = _energy_bound(lambda moved: _bar_sum(moved, lambdas)[0], ends, value, path)
     flags = _verdict("bar", value, error, n, [_mixing_check(mixing), _overlap_check(overlap)])
-    return FreeEnergyResult(value, error, path.systematic(), "bar", not flags, None, n * lambdas.size,
+    return FreeEnergyResult(value, error, systematic, "bar", not flags, None, n * lambdas.size,
                             path.n_energy, path.n_grad, lambdas, np.array(values), np.array(errors),
                             acceptance=rate, mixing_z=mixing, step_size=sampling.step, overlap=overlap, flags=flags)
 
 
+def _mbar_reduced(u0: torch.Tensor, u1: torch.Tensor, lambdas: np.ndarray) -> np.ndarray:
+    lam = torch.as_tensor(lambdas, dtype=u0.dtype, device=u0.device)[:, None]
+    return ((1 - lam) * u0 + lam * u1).cpu().numpy()
+
+
 def _mbar(path: LinearPath, pools: tuple, sampling: Sampling, n: int, lambdas: np.ndarray) -> FreeEnergyResult:
     ensembles, mixing, rate = _ladder(path, pools, sampling, n, lambdas)
-    x = torch.cat([e.x for e in ensembles])
-    u0, u1 = path.ends(x)
-    lam = torch.as_tensor(lambdas, dtype=x.dtype, device=x.device)[:, None]
-    u_kn = ((1 - lam) * u0 + lam * u1).cpu().numpy()
-    value, error, overlap, failure = _mbar_solution(u_kn, n)
+    ends = [path.ends_with_errors(torch.cat([e.x for e in ensembles]))]
+    (u0, u1), _ = ends[0]
+    value, error, overlap, failure = _mbar_solution(_mbar_reduced(u0, u1, lambdas), n)
+
+    def estimate(moved: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+        return _mbar_solution(_mbar_reduced(*moved[0], lambdas), n)[0]
+
+    systematic = _energy_bound(estimate, ends, value, path) if failure is None else path.systematic()
     flags = _verdict("mbar", value, error, n, [failure, _mixing_check(mixing), _overlap_check(overlap)])
-    return FreeEnergyResult(value, error, path.systematic(), "mbar", not flags, None, n * lambdas.size,
+    return FreeEnergyResult(value, error, systematic, "mbar", not flags, None, n * lambdas.size,
                             path.n_energy, path.n_grad, lambdas, acceptance=rate, mixing_z=mixing,
                             step_size=sampling.step, overlap=overlap, flags=flags)
 
 
+def _exp_average(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """-log <e^{-W}>_0 (pymbar) and its standard error, W = U_1 - U_0 at samples of p_0."""
+    u0, u1 = pairs[0]
+    with _quiet():
+        result = _pymbar().other_estimators.exp((u1 - u0).cpu().numpy())
+    return float(result["Delta_f"]), float(result["dDelta_f"])
+
+
 def _zwanzig(path: LinearPath, pools: tuple, sampling: Sampling, n: int) -> FreeEnergyResult:
     zero = ensemble(path, 0.0, n, pools, sampling)
-    u0, u1 = path.ends(zero.x)
+    ends = [path.ends_with_errors(zero.x)]
+    (u0, u1), _ = ends[0]
     log_w = -(u1 - u0)
-    exp_average = _pymbar().other_estimators.exp
-    with _quiet():
-        result = exp_average((u1 - u0).cpu().numpy())
+    value, error = _exp_average([(u0, u1)])
     _, _, ess = _log_mean_exp_stats(log_w)
-    value, error = float(result["Delta_f"]), float(result["dDelta_f"])
+    systematic = _energy_bound(lambda moved: _exp_average(moved)[0], ends, value, path)
     flags = _verdict("zwanzig", value, error, n, [_ess_check(ess, n), _tail_check(log_w)])
-    return FreeEnergyResult(value, error, path.systematic(), "zwanzig", not flags, ess, n, path.n_energy,
+    return FreeEnergyResult(value, error, systematic, "zwanzig", not flags, ess, n, path.n_energy,
                             path.n_grad, np.array([0.0, 1.0]), log_weights=log_w, acceptance=zero.acceptance,
                             step_size=sampling.step, pareto_k=pareto_k(log_w), flags=flags)
 

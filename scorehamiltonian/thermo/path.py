@@ -71,9 +71,13 @@ class ScoreEnergy:
         return f"ScoreEnergy({self.score!r})"
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.with_error(x)[0]
+
+    def with_error(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """U(x) and its reported error bar at each point (both (n,), k_B T)."""
         result = energy(self.score, None, x, self.schedule, **self.energy_kwargs)
         self.max_error = max(self.max_error, float(result.error.max()))
-        return result.value
+        return result.value, result.error
 
     def grad(self, x: torch.Tensor) -> torch.Tensor:
         """grad U = -s_{t_start}(x)."""
@@ -82,7 +86,8 @@ class ScoreEnergy:
 
 @dataclass
 class _State:
-    """An end state: energy U(x) (n,), its gradient (n, d), an exact sampler or None, its label."""
+    """An end state: energy U(x) (n,), its gradient (n, d), an exact sampler or None, its label,
+    the largest energy error seen so far, and U(x) with each point's error bar (zero when exact)."""
 
     energy: Callable[[torch.Tensor], torch.Tensor]
     grad: Callable[[torch.Tensor], torch.Tensor]
@@ -90,6 +95,12 @@ class _State:
     dim: int | None
     name: str
     systematic: Callable[[], float]
+    with_error: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def energy_and_error(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.with_error is not None:
+            return self.with_error(x)
+        return self.energy(x), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
 
 
 def _autograd_gradient(function: Callable[[torch.Tensor], torch.Tensor], name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -114,7 +125,7 @@ def _as_state(obj: Any, name: str) -> _State:
     if isinstance(obj, Score):
         obj = ScoreEnergy(obj)
     if isinstance(obj, ScoreEnergy):
-        return _State(obj, obj.grad, None, obj.dim, name, lambda: obj.max_error)
+        return _State(obj, obj.grad, None, obj.dim, name, lambda: obj.max_error, obj.with_error)
     if callable(obj):
         return _State(obj, _autograd_gradient(obj, name), None, None, name, lambda: 0.0)
     raise TypeError(f"{name} must be a callable U(x), a GaussianMixture, a Score or a ScoreEnergy; got {type(obj).__name__}")
@@ -132,6 +143,13 @@ class LinearPath:
         """(U_0(x), U_1(x)), each (n,), finite."""
         self.n_energy += x.shape[0]
         return tuple(_checked_energy(s.energy(x), x, s.name) for s in self.states)
+
+    def ends_with_errors(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """((U_0(x), U_1(x)), (their error bars)), each (n,): the bars are zero for exact energies."""
+        self.n_energy += x.shape[0]
+        pairs = [s.energy_and_error(x) for s in self.states]
+        energies = tuple(_checked_energy(u, x, s.name) for (u, _), s in zip(pairs, self.states))
+        return energies, tuple(e.detach().to(x.dtype) for _, e in pairs)
 
     def energy_and_grad(self, x: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
         u0, u1 = self.ends(x)
