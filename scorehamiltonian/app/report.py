@@ -242,6 +242,12 @@ def _spectrum_lines(numbers: dict[str, Any]) -> list[str]:
     for row in zip(prof["times"], prof["gap"], prof["gap_error"], prof["gap_model_error"], prof["converged"],
                    prof["speed"], prof["speed_stderr"]):
         lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    unresolved = [t for t, g, e, m in zip(prof["times"], prof["gap"], prof["gap_error"], prof["gap_model_error"])
+                  if g is not None and e is not None and g <= e + (m or 0.0)]
+    if unresolved:
+        lines += ["", (f"At t = {', '.join(_cell(t) for t in unresolved)} the gap lies within its error of 0 (a "
+                       "negative value is an estimate, not a result): it is smaller than the error can resolve, "
+                       "which means metastability, or too few samples or too coarse a grid to see the gap.")]
     if prof["route"] != "grid":
         lines += ["", ("Rayleigh-Ritz values are upper bounds on the gap: 'converged' says the held-out estimate "
                        "raised no flag, not that the basis holds the slowest mode; a basis that misses it gives a "

@@ -301,15 +301,20 @@ def _propose(records: list[dict[str, Any]], band_times: np.ndarray, settings: di
     time tried so far. The acquisition is max(std log gap, std log A) / band_tol (infinite
     where a GP has too few points); the sweep stops when it is below 1 on every candidate.
     Ties (also the all-infinite start) go to the candidate farthest from the tried times.
+    Where the nearest tried time has no resolved gap (a value within its error of 0, or
+    none), only A's std counts: another solve there would not resolve the gap either.
     """
     log_band = np.log(band_times)
     tried = np.log(np.array([r["t"] for r in records], dtype=np.float64))
-    distance = np.abs(log_band[:, None] - tried[None, :]).min(axis=1)
+    separation = np.abs(log_band[:, None] - tried[None, :])
+    distance = separation.min(axis=1)
+    resolved = np.array([r["gap"] > r["gap_error"] + np.nan_to_num(r["gap_model_error"]) for r in records])
     free = distance > 0.5 * (log_band[-1] - log_band[0]) / (len(band_times) - 1)
     if not free.any():
         return None
     bands = _bands(records, band_times, settings["kernel"])
     gap_std, speed_std = bands["band_log_gap_std"], bands["band_log_speed_std"]
+    gap_std = np.where(resolved[separation.argmin(axis=1)], gap_std, 0.0)
     acquisition = np.fmax(gap_std, speed_std) / settings["band_tol"]
     acquisition = np.where(np.isnan(acquisition), np.inf, acquisition)
     best = acquisition[free].max()
@@ -407,8 +412,9 @@ def gap_profile(
     first ``n_initial`` log-spaced band times are solved, then, when ``adaptive``, one
     unsolved band time after another (more than half a grid step in log t from every
     solved one) where the larger of the GPs' predictive stds of log gap and log A (natural
-    logs), divided by ``band_tol``, is largest, until ``max_solves`` times are solved or
-    that ratio is below 1 everywhere. Each GP (``kernel``: Matern-5/2 or RBF on log t
+    logs), divided by ``band_tol``, is largest (next to a time whose gap lies within its
+    error of 0, A's alone), until ``max_solves`` times are solved or that ratio is below 1
+    everywhere. Each GP (``kernel``: Matern-5/2 or RBF on log t
     scaled to [0, 1]; constant mean; fixed observation noise (error / value)^2, the squared
     relative error, or 1 where the error is not finite) is refitted from scratch after
     every time; the final fits give the result's band.

@@ -313,3 +313,19 @@ def test_the_ritz_route_profiles_a_score_in_high_dimension():
     exact = [1.0 / (math.exp(-2 * t) * 3.0 - math.expm1(-2 * t)) for t in times]
     assert np.all(np.abs(profile.gap - exact) < 4 * profile.gap_error)
     assert np.all(profile.lambda0 == 0.0) and np.all(np.isfinite(profile.speed))
+
+
+def test_the_sweep_does_not_return_to_a_gap_it_cannot_resolve():
+    """A Ritz gap at the smallest time lies within its error of 0 (-0.02 +- 0.025): with the
+    other four times resolved and A known to 1 %, the next time is not put beside it (before,
+    the GP of log gap, blind there, sent three of eight solves to t = 0.010 - 0.011)."""
+    times = np.geomspace(0.01, 5.0, 5)
+    gaps = [-0.02, 0.3, 0.8, 1.0, 1.0]
+    records = [{"t": float(t), "gap": g, "gap_error": 0.025, "gap_model_error": 0.002,
+                "speed": 20.0 / (1 + t) ** 2, "speed_stderr": 0.2 / (1 + t) ** 2} for t, g in zip(times, gaps)]
+    band = np.geomspace(0.01, 5.0, 200)
+    t_next, _, _ = gap_profile_module._propose(records, band, {"kernel": "matern52", "band_tol": 0.05})
+    assert np.abs(np.log(t_next) - np.log(times)).argmin() != 0, t_next
+    records[0]["gap"] = 0.05  # resolved: then the gap's GP is blind below the second time and goes there
+    t_next, _, _ = gap_profile_module._propose(records, band, {"kernel": "matern52", "band_tol": 0.05})
+    assert np.abs(np.log(t_next) - np.log(times)).argmin() == 0, t_next
