@@ -22,8 +22,9 @@ difference's error), except for the cross-entropy, whose difference is paired ru
 same prior draw through both schedules; the E_p term cancels). Target: gain >= 0.2 with z >= 2
 at NFE 10 and 20.
 
-Run: ``python analysis/solver_schedules_highd.py`` (about 20 min on 2 cores; ``--targets``,
-``--max-time``, ``--n``). Writes analysis/results/solver_schedules_highd.{json,md}.
+Run: ``python analysis/solver_schedules_highd.py`` (about 30 min on 2 cores; ``--targets``,
+``--max-time``, ``--n``; ``--update`` keeps the other targets' results). Writes
+analysis/results/solver_schedules_highd.{json,md}.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ class Target:
             k = torch.arange(system.wells + 1, dtype=torch.float64)
             log_binomial = (torch.lgamma(torch.tensor(system.wells + 1.0)) - torch.lgamma(k + 1)
                             - torch.lgamma(system.wells - k + 1))
-            self.weights = torch.exp(log_binomial + (system.wells - k) * math.log(plus) + k * math.log(minus))
+            weights = torch.exp(log_binomial + (system.wells - k) * math.log(plus) + k * math.log(minus))
+            self.weights = weights / weights.sum()  # P_+ + P_- is 1 to the quadrature's error
         self.dim = self.score.dim
 
     def exact_samples(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -190,10 +192,14 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     parser.add_argument("--n", type=int, default=4000, help="runs and exact samples per judgement")
     parser.add_argument("--max-time", type=float, default=120.0, help="seconds per design")
+    parser.add_argument("--update", action="store_true", help="keep the json's results of the targets not run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
     results, started = {}, time.perf_counter()
+    if args.update:
+        with open(os.path.join(args.out, "solver_schedules_highd.json")) as handle:
+            results = {k: v for k, v in json.load(handle)["results"].items() if k not in args.targets}
     for name in args.targets:
         results[name] = run_target(name, args.n, args.max_time)
         with open(os.path.join(args.out, "solver_schedules_highd.json"), "w") as handle:

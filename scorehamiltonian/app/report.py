@@ -284,7 +284,8 @@ def _energy_lines(numbers: dict[str, Any]) -> list[str]:
         free = f"Delta F: skipped ({f['skipped']})."
     else:
         free = (f"Delta F ({f['method']}; {f['end_states']}) = {_cell(f['value'])} +- {_cell(f['error'])} "
-                f"(statistical) +- {_cell(f['systematic_error'])} (systematic: the energies' largest error) "
+                f"(statistical) +- {_cell(f['systematic_error'])} "
+                "(systematic: as far as the energies' error bars can move it) "
                 f"+- {_cell(f['model_error'])} (model) (exact {_cell(f['exact'])}; converged to "
                 f"{_cell(numbers['config']['energy']['free_energy_atol'])} k_B T: "
                 f"{f['converged']}{'; ' + ', '.join(f['flags']) if f['flags'] else ''}).")
