@@ -459,9 +459,9 @@ def _energy_bound(estimate: Any, ends: list[Ends], value: float, path: LinearPat
     return max(abs(v - value) for v in sides)
 
 
-def _bar_sum(pairs: list[tuple[torch.Tensor, torch.Tensor]], lambdas: np.ndarray) -> tuple[float, float]:
-    """Sum over neighbouring states of Bennett's Delta f (pymbar) and its standard error,
-    from each ensemble's (U_0, U_1) at its own samples."""
+def _bar_rungs(pairs: list[tuple[torch.Tensor, torch.Tensor]], lambdas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bennett's Delta f (pymbar) between each pair of neighbouring states and its standard
+    error, from each ensemble's (U_0, U_1) at its own samples."""
     bar = _pymbar().other_estimators.bar
     values, errors = [], []
     for k in range(1, lambdas.size):
@@ -471,32 +471,28 @@ def _bar_sum(pairs: list[tuple[torch.Tensor, torch.Tensor]], lambdas: np.ndarray
             result = bar((dl * (a1 - a0)).cpu().numpy(), (-dl * (b1 - b0)).cpu().numpy())
         values.append(float(result["Delta_f"]))
         errors.append(float(result["dDelta_f"]))
-    return float(np.sum(values)), math.sqrt(float(np.sum(np.square(errors))))
+    return np.array(values), np.array(errors)
+
+
+def _mbar_reduced(u0: torch.Tensor, u1: torch.Tensor, lambdas: np.ndarray) -> np.ndarray:
+    """The reduced energies u_kn = (1 - lambda_k) U_0 + lambda_k U_1 of every state at every sample."""
+    lam = torch.as_tensor(lambdas, dtype=u0.dtype, device=u0.device)[:, None]
+    return ((1 - lam) * u0 + lam * u1).cpu().numpy()
 
 
 def _bar(path: LinearPath, pools: tuple, sampling: Sampling, n: int, lambdas: np.ndarray) -> FreeEnergyResult:
     ensembles, mixing, rate = _ladder(path, pools, sampling, n, lambdas)
     ends = [path.ends_with_errors(e.x) for e in ensembles]
     pairs = [energies for energies, _ in ends]
-    values, errors, overlaps = [], [], []
-    for k in range(1, lambdas.size):
-        value_k, error_k = _bar_sum(pairs[k - 1:k + 1], lambdas[k - 1:k + 1])
-        values.append(value_k)
-        errors.append(error_k)
-        u0, u1 = (torch.cat([pairs[k - 1][i], pairs[k][i]]) for i in (0, 1))
-        u_kn = torch.stack([(1 - lam) * u0 + lam * u1 for lam in lambdas[k - 1:k + 1]]).cpu().numpy()
-        overlaps.append(_mbar_solution(u_kn, n)[2])
-    value, error, overlap = float(np.sum(values)), math.sqrt(float(np.sum(np.square(errors)))), min(overlaps)
-    systematic = _energy_bound(lambda moved: _bar_sum(moved, lambdas)[0], ends, value, path)
+    values, errors = _bar_rungs(pairs, lambdas)
+    overlaps = [_mbar_solution(_mbar_reduced(*(torch.cat([pairs[k - 1][i], pairs[k][i]]) for i in (0, 1)),
+                                             lambdas[k - 1:k + 1]), n)[2] for k in range(1, lambdas.size)]
+    value, error, overlap = float(values.sum()), math.sqrt(float(np.sum(np.square(errors)))), min(overlaps)
+    systematic = _energy_bound(lambda moved: float(_bar_rungs(moved, lambdas)[0].sum()), ends, value, path)
     flags = _verdict("bar", value, error, n, [_mixing_check(mixing), _overlap_check(overlap)])
     return FreeEnergyResult(value, error, systematic, "bar", not flags, None, n * lambdas.size,
-                            path.n_energy, path.n_grad, lambdas, np.array(values), np.array(errors),
+                            path.n_energy, path.n_grad, lambdas, values, errors,
                             acceptance=rate, mixing_z=mixing, step_size=sampling.step, overlap=overlap, flags=flags)
-
-
-def _mbar_reduced(u0: torch.Tensor, u1: torch.Tensor, lambdas: np.ndarray) -> np.ndarray:
-    lam = torch.as_tensor(lambdas, dtype=u0.dtype, device=u0.device)[:, None]
-    return ((1 - lam) * u0 + lam * u1).cpu().numpy()
 
 
 def _mbar(path: LinearPath, pools: tuple, sampling: Sampling, n: int, lambdas: np.ndarray) -> FreeEnergyResult:

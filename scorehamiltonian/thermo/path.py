@@ -141,11 +141,10 @@ class LinearPath:
 
     def ends(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(U_0(x), U_1(x)), each (n,), finite."""
-        self.n_energy += x.shape[0]
-        return tuple(_checked_energy(s.energy(x), x, s.name) for s in self.states)
+        return self.ends_with_errors(x)[0]
 
     def ends_with_errors(self, x: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """((U_0(x), U_1(x)), (their error bars)), each (n,): the bars are zero for exact energies."""
+        """((U_0(x), U_1(x)), (their error bars)), each (n,), finite: the bars are zero for exact energies."""
         self.n_energy += x.shape[0]
         pairs = [s.energy_and_error(x) for s in self.states]
         energies = tuple(_checked_energy(u, x, s.name) for (u, _), s in zip(pairs, self.states))

@@ -146,7 +146,7 @@ def test_energy_error_bars_bound_the_estimate_at_fixed_samples(method):
     own bars towards each extreme) holds for 200 random energy errors within the bars, and is
     tighter than the old rule (the largest bar of each state, summed)."""
     from scorehamiltonian.thermo.free_energy import (
-        _bar_sum,
+        _bar_rungs,
         _energy_bound,
         _exp_average,
         _mbar_reduced,
@@ -159,7 +159,7 @@ def test_energy_error_bars_bound_the_estimate_at_fixed_samples(method):
     ends = [((x**2 / 2, (x - 0.4) ** 2 / 2), (0.02 * (1 + x.abs()), 0.01 * torch.ones(n, dtype=torch.float64)))
             for x in xs]
     if method == "bar":
-        estimate = lambda pairs: _bar_sum(pairs, lambdas)[0]
+        estimate = lambda pairs: float(_bar_rungs(pairs, lambdas)[0].sum())
     elif method == "mbar":
         joined = [torch.cat([e[part][i] for e in ends]) for part in (0, 1) for i in (0, 1)]
         ends = [((joined[0], joined[1]), (joined[2], joined[3]))]
