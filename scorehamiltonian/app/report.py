@@ -57,11 +57,12 @@ REPORT_SCHEMA: dict[str, Any] = {
             "type": ["object", "null"], "required": ["profile", "eigenpairs"],
             "properties": {
                 "profile": {"type": "object", "required": ["times", "gap", "gap_error", "gap_model_error",
-                                                           "converged", "speed", "speed_stderr"],
+                                                           "converged", "resolved", "speed", "speed_stderr"],
                             "properties": {"times": _ARRAY, "gap": _ARRAY, "gap_error": _ARRAY,
                                            "gap_model_error": _ARRAY, "speed": _ARRAY,
                                            "speed_stderr": _ARRAY,
-                                           "converged": {"type": "array", "items": {"type": "boolean"}}}},
+                                           "converged": {"type": "array", "items": {"type": "boolean"}},
+                                           "resolved": {"type": "array", "items": {"type": "boolean"}}}},
                 "eigenpairs": {"type": "array", "items": {
                     "type": "object", "required": ["t", "eigenvalues", "residual_norms", "converged", "gap"],
                     "properties": {"gap": _VALUE_ERROR}}},
@@ -195,6 +196,7 @@ def build_report(config: dict[str, Any], progress: bool = True,
         "spectrum": None if profile is None else {
             "profile": {"times": profile.times, "gap": profile.gap, "gap_error": profile.gap_error,
                         "gap_model_error": profile.gap_model_error, "converged": profile.converged,
+                        "resolved": profile.resolved,
                         "lambda0": profile.lambda0, "speed": profile.speed, "speed_stderr": profile.speed_stderr,
                         "route": profile.settings["route"], "failures": [list(f) for f in profile.failures]},
             "eigenpairs": [n for n, _ in pairs]},
@@ -242,8 +244,7 @@ def _spectrum_lines(numbers: dict[str, Any]) -> list[str]:
     for row in zip(prof["times"], prof["gap"], prof["gap_error"], prof["gap_model_error"], prof["converged"],
                    prof["speed"], prof["speed_stderr"]):
         lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
-    unresolved = [t for t, g, e, m in zip(prof["times"], prof["gap"], prof["gap_error"], prof["gap_model_error"])
-                  if g is not None and e is not None and g <= e + (m or 0.0)]
+    unresolved = [t for t, resolved in zip(prof["times"], prof["resolved"]) if not resolved]
     if unresolved:
         lines += ["", (f"At t = {', '.join(_cell(t) for t in unresolved)} the gap lies within its error of 0 (a "
                        "negative value is an estimate, not a result): it is smaller than the error can resolve, "

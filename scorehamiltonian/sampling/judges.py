@@ -130,9 +130,8 @@ class SolverJudgement:
 
 def _target(target: Any, process: ForwardProcess | None) -> tuple[Any, Target]:
     """(the score the solver runs on, the grid model's target) (:func:`~.grid_model.grid_target`)."""
-    grid_target_, process = grid_target(target, process)
-    return (ExactScore(grid_target_, process) if isinstance(grid_target_, GaussianMixture) else grid_target_), \
-        grid_target_
+    held, process = grid_target(target, process)
+    return (ExactScore(held, process) if isinstance(held, GaussianMixture) else held), held
 
 
 def _initial_samples(score: Any, initial: Initial, t_max: float, n: int) -> torch.Tensor:

@@ -110,6 +110,11 @@ class GapProfile:
     failures: tuple[tuple[float, str], ...] = ()
     settings: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def resolved(self) -> np.ndarray:
+        """Per time, whether the gap is resolved (:func:`gap_resolved`)."""
+        return gap_resolved(self.gap, self.gap_error, self.gap_model_error)
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the profile as JSON (floats exact, NaN and Infinity as JSON extensions), atomically."""
         data = {name: getattr(self, name).tolist() for name in _ARRAY_FIELDS}
@@ -293,6 +298,13 @@ def _bands(records: list[dict[str, Any]], band_times: np.ndarray, kernel: str) -
     return out
 
 
+def gap_resolved(gap: Any, error: Any, model_error: Any) -> np.ndarray:
+    """Whether each gap lies beyond its error from 0: gap > error + model_error (an unknown,
+    NaN, model error counted as 0; a NaN gap is not resolved)."""
+    gap, error, model_error = (np.asarray(v, dtype=np.float64) for v in (gap, error, model_error))
+    return gap > error + np.nan_to_num(model_error)
+
+
 def _propose(records: list[dict[str, Any]], band_times: np.ndarray, settings: dict[str, Any]
              ) -> tuple[float, float, float] | None:
     """The next time (with the GP stds of log gap and log A there), or None when done.
@@ -308,7 +320,7 @@ def _propose(records: list[dict[str, Any]], band_times: np.ndarray, settings: di
     tried = np.log(np.array([r["t"] for r in records], dtype=np.float64))
     separation = np.abs(log_band[:, None] - tried[None, :])
     distance = separation.min(axis=1)
-    resolved = np.array([r["gap"] > r["gap_error"] + np.nan_to_num(r["gap_model_error"]) for r in records])
+    resolved = gap_resolved(*([r[k] for r in records] for k in ("gap", "gap_error", "gap_model_error")))
     free = distance > 0.5 * (log_band[-1] - log_band[0]) / (len(band_times) - 1)
     if not free.any():
         return None
