@@ -16,7 +16,15 @@ from typing import Any
 import numba
 import torch
 
-__all__ = ["PARALLEL_MIN_SIZE", "run_lines", "run_parallel", "workers"]
+__all__ = ["NUMBA_MIN_SIZE", "PARALLEL_MIN_SIZE", "run_lines", "run_parallel", "use_numba", "workers"]
+
+#: Grids of fewer values than this take torch's kernels on the CPU too (the operator's
+#: matvec and smoothing, LOBPCG's Rayleigh-Ritz update, grid transfers: one rule for all).
+#: Measured on the four-mode benchmark to rtol 1e-5 (spectral_gap, grids 45^2 - 255^2, second
+#: call in a process): 0.65 - 0.69 s with numba from 2^12 values, 0.74 s from 2^14, 0.87 s
+#: from 2^16. A process's first numba call costs about 0.5 s more (numba initialises its
+#: compiler's registries, then loads the kernels from the disk cache).
+NUMBA_MIN_SIZE = 1 << 12
 
 #: Passes over fewer values than this run on one thread (a parallel start costs more). On 2
 #: cores a call of one smoothing step (the fused stencil kernel) over 4 x 63^2 values took
@@ -31,6 +39,12 @@ def workers(size: int) -> int:
     if size < PARALLEL_MIN_SIZE:
         return 1
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+def use_numba(device: torch.device | str, size: int) -> bool:
+    """Whether a pass over a grid of ``size`` values a column, on ``device``, runs a numba
+    kernel: on the CPU from ``NUMBA_MIN_SIZE`` values (read at call time), else torch."""
+    return torch.device(device).type == "cpu" and size >= NUMBA_MIN_SIZE
 
 
 def run_parallel(threads: int, kernel: Callable[..., Any], *args: Any) -> None:

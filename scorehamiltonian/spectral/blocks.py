@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..common.threads import use_numba
 from .ritz_update import update_rows
 
 if TYPE_CHECKING:
@@ -44,10 +45,10 @@ NEW_DIRECTION = 1.5e-8
 #: ``inner`` sums its products over column chunks of this length (one batched GEMM).
 _INNER_CHUNK = 4096
 #: The in-place Rayleigh-Ritz update (``Blocks._combine``) runs as one numba pass on the CPU
-#: (:mod:`.ritz_update`; at 512^2 with 4 rows 6.5 ms against 9.3 ms for the torch path, medians
-#: of interleaved calls); other devices take the torch path in ``UPDATE_CHUNKS`` column chunks
-#: (a few large GEMMs rather than many small launches, for a buffer of m / 4 rows).
-_NUMBA_UPDATE = True
+#: from ``NUMBA_MIN_SIZE`` unknowns (:mod:`.ritz_update`; at 512^2 with 4 rows 6.5 ms against
+#: 9.3 ms for the torch path, medians of interleaved calls); smaller operators and other
+#: devices take the torch path in ``UPDATE_CHUNKS`` column chunks (a few large GEMMs rather
+#: than many small launches, for a buffer of m / 4 rows).
 UPDATE_CHUNKS = 8
 
 
@@ -121,7 +122,7 @@ class Blocks:
     """Row blocks S = [X; P; W] (each row one vector) and HS = H S, ``depth`` m rows each
     (3 for LOBPCG, 2 for a Rayleigh-Ritz on X alone), allocated once: a Rayleigh-Ritz update
     writes the new [X; P] and [HX; HP] over S and HS in place, one column tile or chunk at a
-    time (``_NUMBA_UPDATE``), so no (N, m) block is ever concatenated, copied or double-buffered,
+    time (``use_numba``), so no (N, m) block is ever concatenated, copied or double-buffered,
     and in the same pass the residuals R = HX - X diag(theta) of the new Ritz vectors and
     their norms (``rnorm``), from the chunk just written. Between updates the rows past the
     basis are free: R lives in HS's (it is consumed by the preconditioner before H W is
@@ -137,7 +138,7 @@ class Blocks:
             return torch.zeros(rows, op.n, dtype=WORK_DTYPE, device=op.device)
 
         self.S, self.HS = block(depth * m), block(depth * m)
-        self._numba = _NUMBA_UPDATE and torch.device(op.device).type == "cpu"
+        self._numba = use_numba(op.device, op.n)
         self._chunk = -(-op.n // UPDATE_CHUNKS)
         self._update = None if self._numba else torch.zeros(2 * m * self._chunk, dtype=WORK_DTYPE, device=op.device)
         self.op, self.m, self.q, self.a = op, m, 0, 0

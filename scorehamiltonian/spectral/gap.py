@@ -1,35 +1,34 @@
 """The user-facing spectral gap: lambda_1 - lambda_0 of the Score Hamiltonian with an honest error.
 
 :func:`spectral_gap` chooses a box holding all but ``mass_tol`` of p_t, discretises H_t on a
-sequence of grids with spacings h, h/2, h/4, ..., solves each for its lowest eigenvalues and
-extrapolates the gaps g(h) = g + c_1 h^p + c_2 h^{p+2} + O(h^{p+4}) (p the stencil's order;
-centred stencils give even powers) by Richardson:
+sequence of grids whose spacings shrink by about sqrt 2 (n + 1 = 2 round((n_0 + 1) 2^(k/2) / 2)
+nodes per axis, :func:`_grids`; every other grid nested), solves each for its lowest
+eigenvalues (from the previous grid's vectors, interpolated), and extrapolates the gaps
+g(h) = g + c_1 h^p + c_2 h^{p+2} + O(h^{p+4}) (p the stencil's order; centred stencils give
+even powers) by Richardson over the last two grids, r_n = h_{n-1} / h_n:
 
-    R_n = g_n + (g_n - g_{n-1}) / (2^p - 1) = g + c_2' h_n^{p+2} + O(h_n^{p+4}).
+    R_n = g_n + (g_n - g_{n-1}) / (r_n^p - 1) = g + O(h_n^{p+2}).
 
-Error of R_n. Its leading term is estimated from the last two extrapolates:
-R_n - R_{n-1} = -(2^{p+2} - 1) c_2' h_n^{p+2} (1 + O(h^2)), so
-
-    error = SAFETY |R_n - R_{n-1}| / (2^{p+2} - 1) + solver errors carried through,
-
-the solver's e_n (1 + 1/(2^p - 1)) + e_{n-1} / (2^p - 1). It is used only when the last three
-grids are asymptotic: their differences g_{n-2} - g_{n-1} and g_{n-1} - g_n have one sign
-and the observed order log2 of their ratio lies within 1 of p (THEORY section 6: a refinement
+Error of R_n: SAFETY |R_n - G_3|, G_3 the value of the three-term fit G + a h^p + b h^{p+2}
+through the last three grids (exact under that model; for ratios r it is
+|R_n - R_{n-1}| / (r^{p+2} - 1)), plus the solver errors carried through,
+e_n (1 + 1/(r_n^p - 1)) + e_{n-1} / (r_n^p - 1). It is used only when the last three grids
+are asymptotic: their differences g_{n-2} - g_{n-1} and g_{n-1} - g_n have one sign and the
+observed order (:func:`_observed_order`) lies within 1 of p (THEORY section 6: a refinement
 study can claim a tiny error until the grid resolves the barrier's flanks), or the differences
-are within the solver's errors. Under the two-term model g = G + a h^p + b h^{p+2} that
-order window bounds |b h^2 / a| at the coarsest grid, and with it the next term's share of
-R_n - R_{n-1}: the estimate without SAFETY then lies within a factor 0.75-1.3 of the true
-error of R_n; SAFETY = 3 covers the rest of the window and a next term of comparable
-size. Measured on 16 cases with independent truths (1D mixtures at t = 0 - 1, separations
-up to lambda_1 = 8e-11, a 2D Gaussian, quartic double wells; order 4, grids from 1.5 points
-per width, stopping as spectral_gap does at rtol 1e-5 - 1e-9): every bar covered the truth
-and was 2 to 8.3 times the true error. The previous estimate, |R_n - R_{n-1}| itself, was
-2^{p+2} - 1 = 63 times that (order 4), and made spectral_gap refine once more than the
-accuracy needed (the four-mode mixture at t = 0.05 to 1e-7: a 1023^2 grid, now 511^2).
+are within the solver's errors. With ratios sqrt 2 that window bounds |b h^2 / a| at the
+coarsest of the three grids by 1.2 (0.39 below), tighter than ratios 2 did (1.9, 0.54); SAFETY
+= 3 covers a next term of comparable size. Measured on 55 cases with independent truths (1D
+mixtures at t = 0 - 1 to rtol 1e-5 - 1e-9, two-mode separations up to lambda_1 = 1e-12,
+the 2D four-mode mixture and a 2D Gaussian): every bar covered the truth and was 1.8 to 7.3
+times the true error, except a 2D Gaussian to 1e-9 (14.8 times a true error of 1e-11 relative,
+round-off's share). Ratios sqrt 2 need a grid only sqrt 2 finer than the first three
+asymptotic ones where ratios 2 needed one twice as fine: the four-mode mixture at t = 0.05
+stops at 255^2 for rtol 1e-5 and 361^2 for 1e-7 (both 511^2 with ratios 2).
 Grids count from ``MIN_POINTS_PER_WIDTH`` = 1.5 points per width of the sharpest mode (was
 4): coarser ones that are not yet asymptotic fail the order test (the four-mode mixture's
-63^2 grid: the differences change sign), and Mueller-Brown's 127^2 grid (1.7 points by
-that measure, taken where p > 1e-6 of its peak) is asymptotic already.
+grids up to 89^2: order 2.4), and Mueller-Brown's 127^2 grid (1.7 points by that measure,
+taken where p > 1e-6 of its peak) is asymptotic already.
 
 Model error (THEORY section 2; the gap of a learned score is the gap of the model's own
 Score Hamiltonian, and the model is uncertain where the data are few). For a
@@ -69,6 +68,7 @@ from typing import Any, Literal
 
 import numpy as np
 import scipy.linalg
+import scipy.optimize
 import torch
 
 from ..common.errors import ConvergenceError, InputShapeError, ResolutionError
@@ -81,6 +81,7 @@ from .grid import Grid, box_for_score, mixture_mass_outside
 from .memory import available_memory, estimate_memory
 from .operator import BoundaryMassWarning, ResolutionWarning, ScoreHamiltonian
 from .solution import ConvergenceWarning
+from .transfer import interpolate_columns
 
 __all__ = ["GapLevel", "GapResult", "spectral_gap"]
 
@@ -158,13 +159,13 @@ class GapResult:
 
 
 def _level(H: ScoreHamiltonian, k: int, tol: float, method: str,
-           preconditioner: str) -> tuple[GapLevel, torch.Tensor | None]:
+           preconditioner: str, v0: torch.Tensor | None = None) -> tuple[GapLevel, torch.Tensor | None]:
     """The grid's gap, and the vectors it came from: in the ground-state form the excited ones
     (for :func:`_polish`), in the potential form the k lowest (for :func:`_model_error`)."""
     generator = torch.Generator(device=H.device).manual_seed(0)
     if H.form != "ground_state":
         res = spectrum(H, k=k, tol=tol, method=method, generator=generator, preconditioner=preconditioner,
-                       return_eigenvectors=True)
+                       return_eigenvectors=True, v0=v0)
         error = res.gap_error if bool(res.converged[:2].all()) else math.inf
         level = GapLevel(max(H.grid.h), H.grid.n, res.gap, error, res.eigenvalues, res.n_matvec, res.wall_time)
         return level, res.eigenvectors.to(torch.float64).cpu()
@@ -173,7 +174,7 @@ def _level(H: ScoreHamiltonian, k: int, tol: float, method: str,
         # The raw eigenvalues' round-off floor (eps ||H||) can exceed tol * lambda_1 for tiny
         # gaps; lambda_1 is read from the Dirichlet form below, with its own error bound.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        res = spectrum(H, k=max(k, 3), tol=tol, method=method, return_eigenvectors=True,
+        res = spectrum(H, k=max(k, 3), tol=tol, method=method, return_eigenvectors=True, v0=v0,
                        maxiter=GROUND_STATE_MAXITER, generator=generator, preconditioner=preconditioner)
     theta0, err0 = float(res.eigenvalues[0]), float(res.eigenvalue_errors[0])
     if theta0 + err0 < -tol * float(res.eigenvalues[1] - res.eigenvalues[0]):
@@ -193,15 +194,15 @@ def _level(H: ScoreHamiltonian, k: int, tol: float, method: str,
                     res.n_matvec + level.n_matvec, time.perf_counter() - start), level.vectors
 
 
-def _solve(H: ScoreHamiltonian, k: int, tol: float, method: str,
-           notes: list[str]) -> tuple[GapLevel | None, torch.Tensor | None]:
+def _solve(H: ScoreHamiltonian, k: int, tol: float, method: str, notes: list[str],
+           v0: torch.Tensor | None = None) -> tuple[GapLevel | None, torch.Tensor | None]:
     """The grid's level (and vectors, :func:`_level`); on a solver failure
     (``_SOLVER_FAILURES``) once more with the Fourier preconditioner (no factorisation, no
     coarse levels), then None; each failure noted."""
     tries = ["auto", "fourier"] if method in ("auto", "lobpcg") else ["auto"]
     for preconditioner in tries:
         try:
-            return _level(H, k, tol, method, preconditioner)
+            return _level(H, k, tol, method, preconditioner, v0)
         except _SOLVER_FAILURES as err:
             notes.append(f"{'x'.join(map(str, H.grid.n))} grid, {method} solver with the {preconditioner} "
                          f"preconditioner failed: {type(err).__name__}: {err}")
@@ -222,24 +223,52 @@ def _polish(H: ScoreHamiltonian, X: torch.Tensor, level: GapLevel, target: float
                    wall_time=level.wall_time + time.perf_counter() - start)
 
 
+def _observed_order(h: list[float], d1: float, d2: float) -> float | None:
+    """The order q at which g = G + a h^q fits three grids h_1 > h_2 > h_3 with differences
+    d1 = g_1 - g_2, d2 = g_2 - g_3: the root of (h_1^q - h_2^q) / (h_2^q - h_3^q) = d1 / d2
+    (increasing in q; log2(d1 / d2) for ratios 2), or None where there is none in (0, 64]."""
+    if d1 * d2 <= 0:
+        return None
+
+    def mismatch(q: float) -> float:
+        return math.log((h[0] ** q - h[1] ** q) / (h[1] ** q - h[2] ** q)) - math.log(d1 / d2)
+
+    if mismatch(1e-3) > 0 or mismatch(64.0) < 0:
+        return None
+    return float(scipy.optimize.brentq(mismatch, 1e-3, 64.0, xtol=1e-6))
+
+
 def _extrapolate(levels: list[GapLevel], order: int) -> tuple[float, float, float | None, float]:
     """(value, error, observed order, the solver's share of the error) from the levels so far
-    (module docstring)."""
-    q, q_next = 2.0**order - 1.0, 2.0 ** (order + 2) - 1.0
+    (module docstring): R_n from the last two grids, its error SAFETY |R_n - G_3| (G_3 the fit of
+    G + a h^p + b h^{p+2} through the last three) plus the solver's errors carried through."""
+    h = [lv.h for lv in levels]
     g = [lv.gap for lv in levels]
     e = [lv.solver_error for lv in levels]
     if len(g) == 1:
         return g[0], math.inf, None, math.inf
-    richardson = [g[i] + (g[i] - g[i - 1]) / q for i in range(1, len(g))]
+    q = [(h[i - 1] / h[i]) ** order - 1.0 for i in range(1, len(g))]
+    richardson = [g[i] + (g[i] - g[i - 1]) / q[i - 1] for i in range(1, len(g))]
     if len(g) == 2:
         return richardson[-1], math.inf, None, math.inf
     d1, d2 = g[-3] - g[-2], g[-2] - g[-1]
     noise = e[-1] + e[-2] + e[-3]
-    observed = math.log2(d1 / d2) if d1 * d2 > 0 else None
+    observed = _observed_order(h[-3:], d1, d2)
     asymptotic = abs(d1) <= noise or (observed is not None and abs(observed - order) <= 1.0)
-    solver = e[-1] * (1 + 1 / q) + e[-2] / q
-    error = SAFETY * abs(richardson[-1] - richardson[-2]) / q_next + solver
+    x = [hh / h[-3] for hh in h[-3:]]
+    fit = np.linalg.solve([[1.0, xx**order, xx ** (order + 2)] for xx in x], g[-3:])[0]
+    solver = e[-1] * (1 + 1 / q[-1]) + e[-2] / q[-1]
+    error = SAFETY * abs(richardson[-1] - fit) + solver
     return richardson[-1], error if asymptotic else math.inf, observed, solver
+
+
+def _grids(lo: list[float], hi: list[float], first: int):
+    """The refinement sequence on the box: n_k + 1 = 2 round((first + 1) 2^(k/2) / 2) nodes
+    plus one per axis (odd n, spacing ratios about sqrt 2; every other grid nested)."""
+    k = 0
+    while True:
+        yield Grid(lo, hi, 2 * round((first + 1) * 2 ** (k / 2) / 2) - 1)
+        k += 1
 
 
 def spectral_gap(
@@ -293,12 +322,13 @@ def spectral_gap(
     if form == "auto":
         form = "ground_state" if isinstance(score, DensityScore) else "potential"
     limit = max_unknowns or MAX_UNKNOWNS.get(dim, 0)
-    grid = Grid(lo, hi, FIRST_NODES.get(dim, 15))
     levels: list[GapLevel] = []
     notes: list[str] = []
-    value, error, observed, H = math.nan, math.inf, None, None
+    value, error, observed, H, vectors = math.nan, math.inf, None, None, None
     stop = f"within {limit} unknowns"
-    while grid.size <= limit:
+    for grid in _grids(lo, hi, FIRST_NODES.get(dim, 15)):
+        if grid.size > limit:
+            break
         need, free = estimate_memory(grid.n, max(k, 3)), available_memory()
         if need.total > free:
             stop = f"before the {grid.n} grid ({need} > {free / 2**30:.3g} GiB free)"
@@ -315,7 +345,8 @@ def spectral_gap(
             if w not in boundary:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if H is not None and H.points_per_width >= MIN_POINTS_PER_WIDTH:
-            level, vectors = _solve(H, k, max(rtol * 1e-2, SOLVER_TOL_FLOOR), method, notes)
+            v0 = interpolate_columns(vectors, levels[-1].n, H.grid.n).to(H.dtype) if levels and vectors is not None else None
+            level, vectors = _solve(H, k, max(rtol * 1e-2, SOLVER_TOL_FLOOR), method, notes, v0)
             if level is None:  # the extrapolation needs consecutive grids: start again from the next
                 levels.clear()
                 value, error, observed = math.nan, math.inf, None
@@ -327,7 +358,6 @@ def spectral_gap(
                         levels[-1] = _polish(H, vectors, level, (error - solver) / 4)
                         value, error, observed, solver = _extrapolate(levels, order)
                     break
-        grid = grid.refine()
     for w in boundary:  # the finest grid's: a coarse grid's outermost nodes sit deeper in a steep tail
         warnings.warn(w.message, w.category, stacklevel=2)
     flags = []

@@ -4,7 +4,7 @@ A :class:`Grid` has n_a interior nodes per axis a on [lo_a, hi_a]; the Dirichlet
 sits on the box faces, so the nodes are x_i = lo + (i + 1) h with h = (hi - lo) / (n + 1),
 i = 0 .. n - 1. Grid functions are stored flat in C order (the last axis fastest).
 Refining keeps the boundary and halves h: n -> 2 (n + 1) - 1, so every coarse node is a
-fine node (what Richardson extrapolation across grids needs).
+fine node (multigrid's transfers are then injections).
 """
 
 from __future__ import annotations

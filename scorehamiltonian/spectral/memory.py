@@ -30,7 +30,7 @@ Measured (peak RSS over a whole job, 2 cores, float64), with the torch count: 3-
 estimated; 63^3, k = 3: 502 against 572; 95^3, k = 2: 459 against 472), most of it the third
 smoothing block per level that the numba sweep does not hold, and 34% under on 255^2 (k = 1),
 where fixed overheads (about 12 MiB) weigh; tests/test_memory.py checks the numba count
-within 20% on 383^2, 511^2 and 63^3 (the CPU jobs run numba above 2^16 unknowns).
+within 20% on 383^2, 511^2 and 63^3 (the CPU jobs run numba from 2^12 unknowns).
 Other solver methods (eigsh's factorisation, Lanczos' basis) are not counted.
 
 :func:`check_memory` compares an estimate with what the device has free (``MemAvailable`` of

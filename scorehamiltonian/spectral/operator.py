@@ -55,7 +55,7 @@ import scipy.sparse as sp
 import torch
 
 from ..common.errors import InputShapeError, NonFiniteScoreError, ResolutionError
-from ..common.threads import run_lines, run_parallel, workers
+from ..common.threads import run_lines, run_parallel, use_numba, workers
 from ..score.derivatives import DivergenceMethod
 from ..score.interface import DensityScore, Score, as_score
 from ..score.potential import quantum_potential
@@ -74,8 +74,6 @@ WALL_DEPTH, WALL_SLOPE = 60.0, 2.0
 #: Points per width of the sharpest mode below which the grid is refused, and warned about.
 _MIN_POINTS_PER_WIDTH, _WARN_POINTS_PER_WIDTH = 1.0, 4.0
 _CHUNK = 1 << 16
-#: Below this many unknowns the torch matvec is as fast as the numba kernel (thread start-up).
-_NUMBA_MIN_SIZE = 1 << 16
 #: Lines per band of the 3D smoothing sweep (``stencil._sweep_task``): its rings then hold about
 #: (32 + halos) x n2 values a plane, stored together, and stay in cache where whole planes
 #: do not. On 2 threads at 128^3 (4 columns, 4 steps and the residual, order 2) the sweep
@@ -175,7 +173,8 @@ class ScoreHamiltonian:
     order : 2 or 4, the order of the Laplacian stencil.
     form : "potential" (V = |s|^2/4 + div s/2) or "ground_state" (H psi_0 = 0 exactly).
     divergence : divergence method of the potential form (see ``quantum_potential``).
-    backend : "torch", "numba" (CPU) or "auto" (numba on the CPU from 2^16 unknowns, else torch).
+    backend : "torch", "numba" (CPU) or "auto" (numba on the CPU from
+        ``NUMBA_MIN_SIZE`` = 2^12 unknowns, :func:`~..common.threads.use_numba`, else torch).
     mass_tol : warn (:class:`BoundaryMassWarning`) when the mass of p_t on the outermost
         layer of nodes exceeds this.
     dtype, device : of the matvec (float64 by default). The operator's memory
@@ -255,7 +254,7 @@ class ScoreHamiltonian:
         self.grid, self.shape = grid, (grid.size, grid.size)
         backend = self._backend_request
         if backend == "auto":
-            backend = "numba" if self.device.type == "cpu" and grid.size >= _NUMBA_MIN_SIZE else "torch"
+            backend = "numba" if use_numba(self.device, grid.size) else "torch"
         self.backend = backend
         h2inv = [1.0 / h**2 for h in grid.h]
         self._weights = [(a, o, self.coef[o] * h2inv[a]) for a in range(grid.dim) for o in range(1, len(self.coef))]

@@ -12,20 +12,22 @@ weights are exact integers over integers and interpolation is injection, exactly
 by prod_a (n_coarse_a + 1) / (n_fine_a + 1), the local average of the fine values (the
 full-weighting restriction on nested grids), so that restricting a smooth function gives
 about its coarse samples. Tensors are batched: shape (m, *n), m columns first. On the CPU
-each transfer is one numba pass over the target (one thread below ``PARALLEL_MIN_SIZE``
-values); elsewhere torch, one axis at a time.
+each transfer to or from a fine grid of ``NUMBA_MIN_SIZE`` nodes or more is one numba pass
+over the target (one thread below ``PARALLEL_MIN_SIZE`` values); otherwise torch, one axis
+at a time.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..common.threads import run_lines
+from ..common.threads import run_lines, use_numba
 
 __all__ = ["axis_weights", "interpolate", "interpolate_columns", "prolong", "restrict"]
 
@@ -137,8 +139,10 @@ def _restrict_parallel(chunks, r, f0, k0, t0, f1, k1, t1, f2, k2, t2, scale, out
                         scale, out)
 
 
-def _numba_ok(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+def _numba_ok(t: torch.Tensor, n: tuple[int, ...]) -> bool:
+    """Whether the transfer of ``t`` (m, *n_t) to or from the grid with ``n`` nodes runs
+    numba's kernel (by the finer of the two grids)."""
+    return t.dtype in (torch.float32, torch.float64) and use_numba(t.device, max(math.prod(n), t[0].numel()))
 
 
 def _as4(t: torch.Tensor) -> np.ndarray:
@@ -175,7 +179,7 @@ def interpolate(u: torch.Tensor, n_to: tuple[int, ...], out: torch.Tensor | None
     """u (m, *n_from) interpolated linearly to the grid with ``n_to`` nodes per axis,
     (m, *n_to); added to ``out`` (m, *n_to, contiguous) instead when given."""
     n_to = tuple(n_to)
-    if not _numba_ok(u):
+    if not _numba_ok(u, n_to):
         for axis, n in enumerate(n_to, start=1):
             if u.shape[axis] != n:
                 u = _torch_axis_interpolate(u, axis, n)
@@ -201,7 +205,7 @@ def restrict(r: torch.Tensor, n_coarse: tuple[int, ...], out: torch.Tensor | Non
     """c P^T r: fine (m, *n_fine) to coarse (m, *n_coarse), c = prod (n_c + 1) / (n_f + 1);
     written into ``out`` (m, *n_coarse, contiguous, r's dtype and device) when given."""
     n_coarse = tuple(n_coarse)
-    if not _numba_ok(r):
+    if not _numba_ok(r, n_coarse):
         for axis, n in enumerate(n_coarse, start=1):
             if r.shape[axis] != n:
                 r = _torch_axis_restrict(r, axis, n)

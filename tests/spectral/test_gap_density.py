@@ -188,17 +188,17 @@ def test_solver_failures_are_retried_then_reported(monkeypatch):
     real = gap_module._level
     calls = []
 
-    def flaky(H, k, tol, method, preconditioner):
+    def flaky(H, k, tol, method, preconditioner, v0):
         calls.append(preconditioner)
         if preconditioner == "auto":
             raise RuntimeError("Factor is exactly singular")
-        return real(H, k, tol, method, preconditioner)
+        return real(H, k, tol, method, preconditioner, v0)
 
     monkeypatch.setattr(gap_module, "_level", flaky)
     result = spectral_gap(ExactScore(mixture), 0.3, rtol=1e-6)
     assert result.converged and "fourier" in calls and any("exactly singular" in n for n in result.notes)
 
-    def broken(H, k, tol, method, preconditioner):
+    def broken(H, k, tol, method, preconditioner, v0):
         raise RuntimeError("Factor is exactly singular")
 
     monkeypatch.setattr(gap_module, "_level", broken)

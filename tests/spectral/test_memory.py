@@ -118,7 +118,7 @@ def test_jobs_that_will_not_fit_are_refused_with_the_figures(monkeypatch):
 
 
 def test_spectral_gap_stops_refining_at_the_memory_it_has(monkeypatch):
-    # Room for the 1D grids of 63 and 127 nodes, not for 255: the result keeps the grids
+    # Room for the 1D grids of 63 - 181 nodes, not for 255: the result keeps the grids
     # solved, is flagged, and the warning says memory stopped it.
     score = ExactScore(GaussianMixture([0.5, 0.5], [-2.0, 2.0], [0.25, 0.25]), OU())
     room = estimate_memory((200,), 3).total
@@ -127,4 +127,4 @@ def test_spectral_gap_stops_refining_at_the_memory_it_has(monkeypatch):
     with pytest.warns(Warning, match=r"before the \(255,\) grid .* GiB free"):
         result = spectral_gap(score, 1.0, rtol=1e-12)
     assert not result.converged
-    assert [lv.n for lv in result.levels][-1] == (127,)
+    assert [lv.n for lv in result.levels][-1] == (181,)

@@ -17,6 +17,7 @@ from scorehamiltonian import (
     ScoreHamiltonian,
     box_from_mixture,
 )
+from scorehamiltonian.common import threads
 from scorehamiltonian.score.examples import four_mode_benchmark
 from scorehamiltonian.spectral import blocks, transfer
 from scorehamiltonian.spectral import ritz_update as _ritz_update
@@ -44,9 +45,9 @@ def bump(n: tuple[int, ...]) -> torch.Tensor:
 
 @pytest.fixture(params=[True, False], ids=["numba", "torch"])
 def backend(request, monkeypatch):
-    """Run a transfer test on the numba kernels and on the torch path (any device)."""
-    if not request.param:
-        monkeypatch.setattr(transfer, "_numba_ok", lambda t: False)
+    """Run a transfer test on the numba kernels (forced at any size) and on the torch path
+    (any device)."""
+    monkeypatch.setattr(threads, "NUMBA_MIN_SIZE", 0 if request.param else math.inf)
     return request.param
 
 
@@ -91,8 +92,9 @@ def test_numba_transfers_equal_the_torch_path(monkeypatch, n_coarse, n_fine):
         return (transfer.prolong(u, n_fine), transfer.restrict(r, n_coarse),
                 transfer.prolong(u, n_fine, out=base.clone()), transfer.restrict(r, n_coarse, out=into), into)
 
+    monkeypatch.setattr(threads, "NUMBA_MIN_SIZE", 0)
     kernels = both_ways()
-    monkeypatch.setattr(transfer, "_numba_ok", lambda t: False)
+    monkeypatch.setattr(threads, "NUMBA_MIN_SIZE", math.inf)
     reference = both_ways()
     for got, want in zip(kernels, reference):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-14)
@@ -178,10 +180,11 @@ def test_v_cycle_on_the_torch_path_equals_the_numba_kernels(monkeypatch, degree)
     instead of one sweep, torch transfers) against the numba kernels on the CPU: the same
     arithmetic in another order, equal to round-off relative to the result."""
     x = torch.randn(255**2, 3, dtype=torch.float64, generator=seeded(8))
+    monkeypatch.setattr(threads, "NUMBA_MIN_SIZE", 0)
     fine = gaussian_operator(255, backend="numba")
     numba_mg = Multigrid(fine, shift_for(fine), degree=degree)
     kernels = numba_mg(x)
-    monkeypatch.setattr(transfer, "_numba_ok", lambda t: False)
+    monkeypatch.setattr(threads, "NUMBA_MIN_SIZE", math.inf)
     torch_ops = [gaussian_operator(n, backend="torch") for n in (255, 127, 63)]
     torch_mg = Multigrid(torch_ops[0], shift_for(fine), degree=degree, levels=torch_ops)
     assert [lv.H.grid.n for lv in torch_mg.levels] == [lv.H.grid.n for lv in numba_mg.levels]
@@ -226,8 +229,9 @@ def test_the_in_place_rayleigh_ritz_update_is_the_same_on_both_paths(monkeypatch
     chunks. The torch path, in one chunk and in 16 (127^2 = 16129 columns, a remainder
     included), gives the numba path's iterations and eigenvalues to round-off."""
     H = four_modes(127)
+    monkeypatch.setattr(threads, "NUMBA_MIN_SIZE", 0)
     fused = spectrum(H, k=2, tol=1e-7, generator=seeded())
-    monkeypatch.setattr(blocks, "_NUMBA_UPDATE", False)
+    monkeypatch.setattr(threads, "NUMBA_MIN_SIZE", math.inf)
     for chunks in (1, 16):
         monkeypatch.setattr(blocks, "UPDATE_CHUNKS", chunks)
         chunked = spectrum(H, k=2, tol=1e-7, generator=seeded())
