@@ -18,7 +18,8 @@ observed order (:func:`_observed_order`) lies within 1 of p (THEORY section 6: a
 study can claim a tiny error until the grid resolves the barrier's flanks), or the differences
 are within the solver's errors. With ratios sqrt 2 that window bounds |b h^2 / a| at the
 coarsest of the three grids by 1.2 (0.39 below), tighter than ratios 2 did (1.9, 0.54); SAFETY
-= 3 covers a next term of comparable size. Measured on 55 cases with independent truths (1D
+= 3 covers a next term of comparable size. Measured on 55 cases with independent truths
+(``analysis/gap_bars.py``; 1D
 mixtures at t = 0 - 1 to rtol 1e-5 - 1e-9, two-mode separations up to lambda_1 = 1e-12,
 the 2D four-mode mixture and a 2D Gaussian): every bar covered the truth and was 1.8 to 7.3
 times the true error, except a 2D Gaussian to 1e-9 (14.8 times a true error of 1e-11 relative,
