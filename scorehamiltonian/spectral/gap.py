@@ -17,15 +17,15 @@ are asymptotic: their differences g_{n-2} - g_{n-1} and g_{n-1} - g_n have one s
 observed order (:func:`_observed_order`) lies within 1 of p (THEORY section 6: a refinement
 study can claim a tiny error until the grid resolves the barrier's flanks), or the differences
 are within the solver's errors. With ratios sqrt 2 that window bounds |b h^2 / a| at the
-coarsest of the three grids by 1.2 (0.39 below), tighter than ratios 2 did (1.9, 0.54); SAFETY
-= 3 covers a next term of comparable size. Measured on 55 cases with independent truths
-(``analysis/gap_bars.py``; 1D
-mixtures at t = 0 - 1 to rtol 1e-5 - 1e-9, two-mode separations up to lambda_1 = 1e-12,
-the 2D four-mode mixture and a 2D Gaussian): every bar covered the truth and was 1.8 to 7.3
-times the true error, except a 2D Gaussian to 1e-9 (14.8 times a true error of 1e-11 relative,
-round-off's share). Ratios sqrt 2 need a grid only sqrt 2 finer than the first three
-asymptotic ones where ratios 2 needed one twice as fine: the four-mode mixture at t = 0.05
-stops at 255^2 for rtol 1e-5 and 361^2 for 1e-7 (both 511^2 with ratios 2).
+coarsest of the three grids by 1.2 (0.39 below), tighter than ratios 2 did (1.9, 0.54);
+SAFETY = 3 covers a next term of comparable size. Measured on 55 cases with independent
+truths (``analysis/gap_bars.py``: 1D mixtures at t = 0 - 1 to rtol 1e-5 - 1e-9, two-mode
+separations up to lambda_1 = 1e-12, the 2D four-mode mixture and a 2D Gaussian): every bar
+covered the truth and was 1.8 to 7.3 times the true error, except a 2D Gaussian to 1e-9
+(14.8 times a true error of 1e-11 relative, round-off's share). Ratios sqrt 2 need a grid
+only sqrt 2 finer than the first three asymptotic ones where ratios 2 needed one twice as
+fine: the four-mode mixture at t = 0.05 stops at 255^2 for rtol 1e-5 and 361^2 for 1e-7
+(both 511^2 with ratios 2).
 Grids count from ``MIN_POINTS_PER_WIDTH`` = 1.5 points per width of the sharpest mode (was
 4): coarser ones that are not yet asymptotic fail the order test (the four-mode mixture's
 grids up to 89^2: order 2.4), and Mueller-Brown's 127^2 grid (1.7 points by that measure,
