@@ -54,6 +54,7 @@ from ..score.interface import ExactScore
 from ..score.mixture import GaussianMixture
 from ..score.processes import ForwardProcess
 from .baselines import PROCESS_BASELINES, baseline_schedule, lambda_from_logits, sigma_ends, times_of_sigmas
+from .grid_model import grid_target
 from .judges import judge_solver
 from .schedules import Schedule
 from .solvers import ODE_SOLVERS, Final, Levels, prior_samples, sample, steps_for_nfe
@@ -104,15 +105,12 @@ class _OutOfTime(Exception):
 
 
 def _exact_target(score: Any, process: ForwardProcess | None) -> ExactScore | None:
-    if isinstance(score, GaussianMixture):
-        if process is None:
-            raise ValueError("pass the forward process (process=OU(), ...) with a GaussianMixture target")
-        return ExactScore(score, process)
-    if isinstance(score, ExactScore):
-        if process is not None and process != score.process:
-            raise ValueError(f"the ExactScore's process {score.process!r} differs from process={process!r}")
-        return score
-    return None
+    """The target as an ExactScore when it is a GaussianMixture (``process`` then required) or an
+    ExactScore (``process`` None or its own), checked by :func:`~.grid_model.grid_target`; else None."""
+    if not isinstance(score, (GaussianMixture, ExactScore)):
+        return None
+    mixture, process = grid_target(score, process)
+    return score if isinstance(score, ExactScore) else ExactScore(mixture, process)
 
 
 def exact_objective(score: ExactScore, schedule: Any, solver: str, *, metric: str = "tv", final: Final = "t_min",
