@@ -6,7 +6,10 @@ Targets with exact scores and exact samples, no grid (d > 2):
   :class:`ExactScore`;
 - many-well-32: :class:`~scorehamiltonian.score.systems.ManyWell` (16 double wells), its exact
   product score (noised 1D densities by quadrature).
-OU, t_max = 5, t_min = 1e-3; runs from the prior N(0, (alpha_T^2 + sigma_T^2) I) to t_min.
+And one learned model with no density: digits (scikit-learn's 8 x 8 digits, 64-d), a
+:func:`train_dsm` network with the toolkit's defaults on the 1347 training rows, judged against
+the 450 held-out rows (t_min = 0.01, the network's own first time).
+OU, t_max = 5, t_min = 1e-3 (exact targets); runs from the prior N(0, (alpha_T^2 + sigma_T^2) I) to t_min.
 Solvers heun and dpmpp-2m at NFE 10 and 20. Schedules: every process baseline and
 :func:`design_steps` (the trajectory objective: the mean squared distance to a 200-step run of
 the same solver from 512 prior draws; the only objective a learned model in high d allows).
@@ -15,11 +18,14 @@ Judges, on ``--n`` runs from the same prior draws for every schedule (common ran
 against as many exact samples of p_{t_min}: the basin-weight error (mixtures: the component of
 largest responsibility under p_{t_min}; many-well: the number of shallow wells, Binomial(16, P_-)),
 the sliced Wasserstein distance SW_1 and the cross-entropy gap E_q[-log p] - E_p[-log p], each
-with its Monte Carlo standard error. For each metric the best baseline is the one with the
+with its Monte Carlo standard error; digits: SW_1 against the held-out rows and the held-out judges
+of :func:`fit_classifier_judge` (class TV of a scikit-learn MLP's predictions, the Frechet distance
+of its hidden features; the training rows' own values are the floor). For each metric the best baseline is the one with the
 smallest value; "gain" = 1 - designed / best, and "z" = (best - designed) / sqrt(se_best^2 +
 se_designed^2) (conservative: the common draws correlate the two, which would shrink the
 difference's error), except for the cross-entropy, whose difference is paired run by run (the
-same prior draw through both schedules; the E_p term cancels). Target: gain >= 0.2 with z >= 2
+same prior draw through both schedules; the E_p term cancels) and the digits' Frechet distance
+(bootstrap resamples common to both, :meth:`ClassifierJudge.frechet_difference`). Target: gain >= 0.2 with z >= 2
 at NFE 10 and 20.
 
 Run: ``python analysis/solver_schedules_highd.py`` (about 30 min on 2 cores; ``--targets``,
@@ -39,17 +45,22 @@ from typing import Any
 
 import torch
 
-from scorehamiltonian import OU, ExactScore, GaussianMixture
+from scorehamiltonian import OU, ExactScore, GaussianMixture, train_dsm
 from scorehamiltonian.sampling import PROCESS_BASELINES, baseline_schedule, design_steps
-from scorehamiltonian.sampling.sample_judges import basin_weight_error, cross_entropy_gap, sliced_wasserstein
+from scorehamiltonian.sampling.sample_judges import (
+    basin_weight_error,
+    cross_entropy_gap,
+    fit_classifier_judge,
+    sliced_wasserstein,
+)
 from scorehamiltonian.sampling.solvers import prior_samples, sample
-from scorehamiltonian.score.systems import ManyWell
+from scorehamiltonian.score.systems import ManyWell, system
 
 T_MAX, T_MIN = 5.0, 1e-3
-TARGETS = ("mixture-16", "mixture-64", "many-well-32")
+TARGETS = ("mixture-16", "mixture-64", "many-well-32", "digits")
 SOLVERS = ("heun", "dpmpp-2m")
 NFES = (10, 20)
-METRICS = ("basin", "sw1", "cross_entropy")
+METRICS = ("basin", "sw1", "cross_entropy", "class_tv", "frechet")
 
 
 def mixture(dim: int) -> GaussianMixture:
@@ -68,49 +79,63 @@ def component_of(mix: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
 
 
 class Target:
-    """An exact score with its exact samples, log-density and basins at t_min."""
+    """A score with samples of its law at t_min and its judges: exact targets with exact samples,
+    log-density and basins; digits with its held-out rows and classifier judges."""
 
     def __init__(self, name: str) -> None:
         process = OU()
-        self.name = name
-        if name.startswith("mixture"):
+        self.name, self.t_min, self.log_p = name, T_MIN, None
+        if name == "digits":
+            data = system("digits")
+            self.score = train_dsm(data.train, process, seed=0, progress=False)
+            self.t_min = self.score.t_trained
+            self.classifier = fit_classifier_judge(data.train, data.train_labels, data.held_out, data.held_out_labels)
+            self.held_out = data.held_out
+        elif name.startswith("mixture"):
             self.score = ExactScore(mixture(int(name.split("-")[1])), process)
             marginal = self.score.marginal(T_MIN)
             self.basin = lambda x: component_of(marginal, x)
             self.weights = marginal.weights
+            self.log_p = lambda x: self.score.log_prob(x, T_MIN)
         else:
-            system = ManyWell(16)
-            self.score = system.exact_score(process)
-            plus, minus, _ = system.factor_probabilities()
-            self.basin = system.basin_of  # the number of shallow wells: exact law Binomial(16, P_-)
-            k = torch.arange(system.wells + 1, dtype=torch.float64)
-            log_binomial = (torch.lgamma(torch.tensor(system.wells + 1.0)) - torch.lgamma(k + 1)
-                            - torch.lgamma(system.wells - k + 1))
-            weights = torch.exp(log_binomial + (system.wells - k) * math.log(plus) + k * math.log(minus))
+            system_ = ManyWell(16)
+            self.score = system_.exact_score(process)
+            plus, minus, _ = system_.factor_probabilities()
+            self.basin = system_.basin_of  # the number of shallow wells: exact law Binomial(16, P_-)
+            k = torch.arange(system_.wells + 1, dtype=torch.float64)
+            log_binomial = (torch.lgamma(torch.tensor(system_.wells + 1.0)) - torch.lgamma(k + 1)
+                            - torch.lgamma(system_.wells - k + 1))
+            weights = torch.exp(log_binomial + (system_.wells - k) * math.log(plus) + k * math.log(minus))
             self.weights = weights / weights.sum()  # P_+ + P_- is 1 to the quadrature's error
+            self.log_p = lambda x: self.score.log_prob(x, T_MIN)
         self.dim = self.score.dim
 
-    def exact_samples(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        return self.score.sample(n, T_MIN, generator)
+    def reference(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n exact samples of p_{t_min}, or the held-out rows."""
+        return self.held_out if self.name == "digits" else self.score.sample(n, T_MIN, generator)
 
-    def log_p(self, x: torch.Tensor) -> torch.Tensor:
-        return self.score.log_prob(x, T_MIN)
+    def judgements(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+        """Each metric this target has, as a SampleDistance."""
+        out = {"sw1": sliced_wasserstein(x, y)}
+        if self.name == "digits":
+            return {**out, "class_tv": self.classifier.class_tv(x), "frechet": self.classifier.frechet(x)}
+        return {**out, "basin": basin_weight_error(x, self.basin, self.weights),
+                "cross_entropy": cross_entropy_gap(x, y, self.log_p)}
 
 
 def judge(target: Target, schedule: Any, solver: str, x0: torch.Tensor, y: torch.Tensor
           ) -> tuple[dict[str, Any], torch.Tensor]:
-    """The three judgements of one schedule, and -log p at each run's end (for paired differences)."""
+    """The judgements of one schedule, and for paired differences the runs' ends: -log p at each
+    (exact targets) or the ends themselves (digits)."""
     with torch.no_grad():
         run = sample(solver, target.score, x0, schedule, generator=torch.Generator().manual_seed(1))
     out = {"nfe": run.nfe, "times": [float(t) for t in schedule.times]}
     if not bool(torch.isfinite(run.x).all()):
         nan = torch.full((x0.shape[0],), math.nan, dtype=torch.float64)
         return {**out, **{m: math.nan for m in METRICS}, **{f"{m}_error": math.nan for m in METRICS}}, nan
-    for name, distance in (("basin", basin_weight_error(run.x, target.basin, target.weights)),
-                           ("sw1", sliced_wasserstein(run.x, y)),
-                           ("cross_entropy", cross_entropy_gap(run.x, y, target.log_p))):
+    for name, distance in target.judgements(run.x, y).items():
         out[name], out[f"{name}_error"] = distance.value, distance.error
-    return out, -target.log_p(run.x)
+    return out, (-target.log_p(run.x) if target.log_p is not None else run.x)
 
 
 def paired(designed: torch.Tensor, baseline: torch.Tensor) -> tuple[float, float]:
@@ -123,25 +148,34 @@ def run_target(name: str, n: int, max_time: float) -> dict[str, Any]:
     target = Target(name)
     generator = torch.Generator().manual_seed(0)
     x0 = prior_samples(target.score.process, T_MAX, n, target.dim, generator)
-    y = target.exact_samples(n, generator)
-    rows: dict[str, Any] = {"exact_floor": {"sw1": sliced_wasserstein(target.exact_samples(n, generator), y).value}}
+    y = target.reference(n, generator)
+    if name == "digits":  # the training rows, samples of the data law itself
+        floor = {m: d.value for m, d in target.judgements(system("digits").train, y).items()}
+    else:
+        floor = {"sw1": sliced_wasserstein(target.reference(n, generator), y).value}
+    rows: dict[str, Any] = {"exact_floor": floor}
     for solver in SOLVERS:
         for nfe in NFES:
-            nll = {}
+            ends = {}
             for baseline in PROCESS_BASELINES:
-                schedule = baseline_schedule(baseline, target.score, nfe, solver, T_MAX, T_MIN)
-                rows[f"{solver}|{nfe}|{baseline}"], nll[baseline] = judge(target, schedule, solver, x0, y)
+                schedule = baseline_schedule(baseline, target.score, nfe, solver, T_MAX, target.t_min)
+                rows[f"{solver}|{nfe}|{baseline}"], ends[baseline] = judge(target, schedule, solver, x0, y)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                design = design_steps(target.score, nfe=nfe, solver=solver, t_max=T_MAX, t_min=T_MIN,
+                design = design_steps(target.score, nfe=nfe, solver=solver, t_max=T_MAX, t_min=target.t_min,
                                       metric="trajectory", max_time=max_time)
-            row, designed_nll = judge(target, design.schedule, solver, x0, y)
+            row, designed_ends = judge(target, design.schedule, solver, x0, y)
             row.update(design_seconds=design.seconds, converged=design.converged, improved=design.improved,
-                       start=design.start, evaluations=design.evaluations,
-                       paired_cross_entropy={b: paired(designed_nll, v) for b, v in nll.items()})
+                       start=design.start, evaluations=design.evaluations)
+            if target.log_p is not None:
+                row["paired_cross_entropy"] = {b: paired(designed_ends, v) for b, v in ends.items()}
+            elif bool(torch.isfinite(designed_ends).all()):
+                differences = {b: target.classifier.frechet_difference(designed_ends, v) for b, v in ends.items()
+                               if bool(torch.isfinite(v).all())}
+                row["paired_frechet"] = {b: (d.value, d.error) for b, d in differences.items()}
             rows[f"{solver}|{nfe}|designed"] = row
             print(f"{name} {solver} nfe={nfe}: designed from {design.start} in {design.seconds:.0f} s; "
-                  + ", ".join(f"{m} {row[m]:.3g}" for m in METRICS), flush=True)
+                  + ", ".join(f"{m} {row[m]:.3g}" for m in METRICS if m in row), flush=True)
     return rows
 
 
@@ -151,14 +185,14 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
         for solver in SOLVERS:
             for nfe in NFES:
                 designed = rows[f"{solver}|{nfe}|designed"]
-                for metric in METRICS:
+                for metric in (m for m in METRICS if m in designed):
                     scored = {b: rows[f"{solver}|{nfe}|{b}"] for b in PROCESS_BASELINES
                               if math.isfinite(rows[f"{solver}|{nfe}|{b}"][metric])}
                     best = min(scored, key=lambda b: scored[b][metric])
                     value, error = scored[best][metric], scored[best][f"{metric}_error"]
                     spread = math.hypot(error, designed[f"{metric}_error"])
-                    if metric == "cross_entropy":  # the paired difference: the same prior draws for both
-                        spread = designed["paired_cross_entropy"][best][1]
+                    if metric in ("cross_entropy", "frechet"):  # paired: the same prior draws for both
+                        spread = designed.get(f"paired_{metric}", {}).get(best, (math.nan, math.nan))[1]
                     lines.append({"target": name, "solver": solver, "nfe": nfe, "metric": metric, "best": best,
                                   "best_value": value, "best_error": error, "designed": designed[metric],
                                   "designed_error": designed[f"{metric}_error"],
@@ -173,7 +207,7 @@ def markdown(results: dict[str, Any], n: int, max_time: float) -> str:
              "", (f"OU, t_max = {T_MAX}, t_min = {T_MIN}; {n} runs from common prior draws against {n} exact samples; "
                   f"designs with max_time = {max_time:g} s. basin: basin-weight error; sw1: sliced W1 (exact-vs-exact "
                   "floor per target below); cross_entropy: E_q[-log p] - E_p[-log p] (nats). gain = 1 - designed / "
-                  "best; z = (best - designed) / combined standard error (cross_entropy: of the run-by-run paired difference). "
+                  "best; z = (best - designed) / combined standard error (cross_entropy, frechet: of the paired difference). "
                   "Target: gain >= 0.2 with z >= 2."), "",
              "| target | solver | NFE | metric | best baseline | its value | designed | gain | z | design s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -181,8 +215,8 @@ def markdown(results: dict[str, Any], n: int, max_time: float) -> str:
         lines.append(f"| {s['target']} | {s['solver']} | {s['nfe']} | {s['metric']} | {s['best']} | "
                      f"{s['best_value']:.3g} +- {s['best_error']:.2g} | {s['designed']:.3g} +- "
                      f"{s['designed_error']:.2g} | {s['gain']:.2f} | {s['z']:.1f} | {s['seconds']:.0f} |")
-    lines += ["", "SW1 floor (two exact samples): " + ", ".join(
-        f"{name} {rows['exact_floor']['sw1']:.3g}" for name, rows in results.items())]
+    lines += ["", "Floors (two exact samples; digits: the training rows against the held-out ones): " + "; ".join(
+        f"{name} " + ", ".join(f"{m} {v:.3g}" for m, v in rows["exact_floor"].items()) for name, rows in results.items())]
     return "\n".join(lines) + "\n"
 
 

@@ -18,7 +18,8 @@ THEORY sections 3 and 4: sampling as adiabatic transport of the ground state sqr
   ``steps``: step schedules designed for those solvers at a given NFE, against the exact judge in
   1D / 2D or the model's own fine trajectory in any d (:func:`design_steps`); ``sample_judges``:
   judges from samples in high d, each with its standard error (:func:`sliced_wasserstein`,
-  :func:`mmd`, :func:`cross_entropy_gap`, :func:`basin_weight_error`).
+  :func:`mmd`, :func:`cross_entropy_gap`, :func:`basin_weight_error`, and for labelled data
+  without a density a classifier's held-out judges, :func:`fit_classifier_judge`).
 - ``bounds``: the tracking bound and the score-error limit eps^2 / lambda_1, checked against
   exact propagation (:func:`tracking_bound`, :func:`score_error_bound`).
 - ``diagnostics``: lambda_1, lambda_2, the adiabatic lag and basin masses along t
@@ -34,7 +35,15 @@ from .grid_model import GridModel, default_grid
 from .judges import SolverJudgement, judge_solver, solver_grid
 from .propagation import PropagationResult, propagate_exact
 from .reduced import ReducedPrediction, reduced_prediction
-from .sample_judges import SampleDistance, basin_weight_error, cross_entropy_gap, mmd, sliced_wasserstein
+from .sample_judges import (
+    ClassifierJudge,
+    SampleDistance,
+    basin_weight_error,
+    cross_entropy_gap,
+    fit_classifier_judge,
+    mmd,
+    sliced_wasserstein,
+)
 from .schedules import STANDARD_SCHEDULES, PathProfile, Schedule, as_schedule, path_profile, standard_schedule
 from .solvers import FINALS, SOLVERS, SampleRun, prior_samples, sample, solver_nfe, steps_for_nfe
 from .steps import DESIGN_METRICS, StepDesign, design_steps
@@ -48,6 +57,7 @@ __all__ = [
     "PROCESS_BASELINES",
     "SOLVERS",
     "STANDARD_SCHEDULES",
+    "ClassifierJudge",
     "DesignResult",
     "GridModel",
     "KDiffusionSchedule",
@@ -69,6 +79,7 @@ __all__ = [
     "default_grid",
     "design_schedule",
     "design_steps",
+    "fit_classifier_judge",
     "judge_solver",
     "klub",
     "mmd",

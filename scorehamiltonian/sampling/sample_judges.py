@@ -20,6 +20,17 @@ section 3 (the errors a step schedule is judged by).
 - :func:`basin_weight_error`: 1/2 sum_k |q_k - w_k|, q_k the fraction of samples in basin k (a
   function x -> basin index), w_k the exact basin weights; delta-method standard error
   1/2 sqrt(s^T (diag(q) - q q^T) s / n), s = sign(q - w).
+- :class:`ClassifierJudge` (:func:`fit_classifier_judge`), for labelled data with no density (the
+  digits): a scikit-learn MLP classifier fitted on the training rows judges samples against the
+  held-out rows. ``class_tv``: 1/2 sum_c |q_c - p_c| of the classes it assigns to the samples and to
+  the held-out rows (one instrument on both sides, so its own mistakes cancel to first order),
+  with the delta-method error of both samples. ``frechet``: the Frechet distance
+  |mu_q - mu_p|^2 + tr(S_q + S_p - 2 (S_q S_p)^(1/2)) between Gaussian fits of its hidden-layer
+  features (FID's formula in this classifier's feature space), standard error from bootstrap
+  resamples of both samples; it is biased upwards at finite samples, and ``floor`` gives its value
+  for training rows, samples of the data law itself. ``frechet_difference``: that of two paired
+  samples (one set of prior draws through two schedules), with common resamples, so that the
+  held-out rows' shared noise cancels.
 """
 
 from __future__ import annotations
@@ -30,11 +41,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import scipy.linalg
 import torch
 
 from ..common.errors import InputShapeError
 
-__all__ = ["SampleDistance", "basin_weight_error", "cross_entropy_gap", "mmd", "sliced_wasserstein"]
+__all__ = ["ClassifierJudge", "SampleDistance", "basin_weight_error", "cross_entropy_gap", "fit_classifier_judge", "mmd",
+           "sliced_wasserstein"]
 
 
 @dataclass(frozen=True)
@@ -146,7 +159,101 @@ def basin_weight_error(x: Any, basin: Callable[[torch.Tensor], Any], weights: An
     if labels.size != x.shape[0] or labels.min() < 0 or labels.max() >= w.size:
         raise InputShapeError(f"basin must give one index in 0 .. {w.size - 1} per sample")
     q = np.bincount(labels, minlength=w.size) / labels.size
-    sign = np.sign(q - w)
-    variance = float(sign @ (np.diag(q) - np.outer(q, q)) @ sign) / labels.size
-    return SampleDistance("basin-weight TV", 0.5 * float(np.abs(q - w).sum()), 0.5 * math.sqrt(max(variance, 0.0)),
+    return SampleDistance("basin-weight TV", 0.5 * float(np.abs(q - w).sum()), _tv_error(q, w, labels.size, 0),
                           labels.size, 0, tuple((q - w).tolist()))
+
+
+def _tv_error(q: np.ndarray, p: np.ndarray, n: int, m: int) -> float:
+    """Delta-method standard error of 1/2 sum |q - p| for class fractions q of n samples and p of m
+    (m = 0: p exact): 1/2 sqrt(s^T C_q s / n + s^T C_p s / m), C = diag(f) - f f^T, s = sign(q - p)."""
+    sign = np.sign(q - p)
+    variance = sum(float(sign @ (np.diag(f) - np.outer(f, f)) @ sign) / size for f, size in ((q, n), (p, m)) if size)
+    return 0.5 * math.sqrt(max(variance, 0.0))
+
+
+@dataclass(frozen=True)
+class ClassifierJudge:
+    """Held-out judges from a fitted scikit-learn ``MLPClassifier`` (module docstring): ``reference`` the
+    held-out rows (m, d), ``train`` the training rows, ``accuracy`` the classifier's on the held-out
+    rows (NaN without their labels)."""
+
+    classifier: Any
+    reference: torch.Tensor
+    train: torch.Tensor
+    accuracy: float
+
+    def _classes(self, x: torch.Tensor) -> np.ndarray:
+        n_classes = len(self.classifier.classes_)
+        return np.bincount(self.classifier.predict(x.numpy()), minlength=n_classes) / x.shape[0]
+
+    def _features(self, x: torch.Tensor) -> np.ndarray:
+        return np.maximum(x.numpy() @ self.classifier.coefs_[0] + self.classifier.intercepts_[0], 0.0)
+
+    def class_tv(self, x: Any) -> SampleDistance:
+        """1/2 sum_c |q_c - p_c| between the class fractions the classifier assigns to ``x`` and to
+        the held-out rows, with both samples' delta-method error."""
+        x = _samples(x, "x", self.reference.shape[1])
+        q, p = self._classes(x), self._classes(self.reference)
+        return SampleDistance("classifier class TV", 0.5 * float(np.abs(q - p).sum()),
+                              _tv_error(q, p, x.shape[0], self.reference.shape[0]), x.shape[0], self.reference.shape[0])
+
+    def frechet(self, x: Any, *, n_bootstrap: int = 20, seed: int = 0) -> SampleDistance:
+        """The Frechet distance between Gaussian fits of the hidden-layer features of ``x`` and of the
+        held-out rows; standard error the std of ``n_bootstrap`` resamples of both."""
+        x = _samples(x, "x", self.reference.shape[1])
+        value, error = self._bootstrapped([x], lambda f, ref: _frechet(f[0], ref), n_bootstrap, seed)
+        return SampleDistance("classifier-feature Frechet distance", value, error, x.shape[0], self.reference.shape[0])
+
+    def frechet_difference(self, x: Any, other: Any, *, n_bootstrap: int = 20, seed: int = 0) -> SampleDistance:
+        """:meth:`frechet` of ``x`` minus that of ``other``, rows paired by index (runs of one set of
+        prior draws through two schedules): each bootstrap resample takes the same rows of both and
+        the same held-out rows, so the noise the two share cancels in the standard error."""
+        x = _samples(x, "x", self.reference.shape[1])
+        other = _samples(other, "other", self.reference.shape[1])
+        if other.shape[0] != x.shape[0]:
+            raise InputShapeError(f"paired samples need equal sizes; got {x.shape[0]} and {other.shape[0]}")
+        value, error = self._bootstrapped([x, other], lambda f, ref: _frechet(f[0], ref) - _frechet(f[1], ref),
+                                          n_bootstrap, seed)
+        return SampleDistance("difference of classifier-feature Frechet distances", value, error, x.shape[0],
+                              self.reference.shape[0])
+
+    def _bootstrapped(self, samples: list[torch.Tensor], statistic: Callable[[list[np.ndarray], np.ndarray], float],
+                      n_bootstrap: int, seed: int) -> tuple[float, float]:
+        """``statistic`` of the samples' features and the held-out rows' features, and its standard
+        error: the std over ``n_bootstrap`` resamples (one row draw shared by all the samples)."""
+        features, reference = [self._features(x) for x in samples], self._features(self.reference)
+        rng = np.random.default_rng(int(seed))
+        resampled = []
+        for _ in range(int(n_bootstrap)):
+            rows, held = rng.integers(0, len(features[0]), len(features[0])), rng.integers(0, len(reference), len(reference))
+            resampled.append(statistic([f[rows] for f in features], reference[held]))
+        return statistic(features, reference), float(np.std(resampled, ddof=1))
+
+    def floor(self, n: int | None = None, **kwargs: Any) -> SampleDistance:
+        """:meth:`frechet` of ``n`` training rows (default all): samples of the data law itself."""
+        return self.frechet(self.train[: n or self.train.shape[0]], **kwargs)
+
+
+def _frechet(a: np.ndarray, b: np.ndarray) -> float:
+    mean = a.mean(0) - b.mean(0)
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = scipy.linalg.sqrtm(ca @ cb).real
+    return float(mean @ mean + np.trace(ca + cb - 2 * root))
+
+
+def fit_classifier_judge(train: Any, labels: Any, held_out: Any, held_out_labels: Any = None, *,
+                         hidden: int = 64, seed: int = 0) -> ClassifierJudge:
+    """A :class:`ClassifierJudge`: ``MLPClassifier((hidden,), random_state=seed)`` fitted on ``train``
+    (n, d) with integer ``labels``; ``held_out`` (m, d) is the reference, ``held_out_labels`` (if given)
+    measure its accuracy."""
+    from sklearn.neural_network import MLPClassifier
+
+    train = _samples(train, "train")
+    held_out = _samples(held_out, "held_out", train.shape[1])
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size != train.shape[0]:
+        raise InputShapeError(f"labels has {labels.size} entries for {train.shape[0]} training rows")
+    classifier = MLPClassifier((int(hidden),), max_iter=1000, random_state=int(seed)).fit(train.numpy(), labels)
+    accuracy = (float(classifier.score(held_out.numpy(), np.asarray(held_out_labels).reshape(-1)))
+                if held_out_labels is not None else math.nan)
+    return ClassifierJudge(classifier, held_out, train, accuracy)
