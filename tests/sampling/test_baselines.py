@@ -74,6 +74,16 @@ def test_stepoptim_minimises_its_objective(solver, gain):
             assert stepoptim_objective(moved, order) > found - 1e-9 * found
 
 
+def test_stepoptim_leaves_its_start_where_the_increments_once_underflowed():
+    """EDM, 5 Heun steps (NFE 10), sigma 80 -> 0.002: with logits in +-20, L-BFGS-B's first line
+    search underflowed lambda's increments (J = 0 / 0) and stopped at the log-SNR start (J = 60.2).
+    Now J is finite and far below the start's."""
+    s = baseline_schedule("stepoptim", EDM(), 10, "heun", 80.0, 0.002)
+    start = baseline_schedule("log-snr", EDM(), 10, "heun", 80.0, 0.002)
+    found = stepoptim_objective(-np.log(s.sigmas(EDM())), 2)
+    assert math.isfinite(found) and found < 0.05 * stepoptim_objective(-np.log(start.sigmas(EDM())), 2)
+
+
 def test_stepoptim_objective_is_the_error_bound_of_euler():
     # Order 1 with two steps: J = (e^l1 - e^l0) e(sigma_0) + (e^l2 - e^l1) e(sigma_1), e = sigma^2 / sqrt(1 + sigma^2).
     lam = np.array([-1.0, 0.5, 2.0])
