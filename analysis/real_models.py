@@ -71,7 +71,7 @@ def _learned_gap(score: Any, dim: int, t: float, data: torch.Tensor, seed: int) 
     noised = score.process.alpha(t) * data + score.process.sigma(t) * torch.randn(
         data.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     res = ritz_gap(score, t, samples=noised, generator=torch.Generator().manual_seed(seed))
-    return {"value": float(res.value), "error": float(res.stderr), "model_error": float(res.model_error),
+    return {"value": float(res.value), "error": float(res.error), "model_error": float(res.model_error),
             "converged": bool(res.reliable), "route": "ritz"}
 
 

@@ -251,8 +251,9 @@ def _spectrum_lines(numbers: dict[str, Any]) -> list[str]:
                        "which means metastability, or too few samples or too coarse a grid to see the gap.")]
     if prof["route"] != "grid":
         lines += ["", ("Rayleigh-Ritz values are upper bounds on the gap: 'converged' says the held-out estimate "
-                       "raised no flag, not that the basis holds the slowest mode; a basis that misses it gives a "
-                       "value above the gap (ritz_gap, module docstring).")]
+                       "raised no flag; its error includes the change on a coarser basis, which cannot see a slow mode "
+                       "that neither basis holds: such a basis gives a value above the gap (ritz_gap, module "
+                       "docstring).")]
     if model["kind"] != "exact" and None in prof["gap_model_error"]:
         lines += ["", ("Model error '-': a single learned model cannot know its own error, so no gap is "
                   "converged; train an ensemble (`model.ensemble = K`, or `scorehamiltonian train --ensemble K`).")]

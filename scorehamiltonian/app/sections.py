@@ -133,7 +133,7 @@ def _ritz_pairs(score: Score, reference: Reference, t: float, k: int, seed: int)
     axes = torch.linalg.svd(centred, full_matrices=False).Vh[:2]
     numbers = {"t": t, "route": "ritz", "eigenvalues": [0.0, *ritz.ritz_values.tolist()],
                "residual_norms": None, "converged": ritz.reliable, "form": ritz.form, "grid": None,
-               "gap": {"value": ritz.value, "error": ritz.stderr, "converged": ritz.reliable}, "flags": ritz.flags}
+               "gap": {"value": ritz.value, "error": ritz.error, "converged": ritz.reliable}, "flags": ritz.flags}
     arrays = {"t": t, "route": "ritz", "coordinates": (centred @ axes.T).numpy(),
               "values": ritz.eigenfunction(shown).detach().numpy(), "gap": ritz.value}
     return numbers, arrays

@@ -239,7 +239,7 @@ def _solve(score: Score, settings: dict[str, Any], samples: SampleSource | None,
             eigenvalues = [0.0] + ritz.ritz_values.tolist()[: k - 1]
             eigenvalues += [math.nan] * (k - len(eigenvalues))
             record.update(lambda0=0.0, lambda1=ritz.value, eigenvalues=eigenvalues, gap=ritz.value,
-                          gap_error=ritz.stderr, gap_model_error=ritz.model_error, converged=ritz.reliable)
+                          gap_error=ritz.error, gap_model_error=ritz.model_error, converged=ritz.reliable)
         except Exception as err:  # noqa: BLE001 - a per-time failure is recorded, the sweep goes on
             record["failures"].append(f"ritz_gap: {type(err).__name__}: {err}")
     else:
@@ -412,7 +412,7 @@ def gap_profile(
     Route. ``route="grid"`` is the above (d <= 3); ``"ritz"`` takes the gap from
     :func:`~.ritz.ritz_gap` on ``n_samples`` samples of p_t instead (any d; ``gap_options``
     then go to ritz_gap): the held-out Rayleigh quotient of the model's slowest Ritz function
-    with its standard error, lambda_0 = 0 and the held-out Ritz values as the eigenvalues,
+    with its error (standard error, basis error and fit bias, ``RitzResult.error``), lambda_0 = 0 and the held-out Ritz values as the eigenvalues,
     ``converged`` when no reliability flag is raised (a Ritz value is an estimate with a
     standard error, not a bound refined to ``rtol``). ``"auto"``: the grid for scores of
     dimension at most 3 (or unknown), Ritz above.
