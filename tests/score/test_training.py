@@ -286,10 +286,9 @@ def test_train_dsm_rejects_bad_settings(kwargs, message):
 
 
 def test_held_out_rows_and_early_stopping():
-    """validation=f holds out round(f n) rows that are never trained on, checks the loss on
-    them every check_every steps and keeps the parameters of the lowest held-out loss: the
-    kept model's held-out loss is the minimum over the checks (recomputed here on the same
-    fixed draws), and validation=0 keeps the last parameters."""
+    """validation=f holds out round(f n) rows that are never trained on and checks the loss on
+    them every check_every steps; the kept model's recorded held-out loss is its loss on the
+    same fixed draws (recomputed here), and validation=0 keeps the last parameters."""
     from scorehamiltonian.score.training import _HELD_OUT_DRAWS, _loss, _split
 
     samples = _two_modes().sample(400, generator=torch.Generator().manual_seed(5))
@@ -304,6 +303,32 @@ def test_held_out_rows_and_early_stopping():
     assert everything.model.training_config["held_out_loss"] is None
     assert _HELD_OUT_DRAWS >= 1000 and math.isfinite(record["held_out_loss"])
     assert _loss(score.model, *_held_draws(samples, held, score)) == pytest.approx(record["held_out_loss"], rel=1e-6)
+
+
+def test_an_earlier_check_wins_only_by_a_significant_margin():
+    """The final parameters stay unless an earlier check's per-draw held-out losses lie below
+    them by more than EARLY_STOP_Z paired standard errors: with 4096 draws of spread 0.1 the
+    standard error of the mean difference is 0.1 / 64 = 1.6e-3, so a margin of 1e-3 is noise
+    and one of 1e-2 is an over-fit."""
+    from scorehamiltonian.score.training import EARLY_STOP_Z, _significantly_lower
+
+    earlier = 1.0 + torch.rand(4096, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    noise = 0.1 * torch.randn(4096, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    assert EARLY_STOP_Z == 2.0
+    assert not _significantly_lower(earlier, earlier + 1e-3 + noise)
+    assert _significantly_lower(earlier, earlier + 1e-2 + noise)
+    assert not _significantly_lower(earlier, earlier - 1e-2 + noise)
+
+
+@pytest.mark.slow  # 7 s
+def test_a_network_that_memorises_its_rows_is_stopped_early():
+    """20 training rows, 128 hidden units, 1000 steps: the held-out loss climbs significantly
+    once the network memorises its rows, and an earlier check's parameters are kept (measured:
+    step 700)."""
+    samples = _two_modes().sample(40, generator=torch.Generator().manual_seed(5))
+    score = train_dsm(samples, steps=1000, hidden=128, batch_size=128, check_every=50, validation=0.5, seed=2,
+                      progress=False)
+    assert score.model.training_config["best_step"] < 1000
 
 
 def _held_draws(samples, held, score):
