@@ -242,7 +242,8 @@ def train_dsm(
     4096 draws is noisy, and its plain argmin picked iterates from mid-training, where the
     learning rate is still high and the weights noisy: on Mueller-Brown (50000 rows, 5
     members) the free energy of basin B read 3.68 +- 0.15 k_B T (members' mean +- standard
-    deviation) with the argmin and 3.75 +- 0.06 with the final parameters, for the exact 3.776.
+    deviation) with the argmin and 3.72 +- 0.07 with this rule (3.75 +- 0.06 with
+    validation=0), for the exact 3.776 and the data's count 3.720.
     ``validation=0`` trains on every row and keeps the last parameters. ``bootstrap``:
     train on a resample with replacement of the training rows (the members of an ensemble,
     :func:`~.ensemble.train_ensemble`).
