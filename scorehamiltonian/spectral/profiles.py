@@ -412,10 +412,10 @@ def gap_profile(
     Route. ``route="grid"`` is the above (d <= 3); ``"ritz"`` takes the gap from
     :func:`~.ritz.ritz_gap` on ``n_samples`` samples of p_t instead (any d; ``gap_options``
     then go to ritz_gap): the held-out Rayleigh quotient of the model's slowest Ritz function
-    with its error (standard error, basis error and fit bias, ``RitzResult.error``), lambda_0 = 0 and the held-out Ritz values as the eigenvalues,
-    ``converged`` when no reliability flag is raised (a Ritz value is an estimate with a
-    standard error, not a bound refined to ``rtol``). ``"auto"``: the grid for scores of
-    dimension at most 3 (or unknown), Ritz above.
+    with its error (standard error, basis error and fit bias: ``RitzResult.error``), lambda_0 =
+    0 and the held-out Ritz values as the eigenvalues, ``converged`` when no reliability flag
+    is raised (a Ritz value is an estimate with an error, not a bound refined to ``rtol``).
+    ``"auto"``: the grid for scores of dimension at most 3 (or unknown), Ritz above.
 
     Times. ``times`` (positive, distinct, in the process's range) are solved in the given
     order; the band grid then spans [min, max] of them and includes them. Otherwise the

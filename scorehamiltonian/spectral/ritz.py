@@ -84,10 +84,10 @@ value above lambda_1 that the standard error does not see (exact many-well-32 at
 +- 0.013 for the gap 0.919). The Ritz problem is therefore also solved on the basis's coarser
 part (:meth:`~.ritz_basis.FeatureMap.coarse`: one polynomial degree less, or the leading half
 of the principal axes at degree 1; the ridge axes and every other random ridge direction; half
-the network's units), on the
-same fit half, and its f_1's held-out quotient is taken beside f_1's: ``basis_error`` is their
-difference, the analogue of a grid's refinement change (at least the coarse basis's own error
-where the fine one has converged, and with both noisy it also carries their fitted noise).
+the network's units), on the same fit half, and its f_1's held-out quotient is taken beside
+f_1's: ``basis_error`` is their difference, the analogue of a grid's refinement change (at
+least the coarse basis's own error where the fine one has converged, and with both noisy it
+also carries their fitted noise).
 A second bias is the fitted noise: the held-out quotient of f_1 exceeds the basis's Ritz value
 with exact expectations by about as much as the in-sample Ritz value falls below it (a fit's
 optimism: to first order in the noise the test excess and the training deficit are equal, as
@@ -171,8 +171,8 @@ class RitzResult:
         features of its default count for want of samples: a many-well-32 report with 4000
         samples read 0.58 for the gap 0.30, raising no other flag), "large_error" (stderr >
         LARGE_RELATIVE_ERROR value), "basis" (basis_error > LARGE_RELATIVE_ERROR value),
-        "basis_unknown" (no coarser basis: basis_error NaN), "few_samples" (n_fit < SAMPLES_PER_FUNCTION basis_size), "heavy_tail"
-        (one held-out sample carries > HEAVY_TAIL_SHARE of the Dirichlet sum: value and
+        "basis_unknown" (no coarser basis: basis_error NaN), "few_samples" (n_fit <
+        SAMPLES_PER_FUNCTION basis_size), "heavy_tail" (one held-out sample carries > HEAVY_TAIL_SHARE of the Dirichlet sum: value and
         stderr then rest on a few samples) and "overfit" (value - ritz_values[0] > 3 stderr:
         f_1 carries fitted noise), and in the model form "model_unknown" (a single learned
         model: no model error can be estimated) and "model_spread" (model_error >
