@@ -387,11 +387,6 @@ def _split(n: int, validation: float, seed: int) -> tuple[torch.Tensor, torch.Te
     return order[held:].sort().values, order[:held].sort().values
 
 
-def _loss(mlp: MLPScore, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> float:
-    """The epsilon-prediction loss of ``mlp`` on fixed draws, without gradients."""
-    return float(_losses(mlp, x_t, t, z).mean())
-
-
 def _losses(mlp: MLPScore, x_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """The per-draw epsilon-prediction losses |eps_theta - z|^2 / d on fixed draws, float64 (n,)."""
     with torch.no_grad():

@@ -144,7 +144,7 @@ class _RidgeBasis:
     come in blocks of ``block`` per direction, the first ``n_axes`` blocks on the ridge axes."""
 
     def __init__(self, directions: torch.Tensor, centres: torch.Tensor, widths: torch.Tensor,
-                 n_axes: int = 0, block: int = 1) -> None:
+                 n_axes: int, block: int) -> None:
         self.directions, self.centres, self.widths = directions, centres, widths
         self.size = centres.numel()
         self.dim = directions.shape[1]
