@@ -243,6 +243,30 @@ def test_model_error_follows_the_members_gaps():
         assert result.error <= 1e-6 * result.value
 
 
+def test_a_bias_the_members_share_is_anchored_by_the_data():
+    """Members that agree with each other (modes at +-1.19, 1.2, 1.21) and not with their data
+    (modes at +-1.5): the spread of their gaps cannot see the shared bias (the model's gap at
+    t = 0.2 is 0.595, the data's 0.371). With the training data attached the data's own gap, by
+    Rayleigh-Ritz in the Dirichlet form (no score evaluated), lies within its error of the true
+    gap, and the model error |value - data_gap| + that error makes the interval cover the truth;
+    without data the model error is the spread alone, which does not."""
+    t, process = 0.2, OU()
+    data = GaussianMixture([0.5, 0.5], [-1.5, 1.5], [0.3, 0.3])
+    truth = spectral_gap(ExactScore(data, process), t, rtol=1e-6).value
+    members = [as_score(ScoreNetwork(ExactScore(GaussianMixture([0.5, 0.5], [-m, m], [0.3, 0.3]), process)),
+                        process=process, dim=1) for m in (1.19, 1.2, 1.21)]
+    learned = ScoreEnsemble(members)
+    with pytest.warns(ConvergenceWarning, match="model: the ensemble's spread"):
+        alone = spectral_gap(learned, t, rtol=1e-5, box=(-7.0, 7.0))
+    assert alone.total_error < abs(alone.value - truth) and math.isnan(alone.data_gap)
+    learned.data = ExactScore(data, process).sample(4000, 0.0, torch.Generator().manual_seed(1))
+    with pytest.warns(ConvergenceWarning, match="the data's own gap"):
+        anchored = spectral_gap(learned, t, rtol=1e-5, box=(-7.0, 7.0))
+    assert abs(anchored.data_gap - truth) <= anchored.data_gap_error
+    assert anchored.value == alone.value and anchored.model_error > alone.model_error
+    assert abs(anchored.value - truth) <= anchored.total_error
+
+
 def test_a_single_learned_model_cannot_be_converged():
     """A torch module's gap is the model's: its numerical error can be tiny while the model is
     far off (the 17x learned gap reported as converged), so without an ensemble the model error

@@ -356,6 +356,31 @@ def test_model_error_is_the_members_spread_of_the_quotient():
     assert exact.model_error == 0.0 and exact.reliable
 
 
+def test_a_bias_the_members_share_is_anchored_by_the_data():
+    """Three members that agree with each other (the score of N(0, diag(v, 0.25)), v = 1.9, 2.0,
+    2.1) and not with the data (v = 1): their spread cannot see the shared bias 1 / nu_model -
+    1 / nu. ``data_value`` is the data form's quotient of the same f_1 (identical to ritz_gap's
+    data form with the same samples and seed), within 4 of its standard errors of 1 / nu, and the
+    model error |value - data_value| + 2 se_d makes the total interval cover the data's gap,
+    which the spread alone did not; flagged model_data."""
+    t = 0.05
+    data = GaussianMixture([1.0], [[0.0, 0.0]], [[1.0, 0.25]])
+    samples = ExactScore(data, OU()).sample(20000, t, seeded(2))
+    members = [as_score(ScoreNetwork(ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [[v, 0.25]]), OU())),
+                        process=OU(), dim=2) for v in (1.9, 2.0, 2.1)]
+    options = {"samples": samples, "basis": "polynomial", "degree": 1}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = ritz_gap(ScoreEnsemble(members), t, generator=seeded(3), **options)
+        spread = float(np.std([ritz_gap(m, t, generator=seeded(3), **options).value for m in members], ddof=1))
+        data_form = ritz_gap(members[0], t, form="data", generator=seeded(3), **options)
+    truth = 1 / (math.exp(-2 * t) - math.expm1(-2 * t))
+    assert result.data_value == pytest.approx(data_form.value, rel=1e-12)
+    assert abs(data_form.value - truth) < 4 * data_form.stderr
+    assert spread + result.error < abs(result.value - truth) <= result.total_error
+    assert result.model_error > spread and "model_data" in result.flags
+
+
 def test_identical_wells_get_ridges_along_their_own_axes():
     """Four identical double wells (many-well, d = 8): the wells' coordinates span a 4-fold
     degenerate principal subspace, whose leading axes are arbitrary mixtures of wells, on which
