@@ -60,6 +60,9 @@ from scorehamiltonian.score.systems import ManyWell, system
 from scorehamiltonian.thermo.energy import start_time
 
 TIMES = (0.05, 0.2, 1.0)
+#: The noise of the many-well Ritz samples is seeded apart from the data (the same seed drew the same
+#: normals for the Gaussian coordinates and the noise, correlating them).
+NOISE_SEED_OFFSET = 1000
 #: The many-well states: 0 .. MW_STATES - 2 shallow wells, and at least MW_STATES - 1.
 MW_STATES = 4
 #: The sampler readout's draws for many-well (its states are not rare; 2^16 took most of the run).
@@ -89,8 +92,8 @@ def _gap(found, ensemble, exact, x0: torch.Tensor, t: float, seed: int) -> tuple
     """The learned gap's row (value, errors, flags) and the truth with its error."""
     if isinstance(found, ManyWell):
         process = ensemble.process
-        noised = process.alpha(t) * x0 + process.sigma(t) * torch.randn(
-            x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        noised = process.alpha(t) * x0 + process.sigma(t) * torch.randn(  # a stream apart from the data's
+            x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed + NOISE_SEED_OFFSET))
         learned = ritz_gap(ensemble, t, samples=noised, generator=torch.Generator().manual_seed(seed))
         truth = found.gap(t, process)
         return ({"value": learned.value, "numerical": learned.error, "model_error": learned.model_error,

@@ -351,10 +351,10 @@ def _held_draws(samples, held, score):
 def test_default_sizes_follow_the_dimension_and_the_data():
     from scorehamiltonian.score.training import default_size
 
-    assert default_size(1, 10_000) == (32, 1200) and default_size(2, 50_000) == (32, 1200)
-    assert default_size(8, 50_000) == (64, 1200)
-    assert default_size(32, 50_000) == (256, 2263)
-    assert default_size(64, 1797) == (169, 3200)
+    assert default_size(1, 10_000) == (32, 4, 1200) and default_size(2, 50_000) == (32, 4, 1200)
+    assert default_size(8, 50_000) == (64, 3, 1200)
+    assert default_size(32, 50_000) == (256, 3, 2263)
+    assert default_size(64, 1797) == (169, 3, 3200)
 
 
 def test_a_model_warns_below_its_training_time():
