@@ -99,7 +99,13 @@ raises the flag ``basis``. A basis with no coarser part (the linear basis in 1D)
 basis error (NaN, flag ``basis_unknown``). The coarser basis thins the ridge directions, not
 their centres: on four modes in 2D at t = 0.05 the poly+tanh value is 35 % above the gap, and
 halving the centres moved it by 1 %, halving the random directions by 32 %. The difference
-cannot see a slow mode that neither basis can represent.
+cannot see a slow mode that neither basis can represent. A polynomial basis stalls on a step
+between modes (Mueller-Brown at t = 0.2: 0.127 and 0.120 at degrees 2 and 3 for the gap 0.0134,
+a change of 0.007), so it is also probed with the ridge features of "auto"
+(:func:`~.ritz_basis.step_probe`): each one's held-out quotient, plus ``PROBE_Z`` = 3 of its
+standard errors, is an estimate of an upper bound on lambda_1 too, so the value lies at least
+its excess over the lowest of them above the gap, and ``basis_error`` is at least that excess
+(on Mueller-Brown 0.076: flagged).
 
 Caveat. Where p_t has nearly separated modes, |grad f_1|^2 lives in the barrier, where few
 samples fall: the estimate and its standard error then rest on a handful of samples and the
@@ -138,7 +144,7 @@ from ..common.errors import InputShapeError
 from ..common.validation import as_float_tensor, nonfinite_rows
 from ..score.ensemble import ScoreEnsemble
 from ..score.interface import DensityScore, as_score
-from .ritz_basis import SAMPLES_PER_FUNCTION, BasisName, FeatureMap, basis_name, feature_map
+from .ritz_basis import SAMPLES_PER_FUNCTION, BasisName, FeatureMap, basis_name, feature_map, step_probe
 
 __all__ = ["RitzResult", "ritz_gap"]
 
@@ -156,6 +162,8 @@ HEAVY_TAIL_SHARE = 0.05
 MAX_BASIS_SIZE = 5000
 #: Bootstrap resamples for the standard errors of the held-out Ritz values.
 N_BOOTSTRAP = 200
+#: Standard errors a probe function's quotient must lie below the value to count (module docstring).
+PROBE_Z = 3.0
 
 
 @dataclass(frozen=True)
@@ -191,8 +199,8 @@ class RitzResult:
         the data anchor |value - data_value| + 2 se_d (module docstring); 0 for the data form
         and analytic scores, NaN for a single learned model. data_value : the Dirichlet
         form's quotient of f_1 on the same samples (an ensemble's model form; NaN otherwise).
-    basis_error : |value - value on the coarser basis| (module docstring, "Basis error"); NaN
-        where the basis has no coarser part. fit_bias : (value - fit_ritz_values[0]) / 2, at
+    basis_error : |value - value on the coarser basis|, for a polynomial basis at least the step
+        probe's excess (module docstring, "Basis error"); NaN where the basis has no coarser part. fit_bias : (value - fit_ritz_values[0]) / 2, at
         least 0: the fitted noise's excess of the held-out quotient (module docstring).
         ``error`` = stderr + basis_error + fit_bias is the numerical error, ``total_error`` =
         error + model_error the whole interval's half-width.
@@ -328,8 +336,9 @@ def ritz_gap(
         if score.learned:
             members = [_drift(m, t) for m in score.members] if isinstance(score, ScoreEnsemble) else []
     fit, coarse = _fit(features, x_fit, int(n_eigenvalues), rcond)
+    probe = step_probe(features, x_fit, generator) if basis == "polynomial" else None
     return _evaluate(features, x_eval, fit, coarse, x.shape[1], t, basis_name(basis), n_fit, generator, drift,
-                     members)
+                     members, probe)
 
 
 def _drift(score: Any, t: float) -> Drift:
@@ -500,24 +509,28 @@ def _flags(value: float, stderr: float, first_ritz: float, n_fit: int, size: int
 
 def _evaluate(features: FeatureMap, x: torch.Tensor, fit: _Fit, coarse: _Fit | None, dim: int, t: float,
               basis: str, n_fit: int, generator: torch.Generator | None, drift: Drift | None,
-              members: list[Drift] | None) -> RitzResult:
+              members: list[Drift] | None, probe: FeatureMap | None) -> RitzResult:
     """Fix the fitted functions (and the coarser basis's f_1), normalise them on the held-out x
     and estimate their quotients; ``members`` are an ensemble's drifts for the model error ([]
-    for a single learned model, None when there is none)."""
+    for a single learned model, None when there is none); ``probe`` the step probe of a
+    polynomial basis (module docstring, "Basis error"; None for the others)."""
     r = fit.coefficients.shape[1]
     both = fit.coefficients if coarse is None else torch.cat([fit.coefficients, coarse.coefficients], dim=1)
     raw = features.values(x) @ both
     offsets, scale = _normalisation(raw, features.whitening(x)[:, 0])
     f = (raw - offsets) * scale
-    if drift is None:
+    score = None if drift is None else drift(x)
+    if score is None:
         grads = features.z_gradients(x, both) * scale[:, None] / features.whitening.variances.sqrt()
         outer = grads @ grads.transpose(1, 2)
     else:
-        applied = features.generator(x, drift(x)) @ both * scale
+        applied = features.generator(x, score) @ both * scale
         outer = -0.5 * (f[:, :, None] * applied[:, None, :] + applied[:, :, None] * f[:, None, :])
     energy = outer[:, 0, 0]
     value, stderr = _quotient(energy, f[:, 0])
     basis_error = math.nan if coarse is None else abs(value - _quotient(outer[:, r, r], f[:, r])[0])
+    if probe is not None and not math.isnan(basis_error):
+        basis_error = max(basis_error, value - _lowest_probe_quotient(probe, x, score))
     fit_bias = max(value - float(fit.ritz_values[0]), 0.0) / 2
     f, outer, offsets, scale = f[:, :r], outer[:, :r, :r], offsets[:r], scale[:r]
     ritz, ritz_err = _heldout_ritz(outer, f, generator)
@@ -540,6 +553,24 @@ def _evaluate(features: FeatureMap, x: torch.Tensor, fit: _Fit, coarse: _Fit | N
         features=features, coefficients=fit.coefficients * scale, offsets=offsets * scale,
         model_error=max(spread, anchor), basis_error=basis_error, fit_bias=fit_bias, data_value=data_value,
     )
+
+
+def _lowest_probe_quotient(probe: FeatureMap, x: torch.Tensor, score: torch.Tensor | None) -> float:
+    """min over the probe's functions phi_k of their held-out quotient plus PROBE_Z standard errors
+    (each an estimate of an upper bound on lambda_1, in the data form, or in the model form with
+    the drift ``score`` at x)."""
+    phi = probe.values(x)
+    centred = phi - phi.mean(0)
+    if score is None:
+        energy = torch.zeros_like(phi)
+        for j, (cols, part) in enumerate(probe.partials(x)):
+            energy[:, cols] += part**2 / probe.whitening.variances[j]
+    else:
+        energy = -centred * probe.generator(x, score)
+    variance = (centred**2).mean(0)
+    quotients = energy.mean(0) / variance
+    stderr = (energy - quotients * centred**2).std(0, correction=1) / (variance * math.sqrt(x.shape[0]))
+    return float((quotients + PROBE_Z * stderr).min())
 
 
 def _member_spread(features: FeatureMap, x: torch.Tensor, fit: _Fit, scale: torch.Tensor, f: torch.Tensor,

@@ -408,6 +408,16 @@ def feature_map(x_fit: torch.Tensor, basis: str, degree: int | None, n_features:
     return FeatureMap(whitening, parts, shortfall)
 
 
+def step_probe(features: FeatureMap, x_fit: torch.Tensor, generator: torch.Generator | None) -> FeatureMap:
+    """The tanh ridge features of "auto" (its default count, capped by the fit samples) in the
+    whitening of ``features``: steps between modes, which a polynomial basis holds only at high
+    degree (the probe of :func:`~.ritz.ritz_gap`'s basis error)."""
+    budget = x_fit.shape[0] // (2 * SAMPLES_PER_FUNCTION)
+    ridge = _RidgeBasis.fit(features.whitening(x_fit), _auto_features(x_fit.shape[1], budget), generator,
+                            features.whitening)
+    return FeatureMap(features.whitening, [ridge])
+
+
 def _auto_degree(dim: int, budget: int | None) -> int:
     """Highest default degree (3 up to d = 5, 2 up to d = 60, then 1) whose basis fits the sample budget."""
     degree = 3 if dim <= 5 else 2 if dim <= 60 else 1

@@ -39,7 +39,7 @@ from scorehamiltonian import (
     spectral_gap,
 )
 from scorehamiltonian.common.errors import SamplesRequiredError
-from scorehamiltonian.score.systems import ManyWell
+from scorehamiltonian.score.systems import ManyWell, system
 from scorehamiltonian.spectral.ritz import RitzResult, ritz_gap
 
 from ..conftest import random_mixture
@@ -299,6 +299,24 @@ def test_a_basis_that_misses_a_curved_boundary_says_so():
     assert res.value - want > 5 * res.stderr
     assert res.value - want <= res.error
     assert "basis" in res.flags and not res.reliable
+
+
+def test_a_polynomial_basis_that_stalls_between_modes_says_so():
+    """Mueller-Brown at t = 0.2 (gap 0.0134, tests/score/test_systems.py): the slow eigenfunction
+    is a step across a curved saddle, and the polynomial Ritz values fall only slowly with the
+    degree (about 0.127 and 0.120 at degrees 2 and 3), so the coarse-basis difference saw 0.007 of a
+    9-fold excess and raised no flag. One tanh step of the probe has a held-out quotient far
+    below the value, a lower bound on the basis error: the result is flagged ``basis`` and its
+    error covers at least half of its distance to the auto basis's upper bound."""
+    found = system("mueller-brown")
+    score = found.exact_score(OU())
+    samples = OU().perturb(found.sample(20000, seeded(0)), 0.2, torch.randn(20000, 2, dtype=torch.float64,
+                                                                          generator=seeded(1)))
+    polynomial = quiet_ritz(score, 0.2, samples=samples, basis="polynomial", degree=3, generator=seeded(2))
+    auto = quiet_ritz(score, 0.2, samples=samples, generator=seeded(2))
+    excess = polynomial.value - (auto.value + auto.error)
+    assert excess > 0.5 * polynomial.value and "basis" in polynomial.flags
+    assert polynomial.basis_error > excess / 2
 
 
 @pytest.mark.slow
