@@ -425,7 +425,7 @@ def _data_gap(score: Score, t: float, notes: list[str]) -> RitzResult | None:
     if not isinstance(score, ScoreEnsemble) or data is None:
         return None
     generator = torch.Generator().manual_seed(ANCHOR_SEED)
-    data = data.to(torch.float64)
+    data = data.to(dtype=torch.float64, device="cpu")  # the data form evaluates no score: CPU
     if data.shape[0] > ANCHOR_ROWS:
         data = data[torch.randperm(data.shape[0], generator=generator)[:ANCHOR_ROWS]]
     noised = score.process.perturb(data, t, torch.randn(data.shape, dtype=data.dtype, generator=generator))
