@@ -425,12 +425,19 @@ def _normalisation(raw: torch.Tensor, lead: torch.Tensor) -> tuple[torch.Tensor,
     return offsets, sign / centred.std(0, correction=0)
 
 
-def _quotient(energy: torch.Tensor, f: torch.Tensor) -> tuple[float, float]:
-    """R = mean(energy) / mean(f^2) of a centred f and its delta-method standard error."""
-    variance = (f**2).mean()
-    value = energy.mean() / variance
+def _quotients(energy: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """R = mean(energy) / mean(f^2) along the samples (dim 0) of centred f, (n,) or (n, m), and
+    its delta-method standard error."""
+    variance = (f**2).mean(0)
+    value = energy.mean(0) / variance
     terms = energy - value * f**2
-    return float(value), float(terms.std(correction=1) / (variance * math.sqrt(f.numel())))
+    return value, terms.std(0, correction=1) / (variance * math.sqrt(f.shape[0]))
+
+
+def _quotient(energy: torch.Tensor, f: torch.Tensor) -> tuple[float, float]:
+    """:func:`_quotients` of one function, as floats."""
+    value, stderr = _quotients(energy, f)
+    return float(value), float(stderr)
 
 
 def _subspace_ritz(outer: torch.Tensor, f: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -567,9 +574,7 @@ def _lowest_probe_quotient(probe: FeatureMap, x: torch.Tensor, score: torch.Tens
             energy[:, cols] += part**2 / probe.whitening.variances[j]
     else:
         energy = -centred * probe.generator(x, score)
-    variance = (centred**2).mean(0)
-    quotients = energy.mean(0) / variance
-    stderr = (energy - quotients * centred**2).std(0, correction=1) / (variance * math.sqrt(x.shape[0]))
+    quotients, stderr = _quotients(energy, centred)
     return float((quotients + PROBE_Z * stderr).min())
 
 
