@@ -257,6 +257,11 @@ def _spectrum_lines(numbers: dict[str, Any]) -> list[str]:
     if model["kind"] != "exact" and None in prof["gap_model_error"]:
         lines += ["", ("Model error '-': a single learned model cannot know its own error, so no gap is "
                   "converged; train an ensemble (`model.ensemble = K`, or `scorehamiltonian train --ensemble K`).")]
+    elif model["kind"] != "exact":
+        lines += ["", ("Model error: the larger of the ensemble members' spread and the model's miss of the data's "
+                       "own gap (grids: Rayleigh-Ritz in the data's Dirichlet form on the training data noised to t; "
+                       "Rayleigh-Ritz: the data form of the same fitted function). The members share the bias of "
+                       "their common data, which their spread alone cannot see.")]
     return lines
 
 

@@ -57,7 +57,9 @@ def test_report_runs_on_every_builtin_config(name, tmp_path, capsys):
     assert all((out / f).stat().st_size > 1000 for f in FIGURES)
     numbers = json.loads((out / "report.json").read_text())
     _check_numbers(numbers)
-    assert "## Schedules" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "## Schedules" in summary
+    assert ("the data's own gap" in summary) == (name == "mlp")  # the ensemble's model error, explained
     assert list(tmp_path.iterdir()) == [out]  # no staging folder left behind
 
 
