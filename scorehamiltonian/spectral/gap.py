@@ -419,9 +419,9 @@ def _data_gap(score: Score, t: float, notes: list[str]) -> RitzResult | None:
     """The data's own gap at t (module docstring): ``ritz_gap`` in the Dirichlet form on an
     ensemble's training data (a seeded subset of ``ANCHOR_ROWS`` rows beyond) noised once to t;
     None for a score without data, or with too few rows for a basis (noted)."""
-    data = getattr(score, "data", None)
-    if not isinstance(score, ScoreEnsemble) or data is None:
+    if not isinstance(score, ScoreEnsemble) or score.data is None:
         return None
+    data = score.data
     generator = torch.Generator().manual_seed(ANCHOR_SEED)
     data = data.to(dtype=torch.float64, device="cpu")  # the data form evaluates no score: CPU
     if data.shape[0] > ANCHOR_ROWS:

@@ -350,6 +350,12 @@ def test_the_model_form_measures_the_model_not_the_samples():
     assert abs(same.value - 1 / nu) < 1e-2 / nu + 4 * same.stderr
 
 
+def _learned_gaussians(variances) -> list:
+    """Torch-module scores (learned, for the toolkit) of N(0, diag(v, 0.25)), one per v."""
+    return [as_score(ScoreNetwork(ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [[v, 0.25]]), OU())),
+                     process=OU(), dim=2) for v in variances]
+
+
 def test_model_error_is_the_members_spread_of_the_quotient():
     """The fitted functions depend on the samples alone, so member k's quotient with the
     ensemble's f_1 is exactly the model-form value of ritz_gap run on member k with the same
@@ -358,8 +364,7 @@ def test_model_error_is_the_members_spread_of_the_quotient():
     t = 0.05
     data = GaussianMixture([1.0], [[0.0, 0.0]], [[1.0, 0.25]])
     samples = ExactScore(data, OU()).sample(8000, t, seeded(2))
-    members = [as_score(ScoreNetwork(ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [[v, 0.25]]), OU())),
-                        process=OU(), dim=2) for v in (0.8, 1.0, 1.3)]
+    members = _learned_gaussians((0.8, 1.0, 1.3))
     options = {"samples": samples, "basis": "polynomial", "degree": 1}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -384,8 +389,7 @@ def test_a_bias_the_members_share_is_anchored_by_the_data():
     t = 0.05
     data = GaussianMixture([1.0], [[0.0, 0.0]], [[1.0, 0.25]])
     samples = ExactScore(data, OU()).sample(20000, t, seeded(2))
-    members = [as_score(ScoreNetwork(ExactScore(GaussianMixture([1.0], [[0.0, 0.0]], [[v, 0.25]]), OU())),
-                        process=OU(), dim=2) for v in (1.9, 2.0, 2.1)]
+    members = _learned_gaussians((1.9, 2.0, 2.1))
     options = {"samples": samples, "basis": "polynomial", "degree": 1}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
