@@ -11,8 +11,11 @@ And one learned model with no density: digits (scikit-learn's 8 x 8 digits, 64-d
 the 450 held-out rows (t_min = 0.01, the network's own first time).
 OU, t_max = 5, t_min = 1e-3 (exact targets); runs from the prior N(0, (alpha_T^2 + sigma_T^2) I) to t_min.
 Solvers heun and dpmpp-2m at NFE 10 and 20. Schedules: every process baseline and
-:func:`design_steps` (the trajectory objective: the mean squared distance to a 200-step run of
-the same solver from 512 prior draws; the only objective a learned model in high d allows).
+:func:`design_steps` with a model-only objective (``--metric``; a learned model in high d allows
+no other), against a 200-step run of the same solver from 512 prior draws: "energy" (the
+default: E |log p(x_ref) - log p(x_N)| by the model's own score), "trajectory" (the mean squared
+distance E |x_N - x_ref|^2) or "combined" (their sum, each in units of its median over the
+baselines).
 
 Judges, on ``--n`` runs from the same prior draws for every schedule (common random numbers)
 against as many exact samples of p_{t_min}: the basin-weight error (mixtures: the component of
@@ -29,8 +32,9 @@ same prior draw through both schedules; the E_p term cancels) and the digits' Fr
 at NFE 10 and 20.
 
 Run: ``python analysis/solver_schedules_highd.py`` (about 30 min on 2 cores; ``--targets``,
-``--max-time``, ``--n``; ``--update`` keeps the other targets' results). Writes
-analysis/results/solver_schedules_highd.{json,md}.
+``--max-time``, ``--n``, ``--metric``; ``--update`` keeps the other targets' results). Writes
+analysis/results/solver_schedules_highd.{json,md} (with another metric than "energy":
+solver_schedules_highd_METRIC.{json,md}).
 """
 
 from __future__ import annotations
@@ -144,7 +148,7 @@ def paired(designed: torch.Tensor, baseline: torch.Tensor) -> tuple[float, float
     return float(diff.mean()), float(diff.std()) / math.sqrt(diff.numel())
 
 
-def run_target(name: str, n: int, max_time: float) -> dict[str, Any]:
+def run_target(name: str, n: int, max_time: float, metric: str) -> dict[str, Any]:
     target = Target(name)
     generator = torch.Generator().manual_seed(0)
     x0 = prior_samples(target.score.process, T_MAX, n, target.dim, generator)
@@ -163,7 +167,7 @@ def run_target(name: str, n: int, max_time: float) -> dict[str, Any]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 design = design_steps(target.score, nfe=nfe, solver=solver, t_max=T_MAX, t_min=target.t_min,
-                                      metric="trajectory", max_time=max_time)
+                                      metric=metric, max_time=max_time)
             row, designed_ends = judge(target, design.schedule, solver, x0, y)
             row.update(design_seconds=design.seconds, converged=design.converged, improved=design.improved,
                        start=design.start, evaluations=design.evaluations)
@@ -202,8 +206,8 @@ def summary(results: dict[str, Any]) -> list[dict[str, Any]]:
     return lines
 
 
-def markdown(results: dict[str, Any], n: int, max_time: float) -> str:
-    lines = ["# Solver schedules in high dimension: process baselines against design_steps (trajectory objective)",
+def markdown(results: dict[str, Any], n: int, max_time: float, metric: str) -> str:
+    lines = [f"# Solver schedules in high dimension: process baselines against design_steps ({metric} objective)",
              "", (f"OU, t_max = {T_MAX}, t_min = {T_MIN}; {n} runs from common prior draws against {n} exact samples; "
                   f"designs with max_time = {max_time:g} s. basin: basin-weight error; sw1: sliced W1 (exact-vs-exact "
                   "floor per target below); cross_entropy: E_q[-log p] - E_p[-log p] (nats). gain = 1 - designed / "
@@ -226,21 +230,25 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
     parser.add_argument("--n", type=int, default=4000, help="runs and exact samples per judgement")
     parser.add_argument("--max-time", type=float, default=120.0, help="seconds per design")
+    parser.add_argument("--metric", default="energy", choices=("energy", "combined", "trajectory"),
+                        help="design_steps' objective")
     parser.add_argument("--update", action="store_true", help="keep the json's results of the targets not run")
     args = parser.parse_args()
     torch.set_num_threads(1)
     os.makedirs(args.out, exist_ok=True)
     results, started = {}, time.perf_counter()
+    stem = "solver_schedules_highd" + ("" if args.metric == "energy" else f"_{args.metric}")
     if args.update:
-        with open(os.path.join(args.out, "solver_schedules_highd.json")) as handle:
+        with open(os.path.join(args.out, f"{stem}.json")) as handle:
             results = {k: v for k, v in json.load(handle)["results"].items() if k not in args.targets}
     for name in args.targets:
-        results[name] = run_target(name, args.n, args.max_time)
-        with open(os.path.join(args.out, "solver_schedules_highd.json"), "w") as handle:
-            json.dump({"n": args.n, "max_time": args.max_time, "results": results}, handle, indent=1)
-        with open(os.path.join(args.out, "solver_schedules_highd.md"), "w") as handle:
-            handle.write(markdown(results, args.n, args.max_time))
-    print(markdown(results, args.n, args.max_time))
+        results[name] = run_target(name, args.n, args.max_time, args.metric)
+        with open(os.path.join(args.out, f"{stem}.json"), "w") as handle:
+            json.dump({"n": args.n, "max_time": args.max_time, "metric": args.metric, "results": results}, handle,
+                      indent=1)
+        with open(os.path.join(args.out, f"{stem}.md"), "w") as handle:
+            handle.write(markdown(results, args.n, args.max_time, args.metric))
+    print(markdown(results, args.n, args.max_time, args.metric))
     print(f"total {time.perf_counter() - started:.0f} s")
 
 

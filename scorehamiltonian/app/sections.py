@@ -186,7 +186,7 @@ def judge(score: Score, reference: Reference, schedule: Schedule, config: dict[s
 def solver_section(score: Score, reference: Reference, config: dict[str, Any]) -> dict[str, Any]:
     """Step schedules of ``schedules.sampler`` at ``schedules.nfe`` score evaluations: every
     process baseline and :func:`design_steps` (exact objective for a mixture in d <= 2, the
-    trajectory objective of the model otherwise), each judged (module docstring)."""
+    model's own energy objective otherwise), each judged (module docstring)."""
     sch = config["schedules"]
     solver, nfe = sch["sampler"], sch["nfe"]
     exact_judge = reference.mixture is not None and reference.dim <= 2
