@@ -29,6 +29,7 @@ import jsonschema
 
 from ..common.errors import ConfigError
 from ..sampling.solvers import ODE_SOLVERS
+from ..sampling.steps import DESIGN_METRICS
 from ..score.examples import EXAMPLES, example
 from ..score.processes import PROCESS_NAMES
 from ..score.systems import DATA_SETS, SYSTEMS, system
@@ -122,6 +123,8 @@ CONFIG_SCHEMA: dict[str, Any] = _section({
         "sampler": {"enum": ["langevin", *STEP_SOLVERS], "default": "langevin",
                     "description": "a solver: also its step schedules at nfe evaluations (baselines and design_steps)"},
         "nfe": _integer(20, minimum=2),
+        "design_metric": {"enum": list(DESIGN_METRICS),
+                          "description": "design_steps' objective (default: tv for a mixture in d <= 2, else energy)"},
     }),
     "energy": _section({
         "n_points": _integer(24),

@@ -185,8 +185,9 @@ def judge(score: Score, reference: Reference, schedule: Schedule, config: dict[s
 
 def solver_section(score: Score, reference: Reference, config: dict[str, Any]) -> dict[str, Any]:
     """Step schedules of ``schedules.sampler`` at ``schedules.nfe`` score evaluations: every
-    process baseline and :func:`design_steps` (exact objective for a mixture in d <= 2, the
-    model's own energy objective otherwise), each judged (module docstring)."""
+    process baseline and :func:`design_steps` (``schedules.design_metric``; by default the exact
+    objective for a mixture in d <= 2, the model's own energy objective otherwise), each judged
+    (module docstring)."""
     sch = config["schedules"]
     solver, nfe = sch["sampler"], sch["nfe"]
     exact_judge = reference.mixture is not None and reference.dim <= 2
@@ -198,7 +199,7 @@ def solver_section(score: Score, reference: Reference, config: dict[str, Any]) -
         design = None
         if sch["design"]:
             design = design_steps(source, None, nfe=nfe, solver=solver, t_max=sch["t_max"], t_min=sch["t_min"],
-                                  max_time=sch["design_max_time"], seed=config["seed"])
+                                  metric=sch.get("design_metric"), max_time=sch["design_max_time"], seed=config["seed"])
             schedules.append(replace(design.schedule, name="designed"))
         rows = [_judge_steps(score, reference, s, solver, exact_judge, config["seed"]) for s in schedules]
     return {"solver": solver, "nfe": nfe, "judge": "exact law" if exact_judge else "sliced Wasserstein (samples)",

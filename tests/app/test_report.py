@@ -12,6 +12,8 @@ import pytest
 from scorehamiltonian.app.cli import main
 from scorehamiltonian.app.config import BUILTIN, builtin_config, load_config, validate_config
 from scorehamiltonian.app.report import FIGURES, REPORT_SCHEMA, _within_model_times, build_report
+from scorehamiltonian.app.sections import solver_section
+from scorehamiltonian.app.subjects import resolve_subject
 from scorehamiltonian.common.errors import ConfigError
 from scorehamiltonian.score.systems import SYSTEMS
 
@@ -159,6 +161,17 @@ def test_a_solver_sampler_adds_its_step_schedules(tmp_path):
     assert all(r["nfe"] == 10 for r in rows.values())
     assert rows["designed"]["value"] <= rows[steps["design"]["start"]]["value"]
     jsonschema.validate(numbers, REPORT_SCHEMA)
+
+
+def test_the_design_metric_reaches_the_designer_and_a_bad_one_is_refused():
+    config = builtin_config("asymmetric", small=True)
+    config["schedules"].update(sampler="dpmpp-2m", nfe=6, design_max_time=1.0, design_metric="trajectory")
+    config = validate_config(config)
+    score, reference, _ = resolve_subject(config, progress=False)
+    steps = solver_section(score, reference, config)
+    assert steps["design"]["metric"] == "trajectory" and steps["judge"] == "exact law"
+    with pytest.raises(ConfigError, match="design_metric"):
+        validate_config({**config, "schedules": {**config["schedules"], "design_metric": "fid"}})
 
 
 def test_times_below_a_networks_training_range_are_raised_to_it():
