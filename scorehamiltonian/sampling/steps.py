@@ -43,7 +43,8 @@ Objectives.
   but raised the basin-weight error to 0.083 against 0.034 (+-0.008); the combined design
   reached 15.1 nats at 0.043. With DPM-Solver++(2M) at NFE 10 and 20, though, the combined
   design lost the cross-entropy to the best baseline (0.57 and 0.65 against 0.34 and 0.04 nats)
-  where the energy design reached 0.27 and 0.21.
+  where the energy design reached 0.27 and 0.21. An energy design whose runs end farther from the
+  reference run than its start's (by more than two paired standard errors) says so in its notes.
 
 The model-only objectives converge to the model's own flow and cannot see its error against the
 data: on the digits (a network of :func:`~scorehamiltonian.score.train_dsm`), the 200-step run
@@ -120,7 +121,9 @@ class StepDesign:
     baselines : each process baseline's objective (what chose the start); evaluations : objective
     evaluations made; seconds : wall time of the whole design; converged : every search (one per
     start) met the optimiser's tolerance before max_time and max_evaluations; improved : the
-    design beats its start (else ``schedule`` is the start); notes : judge notes (unresolved grids, folding maps).
+    design beats its start (else ``schedule`` is the start); notes : judge notes (unresolved
+    grids, folding maps), and for the energy objective whether the design's runs moved away from
+    the reference run (:func:`design_steps`' module docstring).
     """
 
     schedule: Schedule
@@ -214,6 +217,21 @@ def energy_objective(score: Any, schedule: Any, solver: str, x0: torch.Tensor, r
     """E |e_i|, e_i = log p(x_N^ref,i) - log p(x_N,i) by the score's line integral at the
     schedule's t_min (module docstring), in nats, and its Monte Carlo standard error."""
     return _mean_and_error(_run_terms(score, schedule, solver, x0, reference, final, ("energy",))["energy"])
+
+
+def _distance_note(score: Any, design: Schedule, start: Schedule, solver: str, x0: torch.Tensor,
+                   reference: torch.Tensor, final: Final) -> tuple[str, ...]:
+    """A note when the energy design's runs end farther from the reference run than its start's, by
+    more than two paired standard errors of E |x_N - x_N^ref|^2 (the same draws through both)."""
+    designed, started = (_run_terms(score, s, solver, x0, reference, final, ("trajectory",))["trajectory"]
+                         for s in (design, start))
+    mean, error = _mean_and_error(designed - started)
+    if not mean > 2 * error:
+        return ()
+    note = (f"the design's runs end farther from the reference run than its start's (E |x_N - x_ref|^2 "
+            f"{float(designed.mean()):.3g} against {float(started.mean()):.3g}, +{mean:.2g} +- {error:.2g}): it "
+            "trades distance for log-density, which can move draws between basins; metric='combined' weighs both")
+    return (note,)
 
 
 def _check(process: ForwardProcess, nfe: int, solver: str, t_max: float, t_min: float,
@@ -407,6 +425,8 @@ def design_steps(
         d_value, d_error, design_notes = final_measure(schedule_of(best["logits"]))
         if d_value < start_value:
             schedule, value, error, improved, notes = schedule_of(best["logits"]), d_value, d_error, True, design_notes
+    if improved and metric == "energy":
+        notes = (*notes, *_distance_note(score, schedule, start_schedule, solver, x0, reference, final))
     return StepDesign(schedule=schedule, metric=metric, value=value, error=error, start=start,
                       start_value=start_value, start_error=start_error, baselines=scores, evaluations=count["n"],
                       seconds=time.perf_counter() - started, converged=converged, improved=improved, notes=notes)

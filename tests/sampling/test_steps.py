@@ -134,7 +134,8 @@ def test_the_combined_objective_is_both_terms_in_units_of_their_baseline_medians
     exact = _narrow_and_wide_in_d8()
     score = as_score(lambda x, t: exact(x, t), process=OU(), dim=8)
     options = {"nfe": 8, "solver": "dpmpp-2m", "t_max": 5.0, "t_min": 1e-2, "n_samples": 128, "teacher_steps": 40}
-    assert design_steps(score, max_time=1.0, **options).metric == "energy"  # the model-only default
+    energy = design_steps(score, max_time=2.0, **options)
+    assert energy.metric == "energy"  # the model-only default
     result = design_steps(score, metric="combined", max_time=4.0, **options)
     assert result.metric == "combined" and set(result.baselines) == set(PROCESS_BASELINES)
     x0 = prior_samples(OU(), 5.0, 128, 8, torch.Generator().manual_seed(0))  # design_steps' seed 0
@@ -148,6 +149,32 @@ def test_the_combined_objective_is_both_terms_in_units_of_their_baseline_medians
     for name, (e, d) in terms.items():
         assert result.baselines[name] == pytest.approx(e / energy_scale + d / distance_scale, rel=1e-10)
     assert result.value <= result.start_value == pytest.approx(min(result.baselines.values()), rel=1e-10)
+
+    # The energy design notes a run that ends farther from the reference than its start's, exactly
+    # when the paired increase of E |x_N - x_ref|^2 exceeds two of its standard errors.
+    assert energy.improved
+    with torch.no_grad():
+        moved = ((sample("dpmpp-2m", score, x0, energy.schedule).x - reference) ** 2).sum(-1) - (
+            (sample("dpmpp-2m", score, x0, baseline_schedule(energy.start, OU(), 8, "dpmpp-2m", 5.0, 1e-2)).x
+             - reference) ** 2).sum(-1)
+    farther = float(moved.mean()) > 2 * float(moved.std()) / math.sqrt(128)
+    assert any("farther from the reference run" in note for note in energy.notes) == farther
+
+
+def test_the_distance_note_fires_when_the_runs_move_away_from_the_reference():
+    from scorehamiltonian.sampling.steps import _distance_note
+
+    exact = _narrow_and_wide_in_d8()
+    score = as_score(lambda x, t: exact(x, t), process=OU(), dim=8)
+    x0 = prior_samples(OU(), 5.0, 128, 8, torch.Generator().manual_seed(2))
+    fine = baseline_schedule("log-snr", OU(), 40, "euler", 5.0, 1e-2)
+    coarse = baseline_schedule("edm", OU(), 4, "dpmpp-2m", 5.0, 1e-2)
+    with torch.no_grad():
+        reference = sample("dpmpp-2m", score, x0, fine).x
+    (note,) = _distance_note(score, coarse, fine, "dpmpp-2m", x0, reference, "t_min")  # 4 steps against 40
+    assert "farther from the reference run" in note and "against 0," in note  # the start is the reference
+    assert _distance_note(score, fine, coarse, "dpmpp-2m", x0, reference, "t_min") == ()
+    assert _distance_note(score, coarse, coarse, "dpmpp-2m", x0, reference, "t_min") == ()  # no change: no note
 
 
 def test_bad_input_is_refused(trimodal):
