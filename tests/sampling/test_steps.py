@@ -102,22 +102,30 @@ def test_trajectory_objective_is_zero_on_the_reference_and_designs_in_d8():
     assert result.schedule.n_levels == 5
 
 
-def _narrow_and_wide_in_d8() -> ExactScore:
-    """Two components whose variances run from 0.02 to 1 across the axes: errors across the narrow
-    axes cost far more log-density than the same distance along the wide ones."""
+def _narrow_and_wide_in_d8():
+    """Two components whose variances run from 0.02 to 1 across the axes (errors across the narrow
+    axes cost far more log-density than the same distance along the wide ones): the exact score,
+    and the same as an opaque callable, as a network meets design_steps."""
     variances = torch.logspace(math.log10(0.02), 0.0, 8, dtype=torch.float64)
     means = torch.stack([torch.full((8,), -1.0), torch.full((8,), 1.0)]).to(torch.float64)
-    return ExactScore(GaussianMixture([0.6, 0.4], means, torch.stack([variances, variances.flip(0)])), OU())
+    exact = ExactScore(GaussianMixture([0.6, 0.4], means, torch.stack([variances, variances.flip(0)])), OU())
+    return exact, as_score(lambda x, t: exact(x, t), process=OU(), dim=8)
+
+
+def _reference_run(score, n: int, seed: int, steps: int):
+    """n prior draws (``seed``), the fine log-SNR schedule of ``steps`` levels and the draws' DPM-Solver++(2M)
+    run along it: design_steps' reference run for that seed, n_samples and teacher_steps."""
+    x0 = prior_samples(OU(), 5.0, n, 8, torch.Generator().manual_seed(seed))
+    fine = baseline_schedule("log-snr", OU(), steps, "euler", 5.0, 1e-2)
+    with torch.no_grad():
+        return x0, fine, sample("dpmpp-2m", score, x0, fine).x
 
 
 def test_energy_objective_is_the_exact_log_density_excess():
-    exact = _narrow_and_wide_in_d8()
-    score = as_score(lambda x, t: exact(x, t), process=OU(), dim=8)
-    x0 = prior_samples(OU(), 5.0, 256, 8, torch.Generator().manual_seed(5))
+    exact, score = _narrow_and_wide_in_d8()
+    x0, fine, reference = _reference_run(score, 256, 5, 60)
     coarse = baseline_schedule("edm", OU(), 8, "dpmpp-2m", 5.0, 1e-2)
-    fine = baseline_schedule("log-snr", OU(), 60, "euler", 5.0, 1e-2)
     with torch.no_grad():
-        reference = sample("dpmpp-2m", score, x0, fine).x
         out = sample("dpmpp-2m", score, x0, coarse).x
         excess = (exact.log_prob(reference, 1e-2) - exact.log_prob(out, 1e-2)).abs()
     value, error = energy_objective(score, coarse, "dpmpp-2m", x0, reference)
@@ -131,17 +139,13 @@ def test_energy_objective_is_the_exact_log_density_excess():
 
 
 def test_the_combined_objective_is_both_terms_in_units_of_their_baseline_medians():
-    exact = _narrow_and_wide_in_d8()
-    score = as_score(lambda x, t: exact(x, t), process=OU(), dim=8)
+    _, score = _narrow_and_wide_in_d8()
     options = {"nfe": 8, "solver": "dpmpp-2m", "t_max": 5.0, "t_min": 1e-2, "n_samples": 128, "teacher_steps": 40}
     energy = design_steps(score, max_time=2.0, **options)
     assert energy.metric == "energy"  # the model-only default
     result = design_steps(score, metric="combined", max_time=4.0, **options)
     assert result.metric == "combined" and set(result.baselines) == set(PROCESS_BASELINES)
-    x0 = prior_samples(OU(), 5.0, 128, 8, torch.Generator().manual_seed(0))  # design_steps' seed 0
-    fine = baseline_schedule("log-snr", OU(), 40, "euler", 5.0, 1e-2)
-    with torch.no_grad():
-        reference = sample("dpmpp-2m", score, x0, fine).x
+    x0, _, reference = _reference_run(score, 128, 0, 40)  # design_steps' seed 0
     terms = {name: (energy_objective(score, s, "dpmpp-2m", x0, reference)[0],
                     trajectory_objective(score, s, "dpmpp-2m", x0, reference)[0])
              for name, s in ((n, baseline_schedule(n, OU(), 8, "dpmpp-2m", 5.0, 1e-2)) for n in PROCESS_BASELINES)}
@@ -164,13 +168,9 @@ def test_the_combined_objective_is_both_terms_in_units_of_their_baseline_medians
 def test_the_distance_note_fires_when_the_runs_move_away_from_the_reference():
     from scorehamiltonian.sampling.steps import _distance_note
 
-    exact = _narrow_and_wide_in_d8()
-    score = as_score(lambda x, t: exact(x, t), process=OU(), dim=8)
-    x0 = prior_samples(OU(), 5.0, 128, 8, torch.Generator().manual_seed(2))
-    fine = baseline_schedule("log-snr", OU(), 40, "euler", 5.0, 1e-2)
+    _, score = _narrow_and_wide_in_d8()
+    x0, fine, reference = _reference_run(score, 128, 2, 40)
     coarse = baseline_schedule("edm", OU(), 4, "dpmpp-2m", 5.0, 1e-2)
-    with torch.no_grad():
-        reference = sample("dpmpp-2m", score, x0, fine).x
     (note,) = _distance_note(score, coarse, fine, "dpmpp-2m", x0, reference, "t_min")  # 4 steps against 40
     assert "farther from the reference run" in note and "against 0," in note  # the start is the reference
     assert _distance_note(score, fine, coarse, "dpmpp-2m", x0, reference, "t_min") == ()
