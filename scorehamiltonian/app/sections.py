@@ -199,7 +199,8 @@ def solver_section(score: Score, reference: Reference, config: dict[str, Any]) -
         design = None
         if sch["design"]:
             design = design_steps(source, None, nfe=nfe, solver=solver, t_max=sch["t_max"], t_min=sch["t_min"],
-                                  metric=sch.get("design_metric"), max_time=sch["design_max_time"], seed=config["seed"])
+                                  metric=sch.get("design_metric"), max_time=sch["design_max_time"],
+                                  seed=config["seed"])
             schedules.append(replace(design.schedule, name="designed"))
         rows = [_judge_steps(score, reference, s, solver, exact_judge, config["seed"]) for s in schedules]
     return {"solver": solver, "nfe": nfe, "judge": "exact law" if exact_judge else "sliced Wasserstein (samples)",

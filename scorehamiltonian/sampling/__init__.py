@@ -16,10 +16,11 @@ THEORY sections 3 and 4: sampling as adiabatic transport of the ground state sqr
   :func:`schedule_from_sigmas`); ``baselines``: EDM, log-SNR, time-uniform / quadratic, Align Your
   Steps (published and optimised), StepOptim, OSS and the spectral rules (:func:`baseline_schedule`);
   ``steps``: step schedules designed for those solvers at a given NFE, against the exact judge in
-  1D / 2D or the model's own fine run in any d (its energy excess and distance) (:func:`design_steps`); ``sample_judges``:
-  judges from samples in high d, each with its standard error (:func:`sliced_wasserstein`,
-  :func:`mmd`, :func:`cross_entropy_gap`, :func:`basin_weight_error`, and for labelled data
-  without a density a classifier's held-out judges, :func:`fit_classifier_judge`).
+  1D / 2D or, in any d, the model's own fine run (its energy excess, its distance;
+  :func:`design_steps`); ``sample_judges``: judges from samples in high d, each with its
+  standard error (:func:`sliced_wasserstein`, :func:`mmd`, :func:`cross_entropy_gap`,
+  :func:`basin_weight_error`, and for labelled data without a density a classifier's held-out
+  judges, :func:`fit_classifier_judge`).
 - ``bounds``: the tracking bound and the score-error limit eps^2 / lambda_1, checked against
   exact propagation (:func:`tracking_bound`, :func:`score_error_bound`).
 - ``diagnostics``: lambda_1, lambda_2, the adiabatic lag and basin masses along t

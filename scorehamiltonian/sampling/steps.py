@@ -116,8 +116,8 @@ class StepDesign:
 
     schedule : the designed :class:`Schedule` (the start when the search did not improve it);
     metric : "tv", "kl", "combined", "energy" or "trajectory"; value, error : the schedule's
-    metric and its uncertainty (the exact judge's error bound, or the Monte Carlo standard error); start, start_value,
-    start_error : the baseline the search started from (the best one) and its metric;
+    metric and its uncertainty (the exact judge's error bound, or the Monte Carlo standard error);
+    start, start_value, start_error : the baseline the search started from (the best one) and its metric;
     baselines : each process baseline's objective (what chose the start); evaluations : objective
     evaluations made; seconds : wall time of the whole design; converged : every search (one per
     start) met the optimiser's tolerance before max_time and max_evaluations; improved : the
@@ -287,16 +287,17 @@ def design_steps(
     objective, or any score (``score.process``, ``score.dim``; a learned model through
     :func:`~scorehamiltonian.score.as_score`) for the model-only objectives. metric : "tv" or "kl"
     (exact, d <= 2; default "tv" there), or "energy" (the default otherwise), "combined" or
-    "trajectory". t_max, t_min : the schedule's ends (default: the process's t_max, and 1e-3 t_max clipped to its range).
+    "trajectory". t_max, t_min : the schedule's ends (default: the process's t_max, and 1e-3 t_max
+    clipped to its range).
     final : as in :func:`~.solvers.sample`. max_time : seconds for the whole design, held up to one
     objective evaluation. max_evaluations : cap on objective evaluations. seed, n_samples,
     teacher_steps : the model-only objectives' prior draws and reference run. baselines : the
     starting candidates (names of :data:`~.baselines.PROCESS_BASELINES`), tried in order while the
     clock allows. starts : the searches, one from each of the best ``starts`` baselines by the
     objective (the best first), while the clock allows. judge : with the exact objective, measure
-    the start and the design by :func:`~.judges.judge_solver` (value, its error bound and notes); False: by the objective itself,
-    its error the difference from a quadrature of half the points (cheap; exact only where the
-    solver's map is one-to-one, noted). The judge's time is not bounded by this module: its Newton
+    the start and the design by :func:`~.judges.judge_solver` (value, its error bound and notes);
+    False: by the objective itself, its error the difference from a quadrature of half the points
+    (cheap; exact only where the solver's map is one-to-one, noted). The judge's time is not bounded by this module: its Newton
     inversions took 0.1-0.5 s per 1D judgement here but up to 70 s for some Heun schedules, so with
     ``judge=True`` a design can overrun ``max_time`` by one such judgement; ``judge=False`` holds it
     to one objective evaluation. Where the judge refuses a schedule (:class:`ResolutionError`: the
@@ -329,31 +330,30 @@ def design_steps(
         terms = ("energy", "trajectory") if metric == "combined" else (metric,)
         scale = dict.fromkeys(terms, 1.0)  # "combined": each term's median over the baselines, set below
 
-        def per_draw(schedule: Schedule) -> torch.Tensor:
-            values = _run_terms(score, schedule, solver, x0, reference, final, terms)
-            return sum(values[term] / scale[term] for term in terms)
+        def combine(values: dict[str, torch.Tensor]) -> tuple[float, float]:
+            return _mean_and_error(sum(values[term] / scale[term] for term in terms))
 
         def measure(schedule: Schedule) -> tuple[float, float]:
-            return _mean_and_error(per_draw(schedule))
+            return combine(_run_terms(score, schedule, solver, x0, reference, final, terms))
     else:
         def measure(schedule: Schedule) -> tuple[float, float]:
             return exact_objective(score, schedule, solver, metric=metric, final=final), 0.0
 
-    candidates, scores = {}, {}
+    candidates, scores, runs = {}, {}, {}
     for name in baselines:  # in order, while the clock allows (the first always)
         if candidates and time.perf_counter() > deadline:
             break
         candidates[name] = baseline_schedule(name, process, nfe, solver, t_max, t_min, final=final)
-        if metric == "combined":  # per-draw terms kept until the scales are known
-            scores[name] = _run_terms(score, candidates[name], solver, x0, reference, final, terms)
+        if metric in RUN_METRICS:  # per-draw terms, kept until the combined metric's scales are known
+            runs[name] = _run_terms(score, candidates[name], solver, x0, reference, final, terms)
         else:
             scores[name] = measure(candidates[name])[0]
     if metric == "combined":
         for term in terms:
-            means = [float(v[term].mean()) for v in scores.values() if bool(torch.isfinite(v[term]).all())]
+            means = [float(v[term].mean()) for v in runs.values() if bool(torch.isfinite(v[term]).all())]
             middle = float(np.median(means)) if means else 0.0
             scale[term] = middle if middle > 0 else 1.0
-        scores = {name: float(sum(v[term].mean() / scale[term] for term in terms)) for name, v in scores.items()}
+    scores.update({name: combine(values)[0] for name, values in runs.items()})
     finite = {name: v for name, v in scores.items() if math.isfinite(v)}
     if not finite:
         raise ScheduleError(f"no baseline gives a finite {metric} for {solver!r} at nfe = {nfe}")
