@@ -250,9 +250,9 @@ def spectrum(
       smoothed-aggregation V-cycle on ``H.to_scipy()``), "fourier" ((-Laplacian_h + c)^{-1}
       by DST on ``H.grid``, c a quarter of the median of V - sigma: O(N log N), any device,
       iteration counts independent of h but growing with the range of V), "jacobi", or
-      "auto" (multigrid for an operator that coarsens itself and has more than
-      ``COARSEST_SIZE`` unknowns, else AMG on the CPU, Fourier on other devices when H has a
-      grid). With the multigrid preconditioner and no ``v0``, ``nested`` iteration first
+      "auto" (multigrid for an operator that coarsens itself, which for at most
+      ``COARSEST_SIZE`` unknowns is the sparse LU of H - sigma I; else AMG on the CPU,
+      Fourier on other devices when H has a grid). With the multigrid preconditioner and no ``v0``, ``nested`` iteration first
       solves the coarser levels that resolve p_t (coarse to fine, each level's Ritz vectors
       interpolated as the next one's start), so the fine level starts close to converged.
       ``maxiter`` counts fine-level iterations (default 500).

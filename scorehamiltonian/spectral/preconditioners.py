@@ -19,7 +19,7 @@ import scipy.sparse as sp
 import torch
 
 from .blocks import WORK_DTYPE
-from .multigrid import COARSEST_SIZE, Multigrid
+from .multigrid import Multigrid
 from .solution import SymmetricOperator
 
 #: pyamg is imported by :func:`amg_preconditioner` on first use (it is slow to import).
@@ -137,12 +137,16 @@ def matching_grid(H: SymmetricOperator) -> object | None:
 
 def choose_preconditioner(H: SymmetricOperator, diag: torch.Tensor, shift: float, choice: str) -> tuple[Preconditioner, str]:
     """The LOBPCG preconditioner for ``choice`` and its name. "auto": multigrid when H can
-    coarsen itself (a :class:`ScoreHamiltonian` of more than ``COARSEST_SIZE`` unknowns),
-    else AMG on the CPU when pyamg is installed, else Fourier when H has a grid whose size
-    matches, else Jacobi."""
+    coarsen itself (a :class:`ScoreHamiltonian`; one of at most ``multigrid.COARSEST_SIZE``
+    unknowns is its own coarsest level, so the "cycle" is the sparse LU of H - shift, an
+    exact inverse), else AMG on the CPU when pyamg is installed, else Fourier when H has a
+    grid whose size matches, else Jacobi. The sparse LU replaced AMG there: on the four-mode
+    benchmark at t = 0.05 the 45^2 and 63^2 grids of ``spectral_gap`` took 0.042 and 0.050 s
+    against 0.165 and 0.114 s (31 and 21 matvecs against 43 and 43), and a fresh process no
+    longer imports pyamg (0.08 s)."""
     grid = matching_grid(H)
     if choice == "auto":
-        if has_levels(H) and H.shape[0] > COARSEST_SIZE:
+        if has_levels(H):
             choice = "multigrid"
         else:
             choice = "amg" if _HAVE_PYAMG and torch.device(H.device).type == "cpu" else ("fourier" if grid is not None else "jacobi")
@@ -150,7 +154,7 @@ def choose_preconditioner(H: SymmetricOperator, diag: torch.Tensor, shift: float
         if not has_levels(H):
             raise ValueError("the multigrid preconditioner needs an operator that coarsens itself (ScoreHamiltonian)")
         mg = Multigrid(H, shift)
-        return mg, f"multigrid, {len(mg.levels)} levels"
+        return mg, f"multigrid, {len(mg.levels)} levels" if len(mg.levels) > 1 else "sparse LU"
     if choice == "fourier":
         if grid is None:
             raise ValueError("the Fourier preconditioner needs H.grid (with n and h) matching H.shape")

@@ -312,22 +312,25 @@ def test_score_hamiltonian_operator_if_available():
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("name, n, method, solver", [("asymmetric", 301, "auto", "lobpcg (amg"),
-                                                     ("four_mode_2d", 81, "auto", "lobpcg (multigrid"),
-                                                     ("asymmetric", 301, "eigsh", "eigsh (shift-invert")])
-def test_the_same_seed_gives_the_same_bits_on_every_call(name, n, method, solver):
+@pytest.mark.parametrize("name, n, method, preconditioner, solver",
+                         [("asymmetric", 301, "auto", "amg", "lobpcg (amg"),
+                          ("asymmetric", 301, "auto", "auto", "lobpcg (sparse LU"),
+                          ("four_mode_2d", 81, "auto", "auto", "lobpcg (multigrid"),
+                          ("asymmetric", 301, "eigsh", "auto", "eigsh (shift-invert")])
+def test_the_same_seed_gives_the_same_bits_on_every_call(name, n, method, preconditioner, solver):
     """Repeated solves with one seed agree to the last bit: in 1D with the AMG
     preconditioner (pyamg's default prolongation smoother estimates a spectral radius from
     numpy's global random state: a different preconditioner, and eigenvalues differing at
-    1e-14, on every call), in 2D with multigrid and the numba kernels (the Rayleigh-Ritz
-    update's norms once summed in an order that changed from call to call), and with ARPACK
-    (whose own random start goes on from call to call)."""
+    1e-14, on every call) and with the sparse LU that "auto" takes on a small grid, in 2D
+    with multigrid and the numba kernels (the Rayleigh-Ritz update's norms once summed in an
+    order that changed from call to call), and with ARPACK (whose own random start goes on
+    from call to call)."""
     from scorehamiltonian import OU, ExactScore, Grid, ScoreHamiltonian, box_over_times, example
 
     mixture = example(name)
     H = ScoreHamiltonian(ExactScore(mixture, OU()), 0.3, Grid(*box_over_times(mixture, OU(), [0.3], 1e-12), n))
-    runs = [spectrum(H, k=3, method=method, tol=1e-8, generator=seeded(7), return_eigenvectors=True)
-            for _ in range(6)]
+    runs = [spectrum(H, k=3, method=method, tol=1e-8, generator=seeded(7), return_eigenvectors=True,
+                     preconditioner=preconditioner) for _ in range(6)]
     assert runs[0].method.startswith(solver)
     for run in runs[1:]:
         for attribute in ("eigenvalues", "eigenvectors", "residual_norms", "eigenvalue_errors", "converged"):
