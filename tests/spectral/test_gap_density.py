@@ -130,7 +130,11 @@ def test_first_excited_reaches_the_kato_temple_bound_the_solver_could_not():
     level = first_excited(H, res.eigenvectors[:, 1:].to(torch.float64), 1e-8)
     assert level.error <= 1e-8 * level.value
     finer = first_excited(H, level.vectors, 1e-13, maxiter=80)
-    assert finer.value <= level.value and level.value - finer.value <= level.error
+    # Rayleigh-Ritz values only fall under refinement, here up to round-off: from a start that the
+    # sparse-LU preconditioned solve left converged to 1e-15 relative, the refinement moved the
+    # value by one ulp-scale 7e-26 upwards (8 ulps allowed).
+    assert finer.value <= level.value * (1 + 8 * torch.finfo(torch.float64).eps)
+    assert abs(level.value - finer.value) <= level.error
     assert finer.error < level.error
 def test_box_from_density_holds_the_mass_of_a_mixture():
     mixture = GaussianMixture([0.2, 0.8], [[-2.5, 0.0], [2.0, 1.0]], [[0.09, 0.5], [0.36, 0.2]])
