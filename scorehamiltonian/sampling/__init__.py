@@ -16,7 +16,7 @@ THEORY sections 3 and 4: sampling as adiabatic transport of the ground state sqr
   :func:`schedule_from_sigmas`); ``baselines``: EDM, log-SNR, time-uniform / quadratic, Align Your
   Steps (published and optimised), StepOptim, OSS and the spectral rules (:func:`baseline_schedule`);
   ``steps``: step schedules designed for those solvers at a given NFE, against the exact judge in
-  1D / 2D or, in any d, the model's own fine run (its energy excess, its distance;
+  1D / 2D or, in any d, the model's own fine run (its law of log-density, its distance;
   :func:`design_steps`); ``sample_judges``: judges from samples in high d, each with its
   standard error (:func:`sliced_wasserstein`, :func:`mmd`, :func:`cross_entropy_gap`,
   :func:`basin_weight_error`, and for labelled data without a density a classifier's held-out

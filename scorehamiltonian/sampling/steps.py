@@ -23,28 +23,48 @@ Objectives.
 - ``"trajectory"`` (any score, any d; OSS-style, Pei et al. 2025): the mean squared distance
   E |x_N - x_N^ref|^2 between the solver's output and a fine reference run of the same solver
   (``teacher_steps`` log-SNR steps) from the same ``n_samples`` prior draws (fixed ``seed``),
-  with its Monte Carlo standard error std(|x_N - x_N^ref|^2) / sqrt(n). It measures the
+  with its bootstrap standard error (as every model-only objective's). It measures the
   discretisation error against the model's own flow, not the model's error against the data.
 - ``"energy"`` (any score, any d; the default where no exact objective applies): the same
-  runs, measured in the model's own log-density rather than in x:
+  runs, measured in the model's own log-density rather than in x. Per draw,
   e_i = log p(x_N^ref,i) - log p(x_N,i) = -int_0^1 s(x_N^ref + u d_i) . d_i du,
   d_i = x_N,i - x_N^ref,i, with the score at the last positive level (t_min; with
   ``final="zero"`` the energy of p_{t_min} stands in for the data's), by 4-node Gauss-Legendre
-  on the segment (:func:`~scorehamiltonian.thermo.line_energy.line_energy`), and the objective
-  is E |e_i| in nats with its Monte Carlo standard error. E e_i is the run's cross-entropy excess
-  E_q[-log p] - E_ref[-log p] over the reference run, so E |e_i| bounds it: it weighs each
-  direction by the model's curvature there (an error across a narrow mode costs more than one
-  along a wide one), which the squared distance does not; but it barely sees a draw that ends
-  in the wrong one of two basins of similar depth, which the distance does.
-- ``"combined"``: per draw, the energy excess plus the squared distance, each in units of its
+  on the segment (:func:`~scorehamiltonian.thermo.line_energy.line_energy`); the reference
+  outputs' own log-densities l_i (up to one constant) come once per design from line integrals
+  from one anchor (:func:`reference_log_density`). The objective is the 1-Wasserstein distance
+  between the laws of log p under the run and under the reference run,
+  W = (1/n) sum_k |l_(k) - (l - e)_(k)| (both sorted), in nats, with a bootstrap standard
+  error. It lies between |E e_i|, the run's cross-entropy excess E_q[-log p] - E_ref[-log p]
+  over the reference run, and E |e_i|; it weighs each direction by the model's curvature (an
+  error across a narrow mode costs more than one along a wide one), which the squared distance
+  does not, and it compares laws, not draws: a run whose draws end at other points of the same
+  law costs nothing. Errors in l_i only change the coupling, never those bounds. The paired
+  E |e_i| charges such draws in full: on many-well-32 with DPM-Solver++(2M) at NFE 10 and 20 it
+  ranked the baselines with Spearman 0.67 and 0.57 against their exact cross-entropy and started
+  from log-SNR (1.10 and 0.68 nats) where Align Your Steps reached 0.37 and 0.08; W ranked them
+  with 0.90 and 1.00 and picked the best baseline in all 12 benchmark cases (mixtures in d = 16
+  and 64, many-well-32; Heun and DPM-Solver++(2M) at NFE 10 and 20; 512 draws). Its designs
+  (120 s, ``analysis/results/solver_schedules_highd.md``) lowered the cross-entropy by at least
+  20 % below the best baseline's (z >= 2) in 8 of those 12 cases and by 12 - 19 % in 3; in the
+  last (many-well-32, DPM-Solver++(2M) at NFE 20) the best baseline lies within the judge's noise
+  of the floor (0.076 +- 0.082 nats) and the design, which follows the model's converged flow
+  (+0.046 +- 0.034 over the floor on 20000 draws), read 0.198. Like E |e_i| it barely sees a
+  draw that ends in the wrong one of two basins of similar depth, which the distance does.
+- ``"combined"``: the energy objective W plus the mean squared distance, each in units of its
   median over the measured baselines (so a typical baseline scores about 2). Measured on
   many-well-32 (120 s designs, ``analysis/results/solver_schedules_highd*.md``): with Heun at
-  NFE 10 the energy design lowered the cross-entropy from the best baseline's 28.3 to 13.2 nats
+  NFE 10 the energy design lowered the cross-entropy from the best baseline's 28.4 to 13.2 nats
   but raised the basin-weight error to 0.083 against 0.034 (+-0.008); the combined design
-  reached 15.1 nats at 0.043. With DPM-Solver++(2M) at NFE 10 and 20, though, the combined
-  design lost the cross-entropy to the best baseline (0.57 and 0.65 against 0.34 and 0.04 nats)
-  where the energy design reached 0.27 and 0.21. An energy design whose runs end farther from the
-  reference run than its start's (by more than two paired standard errors) says so in its notes.
+  reached 15.2 nats at 0.043. With DPM-Solver++(2M) the combined design reached 0.16 nats at
+  NFE 10 (best baseline 0.37, energy design 0.09) but 0.54 at NFE 20 (0.08 and 0.20), so it is
+  not the default. An energy design whose runs end farther from the reference run than its
+  start's (by more than two paired standard errors) says so in its notes.
+
+The model-only search runs on ``n_samples`` prior draws; the start and the design are then
+measured on as many fresh draws (the ``seed``'s second set, with its own reference run), which
+give ``value`` and ``error`` and decide ``improved``: a design fitted to the noise of its own
+draws is not returned, and its value is not the search's optimistic one.
 
 The model-only objectives converge to the model's own flow and cannot see its error against the
 data: on the digits (a network of :func:`~scorehamiltonian.score.train_dsm`), the 200-step run
@@ -91,15 +111,25 @@ from .schedules import Schedule, as_schedule
 from .solvers import ODE_SOLVERS, Final, Levels, prior_samples, sample, steps_for_nfe
 
 __all__ = ["DESIGN_METRICS", "StepDesign", "design_steps", "energy_objective", "exact_objective",
-           "trajectory_objective"]
+           "reference_log_density", "trajectory_objective"]
 
 #: What design_steps can minimise: exact TV or KL (d <= 2, mixture targets), or, from the model's
-#: own fine run in any d, the energy excess, the trajectory distance or both combined.
+#: own fine run in any d, the law of the log-density, the trajectory distance or both combined.
 DESIGN_METRICS = ("tv", "kl", "combined", "energy", "trajectory")
 #: The model-only metrics (any score, any d): runs against a fine reference run of the same solver.
 RUN_METRICS = ("combined", "energy", "trajectory")
 #: Gauss-Legendre nodes of the energy objective's line integral.
 _ENERGY_NODES = 4
+#: Gauss-Legendre nodes of the reference outputs' log-densities (from one anchor; once per set of
+#: draws), doubled on the lines whose quadrature estimate exceeds the tolerance (nats). On the d = 8
+#: test mixture (variances 0.02 - 1) 32 nodes left errors up to 1.8 nats on the lines between its
+#: components and estimates that missed some of them; from 64 nodes the largest error left was
+#: 1e-3 - 7e-2 nats over four sets of 256 draws (the estimate |I_n - I_{n/2}| is a heuristic).
+_ANCHOR_NODES = 64
+_ANCHOR_TOL = 1e-2
+_ANCHOR_MAX_NODES = 256
+#: Bootstrap resamples of the model-only objectives' standard errors.
+_BOOTSTRAP = 200
 #: Quadrature points of the initial law per axis for the exact objective (1D, 2D).
 _QUADRATURE = {1: 2001, 2: 101}
 _UNJUDGED = ("measured by the change-of-variables objective, not judged: exact where the solver's map is "
@@ -116,8 +146,9 @@ class StepDesign:
 
     schedule : the designed :class:`Schedule` (the start when the search did not improve it);
     metric : "tv", "kl", "combined", "energy" or "trajectory"; value, error : the schedule's
-    metric and its uncertainty (the exact judge's error bound, or the Monte Carlo standard error);
-    start, start_value, start_error : the baseline the search started from (the best one) and its metric;
+    metric and its uncertainty (the exact judge's error bound, or the bootstrap standard error on
+    the fresh draws that the search did not see); start, start_value, start_error : the baseline
+    the search started from (the best one) and its metric, measured as ``value``;
     baselines : each process baseline's objective (what chose the start); evaluations : objective
     evaluations made; seconds : wall time of the whole design; converged : every search (one per
     start) met the optimiser's tolerance before max_time and max_evaluations; improved : the
@@ -186,10 +217,31 @@ def _mean_and_error(values: torch.Tensor) -> tuple[float, float]:
     return float(values.mean()), float(values.std()) / math.sqrt(n) if n > 1 else math.inf
 
 
+def reference_log_density(score: Any, reference: torch.Tensor, t: float) -> torch.Tensor:
+    """log p_t(x_N^ref,i) - log p_t(a) for the reference outputs, in nats: the straight line integral
+    of the score from the anchor a (the reference output nearest their mean) by Gauss-Legendre
+    (:func:`~scorehamiltonian.thermo.line_energy.line_energy`), from ``_ANCHOR_NODES`` nodes, doubled
+    for the lines whose quadrature estimate exceeds ``_ANCHOR_TOL`` up to ``_ANCHOR_MAX_NODES``. It
+    only orders the draws for the energy objective's coupling (module docstring), whose bounds hold
+    whatever its error."""
+    anchor = reference[((reference - reference.mean(0)) ** 2).sum(-1).argmin()]
+    straight = torch.zeros(1, reference.shape[1], dtype=reference.dtype, device=reference.device)
+    level = torch.empty(reference.shape[0], dtype=reference.dtype, device=reference.device)
+    rows, nodes = torch.arange(reference.shape[0], device=reference.device), _ANCHOR_NODES
+    while rows.numel():
+        lines = line_energy(score, anchor.expand(rows.numel(), -1), reference[rows], t, paths=straight, n_nodes=nodes)
+        level[rows] = lines.value
+        rows, nodes = rows[lines.quadrature_error > _ANCHOR_TOL], 2 * nodes
+        if nodes > _ANCHOR_MAX_NODES:
+            break
+    return level
+
+
 def _run_terms(score: Any, schedule: Any, solver: str, x0: torch.Tensor, reference: torch.Tensor, final: Final,
                terms: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """Per draw, from one run along ``schedule``: "trajectory" |x_N - x_N^ref|^2 and "energy"
-    |log p(x_N^ref) - log p(x_N)| (4-node Gauss-Legendre line integral of the score at t_min)."""
+    e_i = log p(x_N^ref) - log p(x_N) (4-node Gauss-Legendre line integral of the score at t_min;
+    infinite for a run that blew up)."""
     with torch.no_grad():
         out = sample(solver, score, x0, schedule, final=final).x
     values = {}
@@ -199,24 +251,71 @@ def _run_terms(score: Any, schedule: Any, solver: str, x0: torch.Tensor, referen
         values["energy"] = torch.full(out.shape[:1], math.inf, dtype=out.dtype, device=out.device)
     elif "energy" in terms:
         straight = torch.zeros(1, out.shape[1], dtype=out.dtype, device=out.device)
-        t_end = float(as_schedule(schedule, score.process).times[-1])
-        values["energy"] = line_energy(score, out, reference, t_end, paths=straight,
-                                       n_nodes=_ENERGY_NODES).value.abs()
+        values["energy"] = line_energy(score, out, reference, _final_time(score, schedule), paths=straight,
+                                       n_nodes=_ENERGY_NODES).value
     return values
+
+
+def _draws(score: Any, solver: str, fine: Schedule, final: Final, n: int, t_max: float, t_min: float,
+           generator: torch.Generator, energy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """n prior draws, their run along the fine schedule, and (for the energy) its log-densities."""
+    x0 = prior_samples(score.process, t_max, int(n), score.dim, generator)
+    with torch.no_grad():
+        reference = sample(solver, score, x0, fine, final=final).x
+    return x0, reference, reference_log_density(score, reference, t_min) if energy else None
+
+
+def _final_time(score: Any, schedule: Any) -> float:
+    return float(as_schedule(schedule, score.process).times[-1])
+
+
+def _term(name: str, values: torch.Tensor, level: torch.Tensor | None) -> float:
+    """One term of a model-only objective from its per-draw values: the mean squared distance for
+    "trajectory"; for "energy" the 1-Wasserstein distance between the laws of log p(x_N^ref) =
+    ``level`` and log p(x_N) = level - e, (1/n) sum_k |l_(k) - (l - e)_(k)| (sorted: the optimal
+    coupling in 1D)."""
+    if name == "trajectory":
+        return float(values.mean())
+    if not bool(torch.isfinite(values).all()):
+        return math.inf
+    return float((level.sort().values - (level - values).sort().values).abs().mean())
+
+
+def _objective(values: dict[str, torch.Tensor], scale: dict[str, float], level: torch.Tensor | None,
+               generator: torch.Generator | None) -> tuple[float, float]:
+    """sum_term term / scale[term] over the draws, and its standard error from ``_BOOTSTRAP``
+    resamples of the draws (the same draws in every term; NaN without a ``generator``)."""
+    def value(index: torch.Tensor | None) -> float:
+        pick = (lambda v: v) if index is None else (lambda v: v[index])
+        return sum(_term(name, pick(v), None if level is None else pick(level)) / scale[name]
+                   for name, v in values.items())
+
+    total = value(None)
+    n = next(iter(values.values())).shape[0]
+    if generator is None or not math.isfinite(total) or n < 2:
+        return total, math.inf if n < 2 else math.nan
+    resampled = [value(torch.randint(n, (n,), generator=generator)) for _ in range(_BOOTSTRAP)]
+    return total, float(np.std(resampled, ddof=1))
 
 
 def trajectory_objective(score: Any, schedule: Any, solver: str, x0: torch.Tensor, reference: torch.Tensor, *,
                          final: Final = "t_min") -> tuple[float, float]:
     """Mean squared distance E |x_N - x_N^ref|^2 of the run from ``x0`` along ``schedule`` to the
     reference outputs, and its Monte Carlo standard error (module docstring)."""
-    return _mean_and_error(_run_terms(score, schedule, solver, x0, reference, final, ("trajectory",))["trajectory"])
+    values = _run_terms(score, schedule, solver, x0, reference, final, ("trajectory",))
+    return _objective(values, {"trajectory": 1.0}, None, torch.Generator().manual_seed(0))
 
 
 def energy_objective(score: Any, schedule: Any, solver: str, x0: torch.Tensor, reference: torch.Tensor, *,
-                     final: Final = "t_min") -> tuple[float, float]:
-    """E |e_i|, e_i = log p(x_N^ref,i) - log p(x_N,i) by the score's line integral at the
-    schedule's t_min (module docstring), in nats, and its Monte Carlo standard error."""
-    return _mean_and_error(_run_terms(score, schedule, solver, x0, reference, final, ("energy",))["energy"])
+                     final: Final = "t_min", level: torch.Tensor | None = None, seed: int = 0
+                     ) -> tuple[float, float]:
+    """W_1 between the laws of log p(x_N^ref) and log p(x_N) in nats (module docstring), and its
+    bootstrap standard error (``seed``). ``level``: log p(x_N^ref,i) up to one constant (default
+    :func:`reference_log_density` at the schedule's t_min)."""
+    values = _run_terms(score, schedule, solver, x0, reference, final, ("energy",))
+    if level is None:
+        level = reference_log_density(score, reference, _final_time(score, schedule))
+    return _objective(values, {"energy": 1.0}, level, torch.Generator().manual_seed(int(seed)))
 
 
 def _distance_note(score: Any, design: Schedule, start: Schedule, solver: str, x0: torch.Tensor,
@@ -291,7 +390,8 @@ def design_steps(
     clipped to its range).
     final : as in :func:`~.solvers.sample`. max_time : seconds for the whole design, held up to one
     objective evaluation. max_evaluations : cap on objective evaluations. seed, n_samples,
-    teacher_steps : the model-only objectives' prior draws and reference run. baselines : the
+    teacher_steps : the model-only objectives' prior draws (two sets: the search's and the final
+    measurement's) and their reference runs. baselines : the
     starting candidates (names of :data:`~.baselines.PROCESS_BASELINES`), tried in order while the
     clock allows. starts : the searches, one from each of the best ``starts`` baselines by the
     objective (the best first), while the clock allows. judge : with the exact objective, measure
@@ -322,21 +422,23 @@ def design_steps(
 
     if metric in RUN_METRICS:
         generator = torch.Generator().manual_seed(int(seed))
-        x0 = prior_samples(process, t_max, int(n_samples), score.dim, generator)
         fine = baseline_schedule("log-snr", process, max(int(teacher_steps), 2 * n), "euler", t_max, t_min)
-        with torch.no_grad():
-            reference = sample(solver, score, x0, fine, final=final).x
-
         terms = ("energy", "trajectory") if metric == "combined" else (metric,)
+        # Two sets of draws with their reference runs: the search's, and fresh ones that measure the
+        # start and the design (module docstring).
+        search_set, check_set = (_draws(score, solver, fine, final, n_samples, t_max, t_min, generator,
+                                        "energy" in terms) for _ in range(2))
+        x0, reference, level = search_set
         scale = dict.fromkeys(terms, 1.0)  # "combined": each term's median over the baselines, set below
 
-        def combine(values: dict[str, torch.Tensor]) -> tuple[float, float]:
-            return _mean_and_error(sum(values[term] / scale[term] for term in terms))
+        def combine(values: dict[str, torch.Tensor], level: torch.Tensor | None, error: bool = True
+                    ) -> tuple[float, float]:
+            return _objective(values, scale, level, torch.Generator().manual_seed(int(seed)) if error else None)
 
-        def measure(schedule: Schedule) -> tuple[float, float]:
-            return combine(_run_terms(score, schedule, solver, x0, reference, final, terms))
+        def measure(schedule: Schedule, draws: tuple = search_set, error: bool = True) -> tuple[float, float]:
+            return combine(_run_terms(score, schedule, solver, draws[0], draws[1], final, terms), draws[2], error)
     else:
-        def measure(schedule: Schedule) -> tuple[float, float]:
+        def measure(schedule: Schedule, error: bool = True) -> tuple[float, float]:
             return exact_objective(score, schedule, solver, metric=metric, final=final), 0.0
 
     candidates, scores, runs = {}, {}, {}
@@ -350,10 +452,10 @@ def design_steps(
             scores[name] = measure(candidates[name])[0]
     if metric == "combined":
         for term in terms:
-            means = [float(v[term].mean()) for v in runs.values() if bool(torch.isfinite(v[term]).all())]
-            middle = float(np.median(means)) if means else 0.0
+            sizes = [_term(term, v[term], level) for v in runs.values() if bool(torch.isfinite(v[term]).all())]
+            middle = float(np.median(sizes)) if sizes else 0.0
             scale[term] = middle if middle > 0 else 1.0
-    scores.update({name: combine(values)[0] for name, values in runs.items()})
+    scores.update({name: combine(values, level, error=False)[0] for name, values in runs.items()})
     finite = {name: v for name, v in scores.items() if math.isfinite(v)}
     if not finite:
         raise ScheduleError(f"no baseline gives a finite {metric} for {solver!r} at nfe = {nfe}")
@@ -362,7 +464,7 @@ def design_steps(
 
     def final_measure(schedule: Schedule) -> tuple[float, float, tuple[str, ...]]:
         if metric in RUN_METRICS:
-            return (*measure(schedule), ())
+            return (*measure(schedule, check_set), ())
         refused: tuple[str, ...] = ()
         if judge:
             try:
@@ -393,7 +495,7 @@ def design_steps(
             raise _OutOfTime
         count["n"] += 1
         try:
-            value = measure(schedule_of(logits))[0]
+            value = measure(schedule_of(logits), error=False)[0]
         except (ScheduleError, TimeRangeError, FloatingPointError):
             return math.inf
         value = value if math.isfinite(value) else math.inf
@@ -426,7 +528,7 @@ def design_steps(
         if d_value < start_value:
             schedule, value, error, improved, notes = schedule_of(best["logits"]), d_value, d_error, True, design_notes
     if improved and metric == "energy":
-        notes = (*notes, *_distance_note(score, schedule, start_schedule, solver, x0, reference, final))
+        notes = (*notes, *_distance_note(score, schedule, start_schedule, solver, *check_set[:2], final))
     return StepDesign(schedule=schedule, metric=metric, value=value, error=error, start=start,
                       start_value=start_value, start_error=start_error, baselines=scores, evaluations=count["n"],
                       seconds=time.perf_counter() - started, converged=converged, improved=improved, notes=notes)
