@@ -14,9 +14,8 @@ Solvers heun and dpmpp-2m at NFE 10 and 20. Schedules: every process baseline an
 :func:`design_steps` with a model-only objective (``--metric``; a learned model in high d allows
 no other), against a 200-step run of the same solver from 512 prior draws: "energy" (the
 default: the 1-Wasserstein distance between the laws of log p(x_N) and log p(x_ref), both by the
-model's own score), "trajectory" (the mean squared
-distance E |x_N - x_ref|^2) or "combined" (their sum, each in units of its median over the
-baselines).
+model's own score), "trajectory" (the mean squared distance E |x_N - x_ref|^2) or "combined"
+(their sum, each in units of its median over the baselines).
 
 Judges, on ``--n`` runs from the same prior draws for every schedule (common random numbers)
 against as many exact samples of p_{t_min}: the basin-weight error (mixtures: the component of
@@ -31,9 +30,9 @@ smallest value; "gain" = 1 - designed / best, and "z" = (best - designed) / sqrt
 se_designed^2) (conservative: the common draws correlate the two, which would shrink the
 difference's error), except for the cross-entropy, whose difference is paired run by run (the
 same prior draw through both schedules; the E_p term cancels) and taken of the sizes (for gaps
-of opposite signs |a| - |b| = a + b, whose error is bounded by the sum of the two) and the digits' Frechet distance
-(bootstrap resamples common to both, :meth:`ClassifierJudge.frechet_difference`). Target: gain >= 0.2 with z >= 2
-at NFE 10 and 20.
+of opposite signs |a| - |b| = a + b, whose error is bounded by the sum of the two), and the
+digits' Frechet distance (bootstrap resamples common to both,
+:meth:`ClassifierJudge.frechet_difference`). Target: gain >= 0.2 with z >= 2 at NFE 10 and 20.
 
 Run: ``python analysis/solver_schedules_highd.py`` (about 30 min on 2 cores; ``--targets``,
 ``--max-time``, ``--n``, ``--metric``; ``--update`` keeps the other targets' results). Writes

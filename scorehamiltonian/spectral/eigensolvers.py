@@ -252,9 +252,10 @@ def spectrum(
       iteration counts independent of h but growing with the range of V), "jacobi", or
       "auto" (multigrid for an operator that coarsens itself, which for at most
       ``COARSEST_SIZE`` unknowns is the sparse LU of H - sigma I; else AMG on the CPU,
-      Fourier on other devices when H has a grid). With the multigrid preconditioner and no ``v0``, ``nested`` iteration first
-      solves the coarser levels that resolve p_t (coarse to fine, each level's Ritz vectors
-      interpolated as the next one's start), so the fine level starts close to converged.
+      Fourier on other devices when H has a grid). With the multigrid preconditioner and no
+      ``v0``, ``nested`` iteration first solves the coarser levels that resolve p_t (coarse
+      to fine, each level's Ritz vectors interpolated as the next one's start), so the fine
+      level starts close to converged.
       ``maxiter`` counts fine-level iterations (default 500).
     - "lanczos": block Lanczos (block size k + 2) with full reorthogonalisation and thick
       restart, matvecs only (slow on fine grids: its rate depends on the spectral width
