@@ -95,12 +95,19 @@ Model error (``EnergyResult.model_error``, nats; the rule of :mod:`.model_error`
 exact or analytic score. For a :class:`~scorehamiltonian.score.ensemble.ScoreEnsemble` the
 value is the energy of the members' mean score, and each member's energy E_k(x) is read on
 that point's own final grid (the same schedule, the same Hutchinson probes, the same
-reference law; no step doubling or refinement of its own): ``model_error`` is
-std_k E_k(x) (ddof 1). Cost, per point and member: the solve's evaluations on a fixed grid
-or dopri5 (``nfe_solve``); under refinement the points' grids, padded with steps of length 0
-to the longest, are run together with their step-doubling companions, 1.75 times the longest
-grid's evaluations for every point; counted in ``nfe_model_per_point`` (member evaluations). A
-single learned model: NaN, flagged ``model_unknown``, never converged (one warning).
+reference law) with the grid's error-estimating companions, but no refinement of its own:
+``model_error`` is std_k E_k(x) (ddof 1) plus ``model_numerical_error``, the largest over
+the members of their own integrator error bar on that grid (:func:`~.integrators.integrator_error`).
+A member stiffer than the mean (a network that is sharp where the mean is smooth) need not be
+resolved by the mean's grid, and its integration error, orders of magnitude above the
+members' true spread, would otherwise pass for the model's error; where that part exceeds
+the spread and the request the point is flagged ``model_unresolved`` (warned): its model
+error is then a bound dominated by numerics (more steps, or a tighter ``atol``, resolve it). Cost, per point
+and member: the evaluations of the fixed grid with its companions, or of dopri5 at its three
+tolerances (``nfe``); under refinement the points' grids, padded with steps of length 0 to
+the longest, with their step-doubling companions, 1.75 times the longest grid's evaluations
+for every point; counted in ``nfe_model_per_point`` (member evaluations). A single learned
+model: NaN, flagged ``model_unknown``, never converged (one warning).
 ``total_error`` = error + model_error (a bound plus one standard deviation of the members,
 added as the gap's are); ``reached`` is total_error <= requested, and ``converged`` is
 ``trusted`` and ``reached``.
@@ -128,7 +135,14 @@ from ..score.processes import ForwardProcess
 from ..spectral.solution import ConvergenceWarning
 from . import integrators, refinement
 from .line_energy import line_energy
-from .model_error import MODEL_SPREAD, MODEL_UNKNOWN, member_spread, source_kind, warn_model_unknown
+from .model_error import (
+    MODEL_SPREAD,
+    MODEL_UNKNOWN,
+    MODEL_UNRESOLVED,
+    member_spread,
+    source_kind,
+    warn_model_unknown,
+)
 
 __all__ = ["DEFAULT_STEPS", "EnergyResult", "default_schedule", "energy", "start_time"]
 
@@ -153,8 +167,11 @@ class EnergyResult:
         module docstring): the numerical error.
     integrator_error, reference_error, divergence_error, start_error : (...,) the parts
         (start_error is zero when the integration starts at the process's t_min).
-    model_error : (...,) the spread of an ensemble's members' energies (module docstring,
-        Model error); 0 for an exact score, NaN for a single learned model.
+    model_error : (...,) the spread of an ensemble's members' energies plus
+        ``model_numerical_error`` (module docstring, Model error); 0 for an exact score, NaN
+        for a single learned model.
+    model_numerical_error : (...,) the part of model_error that is the members' own
+        integration error on the grid (the largest member bar); 0 or NaN as model_error.
     converged : (...,) bool: ``trusted`` and ``reached`` (the whole interval, model included,
         is trusted and meets the request).
     trusted : (...,) bool: the numerical error bar can be trusted (the step-doubling
@@ -181,7 +198,9 @@ class EnergyResult:
         runs); its rows are NaN with an infinite error and not converged.
     flags : the conditions met anywhere among "untrusted" (a numerical bar cannot be trusted),
         "unreached" (a numerical error above the request), "model_unknown" (a single learned
-        model) and "model_spread" (an ensemble's model error above the request), each warned,
+        model), "model_spread" (an ensemble's model error above the request) and
+        "model_unresolved" (the members' integration error above their spread and the
+        request), each warned,
         and "model_skipped" (``model_error=False``).
     """
 
@@ -192,6 +211,7 @@ class EnergyResult:
     divergence_error: torch.Tensor
     start_error: torch.Tensor
     model_error: torch.Tensor
+    model_numerical_error: torch.Tensor
     converged: torch.Tensor
     trusted: torch.Tensor
     observed_ratio: torch.Tensor
@@ -503,12 +523,13 @@ class _Task:
         """The energies of the rows ``flat`` (n, d) (module docstring), as flat tensors."""
         probes = _probes(self.divergence, self.n_probes, flat, generator)
         parts = self._fixed(flat, probes) if self.schedule is not None else self._refined(flat, probes)
-        model_error, nfe_model = self._model_error(flat, probes, parts["times"])
+        model_error, model_numerical, nfe_model = self._model_error(flat, probes, parts["times"])
         audit = _closure(self.score, flat, self.t_start) if self.closure else None
         error = parts["integrator_error"] + parts["reference_error"] + parts["divergence_error"] + parts["start_error"]
         requested = self.atol + self.rtol * parts["value"].abs()
         reached = error + model_error <= requested
-        return EnergyResult(error=error, model_error=model_error, nfe_model_per_point=nfe_model, requested=requested,
+        return EnergyResult(error=error, model_error=model_error, model_numerical_error=model_numerical,
+                            nfe_model_per_point=nfe_model, requested=requested,
                             reached=reached, converged=parts["trusted"] & reached, method=self.method,
                             divergence=self.divergence, closure=audit, **parts)
 
@@ -516,16 +537,20 @@ class _Task:
         return _log_reference(self.process, x_T, T) if self.log_prior is None else self.log_prior(x_T)
 
     def _model_error(self, flat: torch.Tensor, probes: torch.Tensor | None,
-                     times: np.ndarray | tuple[np.ndarray, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model error of each row and the member evaluations it cost (module docstring):
-        each member's energy on the row's own grid (``times``), their standard deviation."""
+                     times: np.ndarray | tuple[np.ndarray, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The model error of each row, its members' numerical part and the member evaluations it
+        cost (module docstring): each member's energy on the row's own grid (``times``) with the
+        grid's companions; their standard deviation plus the largest member's integrator bar."""
         n, kind = flat.shape[0], source_kind(self.score)
         spent = torch.zeros(n, dtype=torch.int64, device=flat.device)
         if kind != "ensemble" or not self.members:
-            return torch.full((n,), 0.0 if kind == "exact" else math.nan, dtype=flat.dtype, device=flat.device), spent
+            fill = 0.0 if kind == "exact" else math.nan
+            unknown = torch.full((n,), fill, dtype=flat.dtype, device=flat.device)
+            return unknown, unknown, spent
         m = 1 if probes is None else probes.shape[0]
         T = torch.as_tensor(self.process.t_max, dtype=flat.dtype, device=flat.device)
         values = torch.empty(len(self.score.members), n, dtype=flat.dtype, device=flat.device)
+        bars = torch.empty_like(values)
         per_row = isinstance(times, tuple)
         if per_row:  # every row's grid padded to the longest with steps of length 0 at T
             longest = max(len(g) for g in times)
@@ -536,13 +561,15 @@ class _Task:
         for k, member in enumerate(self.score.members):
             field = _Field(member, self.process, probes)
             if per_row:
-                x_T, ell = integrators.integrate_recorded(field, self.process, flat, m, grid, self.method)[0][0]
+                ends = integrators.integrate_recorded(field, self.process, flat, m, grid, self.method)[0]
             else:
-                x_T, ell = next(integrators.integrate(field, flat, m, grid, self.method, self.solver_rtol,
-                                                      self.solver_atol))
-            values[k] = -(self._log_prior(x_T, T) + ell.mean(-1))
+                ends = list(integrators.integrate(field, flat, m, grid, self.method, self.solver_rtol,
+                                                  self.solver_atol))
+            energies = [-(self._log_prior(x_T, T) + ell.mean(-1)) for x_T, ell in ends]
+            values[k], bars[k] = energies[0], integrators.integrator_error(energies, self.method)[0]
             spent += field.nfe
-        return member_spread(values), spent
+        numerical = bars.max(0).values
+        return member_spread(values) + numerical, numerical, spent
 
     def _readout(self, field: _Field, x: torch.Tensor, solutions: list[tuple[torch.Tensor, torch.Tensor]],
                  T: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -658,7 +685,8 @@ def _failed_part(rows: torch.Tensor, task: _Task) -> EnergyResult:
     times = (task.schedule.to_torchdiffeq(dtype=rows.dtype).numpy() if task.schedule is not None
              else (np.empty(0),) * rows.shape[0])
     return EnergyResult(value=nan, error=inf, integrator_error=inf, reference_error=zero, divergence_error=zero,
-                        start_error=zero, model_error=nan, converged=no, trusted=no, observed_ratio=nan, requested=nan,
+                        start_error=zero, model_error=nan, model_numerical_error=nan, converged=no, trusted=no,
+                        observed_ratio=nan, requested=nan,
                         reached=no, n_steps=count, nfe_per_point=count, nfe_solve_per_point=count,
                         n_vjp_per_point=count, nfe_model_per_point=count, method=task.method,
                         divergence=task.divergence, times=times, x_T=torch.full_like(rows, math.nan),
@@ -723,6 +751,15 @@ def _warn(result: EnergyResult, schedule: Schedule | None, task: _Task) -> tuple
                       f"{float(result.model_error[spread].max()):.3g} nats): those energies are not converged",
                       ConvergenceWarning, stacklevel=3)
         flags.append(MODEL_SPREAD)
+    numerical = result.model_numerical_error
+    unresolved = (2 * numerical > result.model_error) & (numerical > result.requested) & ran
+    if kind == "ensemble" and task.members and bool(unresolved.any()):
+        warnings.warn(f"energy: {MODEL_UNRESOLVED}: at {int(unresolved.sum())} of {result.value.numel()} points "
+                      "the members' own integration error on the grid exceeds their spread (up to "
+                      f"{float(numerical[unresolved].max()):.3g} nats, above the request): the model error "
+                      "there is a bound dominated by numerics; more steps (or a tighter atol) resolve the members",
+                      ConvergenceWarning, stacklevel=3)
+        flags.append(MODEL_UNRESOLVED)
     return tuple(flags)
 
 

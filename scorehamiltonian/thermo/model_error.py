@@ -7,7 +7,9 @@ for every readout (and for the gap, :mod:`~scorehamiltonian.spectral.gap`):
 - an exact or analytic source (a log-density, a formula, a mixture): model error 0;
 - a :class:`~scorehamiltonian.score.ensemble.ScoreEnsemble` (or any source with ``members``):
   the readout is recomputed on each member Q_k, and the model error is their standard
-  deviation sqrt(sum_k (Q_k - Q_bar)^2 / (K - 1)) (units of Q);
+  deviation sqrt(sum_k (Q_k - Q_bar)^2 / (K - 1)) (units of Q); where the members' readouts
+  carry a numerical error of their own on the mean's discretisation (energies: their
+  integrator bar), the largest is added, and flagged ``model_unresolved`` where it dominates;
 - a single learned model: it cannot know its error; the model error is NaN, the result is
   flagged ``MODEL_UNKNOWN`` and never converged, with one warning naming the reason.
 """
@@ -22,13 +24,17 @@ import torch
 
 from ..spectral.solution import ConvergenceWarning
 
-__all__ = ["MODEL_SPREAD", "MODEL_UNKNOWN", "SourceKind", "member_spread", "source_kind", "warn_model_unknown"]
+__all__ = ["MODEL_SPREAD", "MODEL_UNKNOWN", "MODEL_UNRESOLVED", "SourceKind", "member_spread", "source_kind",
+           "warn_model_unknown"]
 
 SourceKind = Literal["exact", "single", "ensemble"]
 #: The flag of a result from a single learned model: its model error is unknown (NaN).
 MODEL_UNKNOWN = "model_unknown"
 #: The flag of a result whose ensemble spread (the model error) exceeds the accuracy asked for.
 MODEL_SPREAD = "model_spread"
+#: The flag of a readout whose members' own numerical error exceeds their spread: the model
+#: error there is a bound dominated by numerics, not the members' disagreement.
+MODEL_UNRESOLVED = "model_unresolved"
 
 
 def source_kind(source: Any) -> SourceKind:
