@@ -167,7 +167,8 @@ def _reduced_options(reference: Reference, config: dict[str, Any]) -> dict[str, 
 
 def judge(score: Score, reference: Reference, schedule: Schedule, config: dict[str, Any]) -> dict[str, Any]:
     """Exact propagation of ``schedule`` (annealed Langevin) and its tracking bound for a
-    mixture reference in d <= 2, else the reduced model's predicted final TV."""
+    mixture reference in d <= 2, else the reduced model's predicted final TV from draws other
+    than the design's (seed + 1: the reduced design's own check, :func:`design_schedule`)."""
     row = {"name": schedule.name, "times": schedule.times, "langevin_time": schedule.langevin_time}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -177,7 +178,8 @@ def judge(score: Score, reference: Reference, schedule: Schedule, config: dict[s
             return {**row, "judge": "exact propagation", "tv": result.tv, "weight_error": result.weight_error,
                     "chi2": result.chi2, "judge_error": result.numerical_error,
                     "judge_converged": bool(result.converged), "tv_bound": bound.tv, "chi2_bound": bound.chi2}
-        prediction = reduced_prediction(score, schedule, **_reduced_options(reference, config))
+        prediction = reduced_prediction(score, schedule, **{**_reduced_options(reference, config),
+                                                             "seed": config["seed"] + 1})
     return {**row, "judge": "reduced model (prediction)", "tv": prediction.tv, "judge_error": prediction.tv_stderr,
             "weight_error": None, "chi2": prediction.chi2, "judge_converged": not prediction.flags,
             "tv_bound": None, "chi2_bound": None, "flags": list(prediction.flags)}

@@ -97,16 +97,18 @@ value is the energy of the members' mean score, and each member's energy E_k(x) 
 that point's own final grid (the same schedule, the same Hutchinson probes, the same
 reference law) with the grid's error-estimating companions, but no refinement of its own:
 ``model_error`` is std_k E_k(x) (ddof 1) plus ``model_numerical_error``, the largest over
-the members of their own integrator error bar on that grid (:func:`~.integrators.integrator_error`).
+the members of their own numerical error bar on that grid (the four parts of ``error``).
 A member stiffer than the mean (a network that is sharp where the mean is smooth) need not be
-resolved by the mean's grid, and its integration error, orders of magnitude above the
-members' true spread, would otherwise pass for the model's error; where that part exceeds
+resolved by the mean's grid: its trajectory can leave the data's scale (the reference law's
+error then grows with |x_T|^2), and its energy, orders of magnitude off, would otherwise pass
+for the members' disagreement; where that part exceeds
 the spread and the request the point is flagged ``model_unresolved`` (warned): its model
 error is then a bound dominated by numerics (more steps, or a tighter ``atol``, resolve it). Cost, per point
 and member: the evaluations of the fixed grid with its companions, or of dopri5 at its three
 tolerances (``nfe``); under refinement the points' grids, padded with steps of length 0 to
 the longest, with their step-doubling companions, 1.75 times the longest grid's evaluations
-for every point; counted in ``nfe_model_per_point`` (member evaluations). A single learned
+for every point; one more for the reference law's error at T (and one at t_start where
+the start error is estimated); counted in ``nfe_model_per_point`` (member evaluations). A single learned
 model: NaN, flagged ``model_unknown``, never converged (one warning).
 ``total_error`` = error + model_error (a bound plus one standard deviation of the members,
 added as the gap's are); ``reached`` is total_error <= requested, and ``converged`` is
@@ -171,7 +173,7 @@ class EnergyResult:
         ``model_numerical_error`` (module docstring, Model error); 0 for an exact score, NaN
         for a single learned model.
     model_numerical_error : (...,) the part of model_error that is the members' own
-        integration error on the grid (the largest member bar); 0 or NaN as model_error.
+        numerical error on the grid (the largest member bar); 0 or NaN as model_error.
     converged : (...,) bool: ``trusted`` and ``reached`` (the whole interval, model included,
         is trusted and meets the request).
     trusted : (...,) bool: the numerical error bar can be trusted (the step-doubling
@@ -199,7 +201,7 @@ class EnergyResult:
     flags : the conditions met anywhere among "untrusted" (a numerical bar cannot be trusted),
         "unreached" (a numerical error above the request), "model_unknown" (a single learned
         model), "model_spread" (an ensemble's model error above the request) and
-        "model_unresolved" (the members' integration error above their spread and the
+        "model_unresolved" (the members' numerical error above their spread and the
         request), each warned,
         and "model_skipped" (``model_error=False``).
     """
@@ -293,6 +295,12 @@ class _Field:
         s, div = self.score_and_divergence(t, x)
         f, half_g2 = self.process.f(t).reshape(-1, 1), 0.5 * self.process.g2(t).reshape(-1, 1)
         return f * x - half_g2 * s, x.shape[-1] * f - half_g2 * div
+
+
+def _numerical_error(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The numerical error bar of a readout: the sum of its integrator, reference-law,
+    Hutchinson and start parts (module docstring)."""
+    return parts["integrator_error"] + parts["reference_error"] + parts["divergence_error"] + parts["start_error"]
 
 
 def _reference_error(field: _Field, x_T: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
@@ -525,7 +533,7 @@ class _Task:
         parts = self._fixed(flat, probes) if self.schedule is not None else self._refined(flat, probes)
         model_error, model_numerical, nfe_model = self._model_error(flat, probes, parts["times"])
         audit = _closure(self.score, flat, self.t_start) if self.closure else None
-        error = parts["integrator_error"] + parts["reference_error"] + parts["divergence_error"] + parts["start_error"]
+        error = _numerical_error(parts)
         requested = self.atol + self.rtol * parts["value"].abs()
         reached = error + model_error <= requested
         return EnergyResult(error=error, model_error=model_error, model_numerical_error=model_numerical,
@@ -540,7 +548,7 @@ class _Task:
                      times: np.ndarray | tuple[np.ndarray, ...]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The model error of each row, its members' numerical part and the member evaluations it
         cost (module docstring): each member's energy on the row's own grid (``times``) with the
-        grid's companions; their standard deviation plus the largest member's integrator bar."""
+        grid's companions; their standard deviation plus the largest member's numerical bar."""
         n, kind = flat.shape[0], source_kind(self.score)
         spent = torch.zeros(n, dtype=torch.int64, device=flat.device)
         if kind != "ensemble" or not self.members:
@@ -565,8 +573,8 @@ class _Task:
             else:
                 ends = list(integrators.integrate(field, flat, m, grid, self.method, self.solver_rtol,
                                                   self.solver_atol))
-            energies = [-(self._log_prior(x_T, T) + ell.mean(-1)) for x_T, ell in ends]
-            values[k], bars[k] = energies[0], integrators.integrator_error(energies, self.method)[0]
+            readout = self._readout(field, flat, ends, T)
+            values[k], bars[k] = readout["value"], _numerical_error(readout)
             spent += field.nfe
         numerical = bars.max(0).values
         return member_spread(values) + numerical, numerical, spent
@@ -755,7 +763,7 @@ def _warn(result: EnergyResult, schedule: Schedule | None, task: _Task) -> tuple
     unresolved = (2 * numerical > result.model_error) & (numerical > result.requested) & ran
     if kind == "ensemble" and task.members and bool(unresolved.any()):
         warnings.warn(f"energy: {MODEL_UNRESOLVED}: at {int(unresolved.sum())} of {result.value.numel()} points "
-                      "the members' own integration error on the grid exceeds their spread (up to "
+                      "the members' own numerical error on the grid exceeds their spread (up to "
                       f"{float(numerical[unresolved].max()):.3g} nats, above the request): the model error "
                       "there is a bound dominated by numerics; more steps (or a tighter atol) resolve the members",
                       ConvergenceWarning, stacklevel=3)

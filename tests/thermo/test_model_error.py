@@ -45,8 +45,8 @@ def _points() -> torch.Tensor:
 
 def test_energy_model_error_is_the_members_exact_spread():
     """model_error = std_k E_k(x) of the members' PF-ODE energies + the largest member's own
-    integrator bar e_k on the grid (model_numerical_error, the same bar as the member's own
-    energy on that grid). Each E_k is within e_k of -log p_k, and std is Lipschitz
+    error bar e_k on the grid (model_numerical_error, the bar of the member's own energy on
+    that grid). Each E_k is within e_k of -log p_k, and std is Lipschitz
     (|std(a) - std(b)| <= sqrt(K / (K - 1)) max |a - b|), so the spread part lies within
     sqrt(K / (K - 1)) max_k e_k of the exact spread std_k(-log p_k)."""
     members = MEMBERS[:3]
@@ -59,7 +59,7 @@ def test_energy_model_error_is_the_members_exact_spread():
         alone = [energy(ExactScore(m, PROCESS), None, x, schedule) for m in members]
     bars = torch.stack([r.error for r in alone])
     torch.testing.assert_close(result.model_numerical_error,
-                               torch.stack([r.integrator_error for r in alone]).max(0).values)
+                               torch.stack([r.error for r in alone]).max(0).values)
     exact = torch.stack([-m.log_prob(x) for m in members]).std(0, correction=1)
     K = len(members)
     tolerance = math.sqrt(K / (K - 1)) * bars.max(0).values
@@ -69,7 +69,7 @@ def test_energy_model_error_is_the_members_exact_spread():
     torch.testing.assert_close(result.total_error, result.error + result.model_error)
     assert bool((result.reached == (result.total_error <= result.requested)).all())
     assert bool((result.converged == (result.trusted & result.reached)).all())
-    assert result.nfe_model == K * 4 * (128 + 64 + 32)  # each member: RK4 on the grid and its two companions
+    assert result.nfe_model == K * (4 * (128 + 64 + 32) + 1)  # RK4 on the grid and its companions, the law at T
     assert "model_unresolved" not in result.flags
     tight = energy(ensemble, None, x, schedule, atol=1e-3)
     assert "model_spread" in tight.flags and not bool(tight.converged.any())
@@ -78,7 +78,7 @@ def test_energy_model_error_is_the_members_exact_spread():
 def test_energy_model_error_under_refinement_and_of_exact_scores():
     """Under refinement each member is read on each point's own grid (with its step-doubling
     companions, 1.75 x the longest grid's solve: the grids are padded with steps of length 0
-    and run together). The members are as smooth as their mean, so their errors on
+    and run together; and one evaluation at T for the reference law's error). The members are as smooth as their mean, so their errors on
     its grid are of the size of its bar: allowed, 3 times its largest bar (times the Lipschitz
     constant of std). An exact score has model error 0."""
     ensemble = ScoreEnsemble([ExactScore(m, PROCESS) for m in MEMBERS[:3]])
@@ -90,7 +90,7 @@ def test_energy_model_error_under_refinement_and_of_exact_scores():
     tolerance = math.sqrt(3 / 2) * 3 * float(result.error.max())
     assert bool(((result.model_error - exact).abs() <= tolerance).all())
     longest = result.nfe_solve_per_point.max()
-    assert bool((4 * result.nfe_model_per_point == 21 * longest).all())  # 3 members x 1.75
+    assert bool((4 * result.nfe_model_per_point == 3 * (7 * longest + 4)).all())  # 3 members x (1.75, law at T)
     alone = energy(ExactScore(MEMBERS[0], PROCESS), None, x, atol=1e-3)
     assert bool((alone.model_error == 0).all()) and alone.flags == () and bool(alone.converged.all())
 
@@ -98,8 +98,8 @@ def test_energy_model_error_under_refinement_and_of_exact_scores():
 def test_a_member_the_grid_does_not_resolve_widens_the_model_error_and_is_flagged():
     """A member far stiffer than its partner (a mode of width 0.02): on a 16-step grid its PF-ODE
     energy is off by several nats, which std_k E_k alone would report as the members'
-    disagreement. The model error adds the member's own bar, which then dominates, covers the
-    exact spread and is flagged model_unresolved; on 1024 steps the members are resolved, the
+    disagreement. The model error adds the member's own error bar, which then dominates, covers the
+    exact spread and is flagged model_unresolved; on 256 steps the members are resolved, the
     flag is gone and the model error is the exact spread to the members' bars."""
     smooth = GaussianMixture([0.4, 0.6], [-1.5, 1.5], [0.3, 0.4])
     sharp = GaussianMixture([0.4, 0.6], [-1.5, 1.5], [0.02, 0.4])
@@ -112,14 +112,14 @@ def test_a_member_the_grid_does_not_resolve_widens_the_model_error_and_is_flagge
     spread = rough.model_error - rough.model_numerical_error
     assert "model_unresolved" in rough.flags and bool((rough.model_numerical_error > spread).all())
     assert bool((rough.model_error >= exact).all()) and not bool(rough.converged.any())
-    fine = standard_schedule("edm", 1024, PROCESS.t_max, PROCESS.t_min, PROCESS)
+    fine = standard_schedule("edm", 256, PROCESS.t_max, PROCESS.t_min, PROCESS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         resolved = energy(ensemble, None, x, fine, atol=1.0)
     assert "model_unresolved" not in resolved.flags
     tolerance = math.sqrt(2) * resolved.error.max() + resolved.model_numerical_error
     assert bool(((resolved.model_error - exact).abs() <= tolerance).all())
-    assert float(resolved.model_numerical_error.max()) < 1e-3 * float(exact.min())
+    assert float(resolved.model_numerical_error.max()) < 1e-2 * float(exact.min())
 
 
 def test_a_single_learned_model_is_never_converged():
