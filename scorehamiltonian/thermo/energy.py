@@ -97,18 +97,20 @@ value is the energy of the members' mean score, and each member's energy E_k(x) 
 that point's own final grid (the same schedule, the same Hutchinson probes, the same
 reference law) with the grid's error-estimating companions, but no refinement of its own:
 ``model_error`` is std_k E_k(x) (ddof 1) plus ``model_numerical_error``, the largest over
-the members of their own numerical error bar on that grid (the four parts of ``error``).
-A member stiffer than the mean (a network that is sharp where the mean is smooth) need not be
-resolved by the mean's grid: its trajectory can leave the data's scale (the reference law's
-error then grows with |x_T|^2), and its energy, orders of magnitude off, would otherwise pass
-for the members' disagreement; where that part exceeds
-the spread and the request the point is flagged ``model_unresolved`` (warned): its model
-error is then a bound dominated by numerics (more steps, or a tighter ``atol``, resolve it). Cost, per point
-and member: the evaluations of the fixed grid with its companions, or of dopri5 at its three
-tolerances (``nfe``); under refinement the points' grids, padded with steps of length 0 to
-the longest, with their step-doubling companions, 1.75 times the longest grid's evaluations
-for every point; one more for the reference law's error at T (and one at t_start where
-the start error is estimated); counted in ``nfe_model_per_point`` (member evaluations). A single learned
+the members of their own numerical error bar on that grid (the four parts of ``error``). A
+member stiffer than the mean (a network that is sharp where the mean is smooth) need not be
+resolved by the mean's grid, and its energy, orders of magnitude off, would otherwise pass for
+the members' disagreement. Where that part exceeds both the spread and the request, the point
+is flagged ``model_unresolved`` (warned): its model error is then a bound dominated by
+numerics (more steps, or a tighter ``atol``, resolve it). The bar is that of step doubling,
+which an explicit integrator that is unstable on all three grids can understate (the digits
+report in d = 64: a member's trajectory left to |x_T| = 2.7e4 with a bar of 5e7 nats on an
+energy of 3.6e8): then the spread itself, not the flag, shows it. Cost, per point and member:
+the evaluations of the fixed grid with its companions, or of dopri5 at its three tolerances
+(``nfe``); under refinement the points' grids, padded with steps of length 0 to the longest,
+with their step-doubling companions, 1.75 times the longest grid's evaluations for every
+point; one more for the reference law's error at T (and one at t_start where the start error
+is estimated); counted in ``nfe_model_per_point`` (member evaluations). A single learned
 model: NaN, flagged ``model_unknown``, never converged (one warning).
 ``total_error`` = error + model_error (a bound plus one standard deviation of the members,
 added as the gap's are); ``reached`` is total_error <= requested, and ``converged`` is

@@ -8,8 +8,9 @@ for every readout (and for the gap, :mod:`~scorehamiltonian.spectral.gap`):
 - a :class:`~scorehamiltonian.score.ensemble.ScoreEnsemble` (or any source with ``members``):
   the readout is recomputed on each member Q_k, and the model error is their standard
   deviation sqrt(sum_k (Q_k - Q_bar)^2 / (K - 1)) (units of Q); where the members' readouts
-  carry a numerical error of their own on the mean's discretisation (energies: their
-  own error bar on the mean's grid), the largest is added, and flagged ``model_unresolved`` where it dominates;
+  carry a numerical error of their own on the mean's discretisation (energies: their own
+  error bar on the mean's grid), the largest is added, flagged ``model_unresolved`` where it
+  dominates;
 - a single learned model: it cannot know its error; the model error is NaN, the result is
   flagged ``MODEL_UNKNOWN`` and never converged, with one warning naming the reason.
 """
