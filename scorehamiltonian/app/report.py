@@ -277,7 +277,7 @@ def _schedule_lines(numbers: dict[str, Any]) -> list[str]:
             lines.append(f"| {s['name']} | {_cell(s['tv'])} | {_cell(s['tv_bound'])} | {_cell(ratio)} | "
                          f"{_cell(s['weight_error'])} |")
     else:
-        lines += ["| schedule | predicted final TV | stderr | reliable |", "|---|---|---|---|"]
+        lines += ["| schedule | predicted final TV | stderr (over reduced models) | reliable |", "|---|---|---|---|"]
         lines += [f"| {s['name']} | {_cell(s['tv'])} | {_cell(s['judge_error'])} | {s['judge_converged']} |"
                   for s in schedules]
     return lines

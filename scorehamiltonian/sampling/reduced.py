@@ -12,7 +12,7 @@ the overlaps between consecutive levels (:func:`reduced_prediction`). The design
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -29,11 +29,21 @@ class ReducedPrediction:
     """The final error of annealed Langevin predicted by the reduced model in the lowest modes.
 
     tv, tv_stderr : predicted TV(q_N, p_{t_min}) = E_p |sum_j c_j f_j| / 2 over samples of
-        p_{t_min}, with its Monte Carlo standard error.
-    chi2 : sum_j c_j^2 (chi^2 restricted to the modes, exact for orthonormal f_j).
-    coefficients : (m,) final c_1..c_m; ritz_values : (N, m) lambda_1..lambda_m per level.
-    flags : Ritz flags raised at any level ("level k: flag"): where the Ritz functions are
-        unreliable, so is the prediction.
+        p_{t_min}, the mean over the ``replicates``, with its standard error: over R >= 2
+        independent reduced models, std(replicates) / sqrt(R); for one model, only the Monte
+        Carlo error of that final average, which leaves out the model's own sampling noise
+        (its Ritz functions and overlaps come from draws too; on a learned 2D model three
+        seeds read 2.4e-3, 8.8e-3 and 5.3e-3, each with a Monte Carlo error of 1 %). Neither
+        holds the reduced model's bias (the modes it leaves out; on the 1D asymmetric mixture
+        the mean of 16 models read 0.80 of the exact TV for the uniform schedule, 1.04 of it
+        for log-uniform over 8).
+    chi2 : sum_j c_j^2 (chi^2 restricted to the modes, exact for orthonormal f_j; mean over
+        the replicates).
+    coefficients : (m,) final c_1..c_m; ritz_values : (N, m) lambda_1..lambda_m per level (of
+        the first replicate).
+    flags : Ritz flags raised at any level of any replicate ("level k: flag"): where the Ritz
+        functions are unreliable, so is the prediction.
+    replicates : (R,) the TV predicted by each independent reduced model (seeds seed .. seed + R - 1).
     """
 
     tv: float
@@ -42,6 +52,7 @@ class ReducedPrediction:
     coefficients: np.ndarray
     ritz_values: np.ndarray
     flags: tuple[str, ...]
+    replicates: np.ndarray
 
 
 def _level_samples(score: Any, t: float, samples: Any, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -106,13 +117,14 @@ class ReducedModel:
     def predict(self, u: Any) -> ReducedPrediction:
         c = self.coefficients(torch.as_tensor(np.asarray(u, dtype=np.float64)))
         residual = (self.final @ c).abs()
-        return ReducedPrediction(0.5 * float(residual.mean()), 0.5 * float(residual.std()) / math.sqrt(residual.numel()),
-                                 float(c @ c), c.numpy(), self.rates.numpy(), self.flags)
+        tv = 0.5 * float(residual.mean())
+        return ReducedPrediction(tv, 0.5 * float(residual.std()) / math.sqrt(residual.numel()), float(c @ c),
+                                 c.numpy(), self.rates.numpy(), self.flags, np.array([tv]))
 
 
 def reduced_prediction(score: Any, schedule: Schedule, *, n_modes: int = 3, n_samples: int = 20000,
-                       samples: Any = None, seed: int = 0, ritz_options: dict[str, Any] | None = None
-                       ) -> ReducedPrediction:
+                       samples: Any = None, seed: int = 0, ritz_options: dict[str, Any] | None = None,
+                       replicates: int = 1) -> ReducedPrediction:
     """Annealed Langevin projected on the lowest ``n_modes`` non-trivial modes of H_t, from samples.
 
     Model. At level t_k the density is q = p_k (1 + sum_j c_j f_j^k), f_j^k the Ritz
@@ -131,7 +143,18 @@ def reduced_prediction(score: Any, schedule: Schedule, *, n_modes: int = 3, n_sa
         attached with ``as_score(..., data=x0)``), or any score with ``samples`` =
         callable(t, generator) -> (n, d) draws of p_t. ``seed`` seeds the generator of every
         level; ``ritz_options`` go to :func:`ritz_gap`.
+    replicates : R independent reduced models (seeds seed .. seed + R - 1, R times the cost);
+        R >= 2 gives a standard error that includes the model's own sampling noise
+        (:class:`ReducedPrediction`).
     """
+    if int(replicates) < 1:
+        raise ValueError(f"replicates must be at least 1; got {replicates}")
     times = schedule.check_range(score.process).times
-    model = ReducedModel.build(score, times, n_modes, n_samples, samples, seed, ritz_options)
-    return model.predict(schedule.langevin_time)
+    runs = [ReducedModel.build(score, times, n_modes, n_samples, samples, seed + r, ritz_options)
+            .predict(schedule.langevin_time) for r in range(int(replicates))]
+    if len(runs) == 1:
+        return runs[0]
+    tvs = np.array([run.tv for run in runs])
+    return replace(runs[0], tv=float(tvs.mean()), tv_stderr=float(tvs.std(ddof=1)) / math.sqrt(tvs.size),
+                   chi2=float(np.mean([run.chi2 for run in runs])), replicates=tvs,
+                   flags=tuple(dict.fromkeys(flag for run in runs for flag in run.flags)))

@@ -212,18 +212,28 @@ RITZ_1D = {"basis": "tanh", "n_features": 40}
 
 @pytest.mark.filterwarnings("ignore:ritz_gap")
 @pytest.mark.parametrize("rule", ["log-uniform", "edm", "uniform"])
-def test_reduced_prediction_is_within_a_factor_two_of_exact_propagation(rule):
-    """The stated accuracy of the reduced model (2 modes, 4000 draws per level, N = 10) where the
-    error is between-basin dominated (U = 10, exact TV > 1e-2): measured factors 0.6-1.5 in 1D
-    and 0.35-1.7 in 2D (analysis/schedule_benchmark notes); the test claims [1/2, 2] in 1D."""
+def test_reduced_prediction_over_replicates_is_within_its_error_of_exact_propagation(rule):
+    """The reduced model (2 modes, 4000 draws per level, N = 10) where the error is between-basin
+    dominated (U = 10, exact TV > 1e-2). One model's prediction scatters with its draws (0.2 -
+    1.9 times the exact TV over seeds), far beyond the Monte Carlo error of its final average;
+    the standard error over R = 6 independent models holds that scatter (it exceeds every
+    single model's Monte Carlo error), and their mean is within the reduced model's stated
+    accuracy, a factor 2 (its bias, which no replicate removes: 0.8 for "uniform" over 16
+    models, 1.04 for "log-uniform" over 8)."""
     mixture = example("asymmetric")
     s = standard_schedule(rule, 10, T_MAX, T_MIN, PROCESS, budget=10.0)
     exact = propagate_exact(mixture, PROCESS, s).tv
-    predicted = reduced_prediction(ExactScore(mixture, PROCESS), s, n_modes=2, n_samples=4000, ritz_options=RITZ_1D)
+    options = {"n_modes": 2, "n_samples": 4000, "ritz_options": RITZ_1D}
+    predicted = reduced_prediction(ExactScore(mixture, PROCESS), s, replicates=6, **options)
+    single = [reduced_prediction(ExactScore(mixture, PROCESS), s, seed=r, **options) for r in range(6)]
     assert exact > 1e-2
+    np.testing.assert_array_equal(predicted.replicates, [p.tv for p in single])
+    assert predicted.tv == pytest.approx(np.mean(predicted.replicates), rel=1e-12)
     assert 0.5 <= predicted.tv / exact <= 2.0
-    assert predicted.tv_stderr < 0.05 * predicted.tv
+    assert predicted.tv_stderr > max(p.tv_stderr for p in single)
     assert predicted.ritz_values.shape == (10, 2) and predicted.coefficients.shape == (2,)
+    with pytest.raises(ValueError, match="replicates"):
+        reduced_prediction(ExactScore(mixture, PROCESS), s, replicates=0, **options)
 
 
 def test_reduced_design_keeps_the_invariants_and_lowers_the_error_predicted_on_fresh_draws():
