@@ -301,7 +301,8 @@ def _objective(values: dict[str, torch.Tensor], scale: dict[str, float], level: 
 def trajectory_objective(score: Any, schedule: Any, solver: str, x0: torch.Tensor, reference: torch.Tensor, *,
                          final: Final = "t_min") -> tuple[float, float]:
     """Mean squared distance E |x_N - x_N^ref|^2 of the run from ``x0`` along ``schedule`` to the
-    reference outputs, and its Monte Carlo standard error (module docstring)."""
+    reference outputs, and its bootstrap standard error (``_BOOTSTRAP`` resamples, seed 0; module
+    docstring)."""
     values = _run_terms(score, schedule, solver, x0, reference, final, ("trajectory",))
     return _objective(values, {"trajectory": 1.0}, None, torch.Generator().manual_seed(0))
 
