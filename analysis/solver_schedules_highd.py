@@ -53,10 +53,12 @@ from typing import Any
 import torch
 
 from scorehamiltonian import OU, ExactScore, GaussianMixture, train_dsm
+from scorehamiltonian.common.statistics import mean_and_stderr
 from scorehamiltonian.sampling import PROCESS_BASELINES, baseline_schedule, design_steps
 from scorehamiltonian.sampling.sample_judges import (
-    SampleDistance,
     basin_weight_error,
+    cross_entropy_gap,
+    expected_energy,
     fit_classifier_judge,
     sliced_wasserstein,
 )
@@ -118,8 +120,8 @@ class Target:
             self.weights = weights / weights.sum()  # P_+ + P_- is 1 to the quadrature's error
             self.log_p = lambda x: self.score.log_prob(x, T_MIN)
         if self.log_p is not None:  # E_p[-log p] once, from many exact samples (module docstring)
-            on_p = -self.log_p(self.score.sample(ENTROPY_SAMPLES, T_MIN, torch.Generator().manual_seed(2)))
-            self.entropy, self.entropy_error = float(on_p.mean()), float(on_p.std()) / math.sqrt(ENTROPY_SAMPLES)
+            self.floor = expected_energy(self.score.sample(ENTROPY_SAMPLES, T_MIN, torch.Generator().manual_seed(2)),
+                                         self.log_p)
         self.dim = self.score.dim
 
     def reference(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -131,11 +133,8 @@ class Target:
         out = {"sw1": sliced_wasserstein(x, y)}
         if self.name == "digits":
             return {**out, "class_tv": self.classifier.class_tv(x), "frechet": self.classifier.frechet(x)}
-        on_q = -self.log_p(x)
-        gap = SampleDistance("E_q[-log p] - E_p[-log p]", float(on_q.mean()) - self.entropy,
-                             math.hypot(float(on_q.std()) / math.sqrt(on_q.numel()), self.entropy_error),
-                             on_q.numel(), ENTROPY_SAMPLES)
-        return {**out, "basin": basin_weight_error(x, self.basin, self.weights), "cross_entropy": gap}
+        return {**out, "basin": basin_weight_error(x, self.basin, self.weights),
+                "cross_entropy": cross_entropy_gap(x, self.floor, self.log_p)}
 
 
 def judge(target: Target, schedule: Any, solver: str, x0: torch.Tensor, y: torch.Tensor
@@ -151,12 +150,6 @@ def judge(target: Target, schedule: Any, solver: str, x0: torch.Tensor, y: torch
     for name, distance in target.judgements(run.x, y).items():
         out[name], out[f"{name}_error"] = distance.value, distance.error
     return out, (-target.log_p(run.x) if target.log_p is not None else run.x)
-
-
-def paired(designed: torch.Tensor, baseline: torch.Tensor) -> tuple[float, float]:
-    """Mean and standard error of E_q'[-log p] - E_q[-log p] from runs of the same prior draws."""
-    diff = designed - baseline
-    return float(diff.mean()), float(diff.std()) / math.sqrt(diff.numel())
 
 
 def run_target(name: str, n: int, max_time: float, metric: str) -> dict[str, Any]:
@@ -183,7 +176,7 @@ def run_target(name: str, n: int, max_time: float, metric: str) -> dict[str, Any
             row.update(design_seconds=design.seconds, converged=design.converged, improved=design.improved,
                        start=design.start, evaluations=design.evaluations)
             if target.log_p is not None:
-                row["paired_cross_entropy"] = {b: paired(designed_ends, v) for b, v in ends.items()}
+                row["paired_cross_entropy"] = {b: mean_and_stderr(designed_ends - v) for b, v in ends.items()}
             elif bool(torch.isfinite(designed_ends).all()):
                 differences = {b: target.classifier.frechet_difference(designed_ends, v) for b, v in ends.items()
                                if bool(torch.isfinite(v).all())}

@@ -18,7 +18,8 @@ THEORY sections 3 and 4: sampling as adiabatic transport of the ground state sqr
   ``steps``: step schedules designed for those solvers at a given NFE, against the exact judge in
   1D / 2D or, in any d, the model's own fine run (its law of log-density, its distance;
   :func:`design_steps`); ``sample_judges``: judges from samples in high d, each with its
-  standard error (:func:`sliced_wasserstein`, :func:`mmd`, :func:`cross_entropy_gap`,
+  standard error (:func:`sliced_wasserstein`, :func:`mmd`, :func:`cross_entropy_gap` from
+  :func:`expected_energy`,
   :func:`basin_weight_error`, and for labelled data without a density a classifier's held-out
   judges, :func:`fit_classifier_judge`).
 - ``bounds``: the tracking bound and the score-error limit eps^2 / lambda_1, checked against
@@ -41,6 +42,7 @@ from .sample_judges import (
     SampleDistance,
     basin_weight_error,
     cross_entropy_gap,
+    expected_energy,
     fit_classifier_judge,
     mmd,
     sliced_wasserstein,
@@ -80,6 +82,7 @@ __all__ = [
     "default_grid",
     "design_schedule",
     "design_steps",
+    "expected_energy",
     "fit_classifier_judge",
     "judge_solver",
     "klub",

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..common.statistics import mean_and_stderr
 from ..spectral.ritz import ritz_gap
 from .schedules import Schedule
 
@@ -155,6 +156,7 @@ def reduced_prediction(score: Any, schedule: Schedule, *, n_modes: int = 3, n_sa
     if len(runs) == 1:
         return runs[0]
     tvs = np.array([run.tv for run in runs])
-    return replace(runs[0], tv=float(tvs.mean()), tv_stderr=float(tvs.std(ddof=1)) / math.sqrt(tvs.size),
+    tv, tv_stderr = mean_and_stderr(tvs)
+    return replace(runs[0], tv=tv, tv_stderr=tv_stderr,
                    chi2=float(np.mean([run.chi2 for run in runs])), replicates=tvs,
                    flags=tuple(dict.fromkeys(flag for run in runs for flag in run.flags)))

@@ -16,7 +16,8 @@ section 3 (the errors a step schedule is judged by).
   the pooled samples unless given; per batch, mean and std / sqrt(B) over batches. Unbiased:
   zero in expectation for q = p (it may then be negative).
 - :func:`cross_entropy_gap`: E_q[-log p] - E_p[-log p] (nats) from log p at the samples of q and
-  of p (= KL(q || p) + H(q) - H(p)); standard error sqrt(var_q / n + var_p / m).
+  of p (= KL(q || p) + H(q) - H(p)); standard error sqrt(var_q / n + var_p / m). Each side is an
+  :func:`expected_energy`; the floor E_p[-log p] can be computed once from many exact samples.
 - :func:`basin_weight_error`: 1/2 sum_k |q_k - w_k|, q_k the fraction of samples in basin k (a
   function x -> basin index), w_k the exact basin weights; delta-method standard error
   1/2 sqrt(s^T (diag(q) - q q^T) s / n), s = sign(q - w).
@@ -45,9 +46,10 @@ import scipy.linalg
 import torch
 
 from ..common.errors import InputShapeError
+from ..common.statistics import mean_and_stderr
 
-__all__ = ["ClassifierJudge", "SampleDistance", "basin_weight_error", "cross_entropy_gap", "fit_classifier_judge", "mmd",
-           "sliced_wasserstein"]
+__all__ = ["ClassifierJudge", "SampleDistance", "basin_weight_error", "cross_entropy_gap", "expected_energy",
+           "fit_classifier_judge", "mmd", "sliced_wasserstein"]
 
 
 @dataclass(frozen=True)
@@ -81,11 +83,6 @@ def _batches(n: int, n_batches: int) -> int:
     return n // int(n_batches)
 
 
-def _mean_and_error(values: list[float]) -> tuple[float, float]:
-    array = np.asarray(values)
-    return float(array.mean()), float(array.std(ddof=1) / math.sqrt(array.size))
-
-
 def sliced_wasserstein(x: Any, y: Any, *, n_projections: int = 128, n_batches: int = 10, seed: int = 0
                        ) -> SampleDistance:
     """SW_1 between the laws of samples ``x`` (n, d) and ``y`` (m, d) (module docstring); the first
@@ -101,7 +98,7 @@ def sliced_wasserstein(x: Any, y: Any, *, n_projections: int = 128, n_batches: i
         px = torch.sort(x[b * size:(b + 1) * size] @ theta, dim=0).values
         py = torch.sort(y[b * size:(b + 1) * size] @ theta, dim=0).values
         values.append(float((px - py).abs().mean()))
-    value, error = _mean_and_error(values)
+    value, error = mean_and_stderr(values)
     return SampleDistance("sliced W1", value, error, size * int(n_batches), size * int(n_batches))
 
 
@@ -128,23 +125,36 @@ def mmd(x: Any, y: Any, *, bandwidth: float | None = None, n_batches: int = 10) 
         kxy = torch.exp(-torch.cdist(xb, yb) ** 2 / (2 * h * h))
         values.append(float((kxx.sum() - kxx.diagonal().sum()) / (nx * (nx - 1))
                             + (kyy.sum() - kyy.diagonal().sum()) / (ny * (ny - 1)) - 2 * kxy.mean()))
-    value, error = _mean_and_error(values)
+    value, error = mean_and_stderr(values)
     return SampleDistance(f"MMD^2 (h = {h:.4g})", value, error, nx * int(n_batches), ny * int(n_batches))
 
 
-def cross_entropy_gap(x: Any, y: Any, log_prob: Callable[[torch.Tensor], torch.Tensor]) -> SampleDistance:
-    """E_q[-log p] - E_p[-log p] in nats from samples ``x`` of q and ``y`` of p and ``log_prob`` = log p
-    (up to a constant, which cancels); module docstring."""
+def expected_energy(x: Any, log_prob: Callable[[torch.Tensor], torch.Tensor]) -> SampleDistance:
+    """E[-log p] in nats over samples ``x`` (n, d), with its standard error std / sqrt(n); ``log_prob`` =
+    log p, up to a constant. Of exact samples of p, computed once, it is the floor that
+    :func:`cross_entropy_gap` subtracts."""
     x = _samples(x, "x")
-    y = _samples(y, "y", x.shape[1])
     with torch.no_grad():
-        on_q, on_p = -log_prob(x).double().reshape(-1), -log_prob(y).double().reshape(-1)
-    if on_q.shape[0] != x.shape[0] or on_p.shape[0] != y.shape[0]:
+        values = -log_prob(x).double().reshape(-1)
+    if values.shape[0] != x.shape[0]:
         raise InputShapeError("log_prob must return one value per sample")
-    if not bool(torch.isfinite(on_q).all() and torch.isfinite(on_p).all()):
-        raise InputShapeError("log_prob is not finite at every sample: E_q[-log p] is infinite or undefined")
-    error = math.sqrt(float(on_q.var()) / on_q.numel() + float(on_p.var()) / on_p.numel())
-    return SampleDistance("E_q[-log p] - E_p[-log p]", float(on_q.mean() - on_p.mean()), error, x.shape[0], y.shape[0])
+    if not bool(torch.isfinite(values).all()):
+        raise InputShapeError("log_prob is not finite at every sample: E[-log p] is infinite or undefined")
+    value, error = mean_and_stderr(values)
+    return SampleDistance("E[-log p]", value, error, x.shape[0], 0)
+
+
+def cross_entropy_gap(x: Any, y: Any, log_prob: Callable[[torch.Tensor], torch.Tensor]) -> SampleDistance:
+    """E_q[-log p] - E_p[-log p] in nats from samples ``x`` of q and ``log_prob`` = log p (up to a
+    constant, which cancels); module docstring. ``y``: samples (m, d) of p, or their
+    :func:`expected_energy` (computed once from many exact samples and reused by every judgement)."""
+    x = _samples(x, "x")
+    if isinstance(y, SampleDistance) and y.name != "E[-log p]":
+        raise ValueError(f"y must be samples of p or their expected_energy; got the SampleDistance {y.name!r}")
+    on_q = expected_energy(x, log_prob)
+    on_p = y if isinstance(y, SampleDistance) else expected_energy(_samples(y, "y", x.shape[1]), log_prob)
+    return SampleDistance("E_q[-log p] - E_p[-log p]", on_q.value - on_p.value, math.hypot(on_q.error, on_p.error),
+                          on_q.n, on_p.n)
 
 
 def basin_weight_error(x: Any, basin: Callable[[torch.Tensor], Any], weights: Any) -> SampleDistance:

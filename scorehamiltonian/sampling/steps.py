@@ -100,6 +100,7 @@ import scipy.optimize
 import torch
 
 from ..common.errors import ResolutionError, ScheduleError, TimeRangeError
+from ..common.statistics import mean_and_stderr
 from ..score.interface import ExactScore
 from ..score.mixture import GaussianMixture
 from ..score.processes import ForwardProcess
@@ -212,11 +213,6 @@ def exact_objective(score: ExactScore, schedule: Any, solver: str, *, metric: st
     return value
 
 
-def _mean_and_error(values: torch.Tensor) -> tuple[float, float]:
-    n = values.shape[0]
-    return float(values.mean()), float(values.std()) / math.sqrt(n) if n > 1 else math.inf
-
-
 def reference_log_density(score: Any, reference: torch.Tensor, t: float) -> torch.Tensor:
     """log p_t(x_N^ref,i) - log p_t(a) for the reference outputs, in nats: the straight line integral
     of the score from the anchor a (the reference output nearest their mean) by Gauss-Legendre
@@ -299,12 +295,12 @@ def _objective(values: dict[str, torch.Tensor], scale: dict[str, float], level: 
 
 
 def trajectory_objective(score: Any, schedule: Any, solver: str, x0: torch.Tensor, reference: torch.Tensor, *,
-                         final: Final = "t_min") -> tuple[float, float]:
+                         final: Final = "t_min", seed: int = 0) -> tuple[float, float]:
     """Mean squared distance E |x_N - x_N^ref|^2 of the run from ``x0`` along ``schedule`` to the
-    reference outputs, and its bootstrap standard error (``_BOOTSTRAP`` resamples, seed 0; module
-    docstring)."""
+    reference outputs, and its bootstrap standard error (``_BOOTSTRAP`` resamples drawn with
+    ``seed``; module docstring)."""
     values = _run_terms(score, schedule, solver, x0, reference, final, ("trajectory",))
-    return _objective(values, {"trajectory": 1.0}, None, torch.Generator().manual_seed(0))
+    return _objective(values, {"trajectory": 1.0}, None, torch.Generator().manual_seed(int(seed)))
 
 
 def energy_objective(score: Any, schedule: Any, solver: str, x0: torch.Tensor, reference: torch.Tensor, *,
@@ -325,7 +321,7 @@ def _distance_note(score: Any, design: Schedule, start: Schedule, solver: str, x
     more than two paired standard errors of E |x_N - x_N^ref|^2 (the same draws through both)."""
     designed, started = (_run_terms(score, s, solver, x0, reference, final, ("trajectory",))["trajectory"]
                          for s in (design, start))
-    mean, error = _mean_and_error(designed - started)
+    mean, error = mean_and_stderr(designed - started)
     if not mean > 2 * error:
         return ()
     note = (f"the design's runs end farther from the reference run than its start's (E |x_N - x_ref|^2 "

@@ -14,6 +14,7 @@ from scorehamiltonian.sampling.sample_judges import (
     _frechet,
     basin_weight_error,
     cross_entropy_gap,
+    expected_energy,
     fit_classifier_judge,
     mmd,
     sliced_wasserstein,
@@ -70,6 +71,14 @@ def test_cross_entropy_gap_of_a_shifted_gaussian():
     assert gap.value == pytest.approx(float(SHIFT @ SHIFT) / 2, abs=4 * gap.error)
     same = cross_entropy_gap(gaussian(20000, 3), gaussian(20000, 4), log_p)
     assert abs(same.value) < 4 * same.error
+    # The floor E_p[-log p] computed once is the same estimate as from the samples: |x|^2 / 2 is
+    # chi^2_d / 2, mean d / 2 and standard error sqrt(d / 2 / m).
+    floor = expected_energy(gaussian(20000, 2), log_p)
+    assert floor.value == pytest.approx(D / 2, abs=4 * floor.error)
+    assert floor.error == pytest.approx(math.sqrt(D / 2 / 20000), rel=0.05)
+    reused = cross_entropy_gap(gaussian(20000, 1, SHIFT), floor, log_p)
+    assert (reused.value, reused.error, reused.n, reused.m) == pytest.approx((gap.value, gap.error, gap.n, gap.m),
+                                                                           rel=1e-12)
 
 
 def test_basin_weight_error_of_a_known_mixture():
@@ -133,3 +142,5 @@ def test_bad_samples_are_refused():
         basin_weight_error(gaussian(100, 1), lambda x: (x[:, 0] > 0).long() + 1, [0.5, 0.5])
     with pytest.raises(InputShapeError):
         cross_entropy_gap(gaussian(100, 1), gaussian(100, 2), lambda x: torch.full((x.shape[0],), -math.inf))
+    with pytest.raises(ValueError, match="expected_energy"):
+        cross_entropy_gap(gaussian(100, 1), sliced_wasserstein(gaussian(100, 1), gaussian(100, 2)), lambda x: -x[:, 0])
