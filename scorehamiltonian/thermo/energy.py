@@ -34,8 +34,9 @@ does not, where the next grid needs its steps (the local errors that step doubli
 equidistributed) and how many it needs (the smallest count the error model allows). A point
 is done when its bar is trusted and meets the request; one that needs more than
 ``max_steps`` steps keeps its last result, reported with ``reached`` False and a
-:class:`ConvergenceWarning`, as is a point whose reference or Hutchinson error alone exceeds
-the request (refinement cannot reduce those). An explicit ``schedule`` or ``n_steps`` runs
+:class:`ConvergenceWarning`, as is a point whose reference, Hutchinson or start error alone
+exceeds the request (refinement cannot reduce those: its integrator is then refined to a
+quarter of them, not of the request, :mod:`.refinement`). An explicit ``schedule`` or ``n_steps`` runs
 that one grid instead (``reached`` still says whether it met the request).
 
 Error of the result (``EnergyResult.error``, absolute, nats), the sum of four parts:
@@ -737,9 +738,15 @@ def _warn(result: EnergyResult, schedule: Schedule | None, task: _Task) -> tuple
         irreducible = (result.reference_error + result.divergence_error + result.start_error) > result.requested
         causes = []
         if bool((short & irreducible).any()):
-            causes.append(f"at {int((short & irreducible).sum())} the reference law's, Hutchinson's or the start "
-                          f"error alone exceeds it (up to {float(result.reference_error[short].max()):.2e} "
-                          "from the reference law: pass log_prior=, or use a process with a longer t_max)")
+            rows = short & irreducible
+            start = f"the score is read from t_start = {task.t_start:g}: a network trained to a smaller t"
+            remedies = ((result.reference_error, "the reference law's", "pass log_prior=, or a longer t_max"),
+                        (result.divergence_error, "Hutchinson's", "more n_probes, or divergence='exact'"),
+                        (result.start_error, "the start's", start))
+            parts = [f"{name} up to {float(part[rows].max()):.2e} ({remedy})" for part, name, remedy in remedies
+                     if float(part[rows].max()) > 0]
+            causes.append(f"at {int(rows.sum())} the error that refinement cannot reduce alone exceeds it: "
+                          + ", ".join(parts))
         if bool((short & ~irreducible).any()):
             causes.append(f"at {int((short & ~irreducible).sum())} the grid reached max_steps = {task.max_steps}")
         warnings.warn(

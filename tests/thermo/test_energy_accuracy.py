@@ -72,8 +72,9 @@ def test_each_point_is_refined_on_its_own_so_batches_do_not_change_it():
 
 def test_a_request_the_reference_law_cannot_meet_warns_and_log_prior_meets_it():
     """Under OU(T = 2) p_T is far from N(0, 1): the reference error alone exceeds 1e-3, so the
-    request is not reached (warning naming log_prior), but the bar still covers the truth;
-    with the exact log p_T as log_prior the same request is met."""
+    request is not reached (warning naming log_prior), but the bar still covers the truth, and
+    the integrator is refined only to a quarter of that irreducible error (trusted), which costs
+    fewer evaluations than the request met with the exact log p_T as log_prior."""
     process = OU(2.0)
     score = ExactScore(example("asymmetric"), process)
     x = points_with_tails(example("asymmetric"), 4)
@@ -82,10 +83,14 @@ def test_a_request_the_reference_law_cannot_meet_warns_and_log_prior_meets_it():
         result = energy(score, None, x)
     assert not bool(result.reached.all())
     assert bool(((result.value - truth).abs() <= result.error).all())
+    irreducible = result.reference_error + result.divergence_error + result.start_error
+    assert bool((irreducible > 1e-3).any()) and bool(result.trusted.all())
+    assert bool((result.integrator_error <= torch.clamp(irreducible, min=1e-3) / 4).all())
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)
         prior = energy(score, None, x, log_prior=lambda y: score.log_prob(y, process.t_max))
     assert bool(prior.reached.all()) and bool(((prior.value - truth).abs() <= 1e-3).all())
+    assert int(result.nfe_per_point.sum()) < int(prior.nfe_per_point.sum())
 
 
 def test_under_ve_the_energy_is_that_of_the_data_smoothed_by_sigma_min():
