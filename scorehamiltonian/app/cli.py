@@ -116,7 +116,10 @@ def _parser() -> argparse.ArgumentParser:
     energy_cmd.add_argument("--process", choices=sorted(PROCESS_NAMES), default="ou")
     energy_cmd.add_argument("--x", type=float, nargs="+", required=True,
                             help="points, flattened row by row (d values per point)")
-    energy_cmd.add_argument("--steps", type=int, default=128, help="integrator steps (default 128)")
+    energy_cmd.add_argument("--atol", type=float, default=1e-3,
+                            help="accuracy asked for, in nats: each point's grid is refined until its bar meets it "
+                                 "(default 1e-3)")
+    energy_cmd.add_argument("--steps", type=int, help="a fixed grid of this many steps instead of the refinement")
     energy_cmd.add_argument("--method", choices=["euler", "heun", "rk4", "dopri5"], default="rk4")
 
     sub.add_parser("examples", help="list the built-in example targets")
@@ -279,14 +282,19 @@ def _energy(args: argparse.Namespace) -> None:
     if len(args.x) % dim:
         raise ValueError(f"--x needs a multiple of d = {dim} values; got {len(args.x)}")
     x = torch.tensor(args.x, dtype=torch.float64).reshape(-1, dim)
-    res = energy(score, score.process, x, method=args.method, n_steps=args.steps)
+    grid = {"n_steps": args.steps} if args.steps is not None else {"atol": args.atol}
+    res = energy(score, score.process, x, method=args.method, **grid)
     exact = -score.mixture.log_prob(x) if isinstance(score, ExactScore) else None
-    print(f"scorehamiltonian energy: {label}, {args.method}, {args.steps} steps, {res.nfe} score evaluations")
-    print(f"{'x':>24} {'-log p_0(x)':>14} {'error':>10}" + (f" {'exact':>14}" if exact is not None else ""))
+    how = f"{args.steps} steps" if args.steps is not None else f"refined to atol = {args.atol:g}"
+    print(f"scorehamiltonian energy: {label}, {args.method}, {how}, {res.nfe} score evaluations per point")
+    print(f"{'x':>24} {'-log p_0(x)':>14} {'error':>10} {'steps':>6} {'reached':>7}"
+          + (f" {'exact':>14}" if exact is not None else ""))
     for i in range(x.shape[0]):
-        row = f"{[round(v, 4) for v in x[i].tolist()]!s:>24} {float(res.value[i]):14.8g} {float(res.error[i]):10.2e}"
+        row = (f"{[round(v, 4) for v in x[i].tolist()]!s:>24} {float(res.value[i]):14.8g} {float(res.error[i]):10.2e} "
+               f"{int(res.n_steps[i]):6d} {bool(res.reached[i])!s:>7}")
         print(row + (f" {float(exact[i]):14.8g}" if exact is not None else ""))
-    print("energies in k_B T; error: the integrator's estimated absolute error.")
+    print("energies in k_B T; error: the numerical error bar (integrator, reference law, Hutchinson, start; "
+          "the model error is reported apart); reached: whether it meets the request.")
 
 
 def _examples(_: argparse.Namespace) -> None:

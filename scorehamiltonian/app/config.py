@@ -128,10 +128,15 @@ CONFIG_SCHEMA: dict[str, Any] = _section({
     }),
     "energy": _section({
         "n_points": _integer(24),
-        "n_steps": _integer(128, minimum=2),
+        "atol": _number(1e-3, 0, exclusive=True),
+        "max_steps": _integer(1024, minimum=32),
+        "n_steps": {"type": "integer", "minimum": 2,
+                    "description": "a fixed grid of this many steps instead of the refinement to atol"},
         "method": {"enum": ["euler", "heun", "rk4", "dopri5"], "default": "rk4"},
         "free_energy_method": {"enum": ["ti", "ais", "bar", "mbar"], "default": "bar"},
         "free_energy_samples": _integer(2000, minimum=10),
+        "free_energy_steps": {**_integer(128, minimum=2),
+                              "description": "the fixed grid of the free energy's PF-ODE energies (thousands of them)"},
         "free_energy_atol": _number(0.1, 0, exclusive=True),
     }),
     "audit": _section({
@@ -241,7 +246,7 @@ _SMALL = {
     "gap": {"n_initial": 3, "max_solves": 3, "rtol": 1e-3, "n_samples": 1000, "eigenfunction_times": [0.05, 1.0]},
     "schedules": {"n_levels": 6, "budget": 5.0, "standard": ["log-uniform", "thermodynamic"],
                   "design_max_time": 10.0},
-    "energy": {"n_points": 6, "n_steps": 32, "free_energy_samples": 300},
+    "energy": {"n_points": 6, "atol": 1e-2, "max_steps": 128, "free_energy_samples": 300, "free_energy_steps": 32},
     "audit": {"times": [0.1, 1.0], "n_points": 300},
     "model": {"train_samples": 2000, "train_steps": 300},
 }

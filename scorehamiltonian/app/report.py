@@ -74,7 +74,8 @@ REPORT_SCHEMA: dict[str, Any] = {
                          "judge_error"],
             "properties": {"times": _ARRAY, "langevin_time": _ARRAY}}},
         "energy": {"type": ["object", "null"],
-                   "required": ["points", "value", "error", "exact", "max_abs_error", "nfe"]},
+                   "required": ["points", "value", "error", "exact", "max_abs_error", "nfe", "n_steps", "atol",
+                                "reached"]},
         "free_energy": {"type": ["object", "null"], "required": ["method", "value", "error", "exact", "converged"]},
         "audit": {"type": ["array", "null"], "minItems": 1, "items": {
             "type": "object", "required": ["t", "curl_ratio", "curl_ratio_error", "rms_norm", "n_nonfinite"]}},
@@ -302,11 +303,21 @@ def _energy_lines(numbers: dict[str, Any]) -> list[str]:
                f"max |E - E_exact| = {_cell(e['max_abs_error'])}"
                + ("" if e["normalised"] else " (up to a constant), Spearman " + _cell(e.get("spearman"))))
     return ["", "## Energies", "",
-            (f"-log p_0 by the PF-ODE ({e['method']}, {e['n_steps']} steps, {e['nfe']} score evaluations) at "
+            (f"-log p_0 by the PF-ODE ({e['method']}, {_grid_text(e)}, {e['nfe']} score evaluations per point) at "
              f"{len(e['value'])} samples of p_0: {against}, "
              f"largest numerical error {_cell(max(v for v in e['error'] if v is not None))}, "
              f"largest model error {_cell(_largest(e['model_error']))}"
              f"{' (flags: ' + ', '.join(e['flags']) + ')' if e['flags'] else ''}."), "", free]
+
+
+def _grid_text(e: dict[str, Any]) -> str:
+    """The energies' grids: the fixed step count, or the refinement's request, range and outcome."""
+    steps = [int(n) for n in e["n_steps"]]
+    if e.get("atol") is None:
+        return f"{steps[0]} steps"
+    reached = sum(bool(r) for r in e["reached"])
+    return (f"refined to atol = {_cell(e['atol'])}: {min(steps)}-{max(steps)} steps, request reached at "
+            f"{reached} of {len(steps)} points")
 
 
 def _audit_lines(numbers: dict[str, Any]) -> list[str]:

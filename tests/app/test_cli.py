@@ -29,6 +29,7 @@ def test_audit_in_2d_under_another_process(capsys):
         (["audit", "--t", "20"], "outside the valid time range"),
         (["audit", "--samples", "1"], "--samples must be at least 2"),
         (["audit", "--model", "/nonexistent/model.pt"], "/nonexistent/model.pt"),
+        (["energy", "--x", "0", "--atol", "-1"], "atol and rtol must be finite"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(capsys, argv, message):
@@ -76,3 +77,18 @@ def test_gap_of_the_builtin_example(capsys):
 def test_gap_refuses_a_bad_tolerance(capsys):
     assert main(["gap", "--rtol", "2"]) == 2
     assert "--rtol must lie in (0, 1)" in capsys.readouterr().err
+
+
+def test_energy_of_the_builtin_example_is_refined_to_its_request(capsys):
+    """By default each point's grid is refined until its bar meets --atol (the point at 0.4 sits
+    on the barrier, where a fixed 64-step EDM grid is 0.2 nats off); --steps runs one fixed grid."""
+    assert main(["energy", "--x", "-1", "0.4", "2", "--atol", "1e-4"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[-5:] for line in out.splitlines() if line.lstrip().startswith("[")]
+    assert len(rows) == 3 and "refined to atol = 0.0001" in out, out
+    for value, error, steps, reached, exact in rows:
+        assert reached == "True" and float(error) <= 1e-4 and abs(float(value) - float(exact)) <= float(error)
+    assert main(["energy", "--x", "0.4", "--steps", "64"]) == 0
+    value, error, steps, reached, exact = next(line.split()[-5:] for line in capsys.readouterr().out.splitlines()
+                                               if line.lstrip().startswith("["))
+    assert steps == "64" and abs(float(value) - float(exact)) <= float(error)

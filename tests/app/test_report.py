@@ -28,6 +28,8 @@ def _check_numbers(numbers: dict) -> None:
     if numbers["model"]["kind"] == "exact":
         for value, error, exact in zip(energy["value"], energy["error"], energy["exact"]):
             assert abs(value - exact) <= error, (value, error, exact)
+        if energy["atol"] is not None:  # refined: the request is met, and so within atol of the truth
+            assert all(energy["reached"]) and energy["max_abs_error"] <= energy["atol"]
         free = numbers["free_energy"]
         assert abs(free["value"] - free["exact"]) <= 4 * free["error"] + free["systematic_error"]
     prof, rtol = numbers["spectrum"]["profile"], numbers["config"]["gap"]["rtol"]
