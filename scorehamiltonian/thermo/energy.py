@@ -98,7 +98,11 @@ value is the energy of the members' mean score, and each member's energy E_k(x) 
 that point's own final grid (the same schedule, the same Hutchinson probes, the same
 reference law) with the grid's error-estimating companions, but no refinement of its own:
 ``model_error`` is std_k E_k(x) (ddof 1) plus ``model_numerical_error``, the largest over
-the members of their own numerical error bar on that grid (the four parts of ``error``). A
+the members of the numerical error of their own value on that grid (integrator, reference
+law, Hutchinson: the parts of ``error`` but the start's, which is no error of a member's value
+at t_start, the time every member is read at, but the distance from there to t_min, in the
+mean's own ``error`` already; counted per member it made the Mueller-Brown model errors 0.04 -
+2.3 nats of start bounds, and its ``model_unresolved`` advice of more steps futile). A
 member stiffer than the mean (a network that is sharp where the mean is smooth) need not be
 resolved by the mean's grid, and its energy, orders of magnitude off, would otherwise pass for
 the members' disagreement. Where that part exceeds both the spread and the request, the point
@@ -176,7 +180,8 @@ class EnergyResult:
         ``model_numerical_error`` (module docstring, Model error); 0 for an exact score, NaN
         for a single learned model.
     model_numerical_error : (...,) the part of model_error that is the members' own
-        numerical error on the grid (the largest member bar); 0 or NaN as model_error.
+        numerical error on the grid (the largest member bar, start error excluded); 0 or NaN
+        as model_error.
     converged : (...,) bool: ``trusted`` and ``reached`` (the whole interval, model included,
         is trusted and meets the request).
     trusted : (...,) bool: the numerical error bar can be trusted (the step-doubling
@@ -300,10 +305,10 @@ class _Field:
         return f * x - half_g2 * s, x.shape[-1] * f - half_g2 * div
 
 
-def _numerical_error(parts: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The numerical error bar of a readout: the sum of its integrator, reference-law,
-    Hutchinson and start parts (module docstring)."""
-    return parts["integrator_error"] + parts["reference_error"] + parts["divergence_error"] + parts["start_error"]
+def _value_error(parts: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The numerical error of a readout's value at t_start: the sum of its integrator,
+    reference-law and Hutchinson parts (a member's bar in the model error, module docstring)."""
+    return parts["integrator_error"] + parts["reference_error"] + parts["divergence_error"]
 
 
 def _reference_error(field: _Field, x_T: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
@@ -536,7 +541,7 @@ class _Task:
         parts = self._fixed(flat, probes) if self.schedule is not None else self._refined(flat, probes)
         model_error, model_numerical, nfe_model = self._model_error(flat, probes, parts["times"])
         audit = _closure(self.score, flat, self.t_start) if self.closure else None
-        error = _numerical_error(parts)
+        error = _value_error(parts) + parts["start_error"]
         requested = self.atol + self.rtol * parts["value"].abs()
         reached = error + model_error <= requested
         return EnergyResult(error=error, model_error=model_error, model_numerical_error=model_numerical,
@@ -577,7 +582,7 @@ class _Task:
                 ends = list(integrators.integrate(field, flat, m, grid, self.method, self.solver_rtol,
                                                   self.solver_atol))
             readout = self._readout(field, flat, ends, T)
-            values[k], bars[k] = readout["value"], _numerical_error(readout)
+            values[k], bars[k] = readout["value"], _value_error(readout)
             spent += field.nfe
         numerical = bars.max(0).values
         return member_spread(values) + numerical, numerical, spent

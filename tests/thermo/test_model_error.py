@@ -95,6 +95,26 @@ def test_energy_model_error_under_refinement_and_of_exact_scores():
     assert bool((alone.model_error == 0).all()) and alone.flags == () and bool(alone.converged.all())
 
 
+def test_the_members_start_error_is_not_model_error():
+    """Read from t_start > t_min, every member's value is -log p_{k, t_start}, and its start
+    error bounds the distance to t_min, not an error of that value: the members' bars in the
+    model error are their integrator, reference and Hutchinson parts only (the mean's own start
+    error stays in its ``error``)."""
+    members = MEMBERS[:3]
+    ensemble = ScoreEnsemble([ExactScore(m, PROCESS) for m in members])
+    x = _points()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = energy(ensemble, None, x, n_steps=64, t_start=0.05)
+        alone = [energy(ExactScore(m, PROCESS), None, x, n_steps=64, t_start=0.05) for m in members]
+    starts = torch.stack([r.start_error for r in alone])
+    assert float(starts.min()) > 0 and float(result.start_error.min()) > 0
+    torch.testing.assert_close(result.model_numerical_error, torch.stack([r.error for r in alone]).sub(starts).max(0).values)
+    assert bool((result.model_numerical_error < starts.max(0).values).all())
+    torch.testing.assert_close(result.error, result.integrator_error + result.reference_error
+                               + result.divergence_error + result.start_error)
+
+
 def test_a_member_the_grid_does_not_resolve_widens_the_model_error_and_is_flagged():
     """A member far stiffer than its partner (a mode of width 0.02): on a 16-step grid its PF-ODE
     energy is off by several nats, which std_k E_k alone would report as the members'
