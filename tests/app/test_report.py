@@ -11,8 +11,8 @@ import pytest
 
 from scorehamiltonian.app.cli import main
 from scorehamiltonian.app.config import BUILTIN, builtin_config, load_config, validate_config
-from scorehamiltonian.app.report import FIGURES, REPORT_SCHEMA, _within_model_times, build_report
-from scorehamiltonian.app.sections import solver_section
+from scorehamiltonian.app.report import FIGURES, REPORT_SCHEMA, _grid_text, _within_model_times, build_report
+from scorehamiltonian.app.sections import energy_section, solver_section
 from scorehamiltonian.app.subjects import resolve_subject
 from scorehamiltonian.common.errors import ConfigError
 from scorehamiltonian.score.systems import SYSTEMS
@@ -163,6 +163,20 @@ def test_a_solver_sampler_adds_its_step_schedules(tmp_path):
     assert all(r["nfe"] == 10 for r in rows.values())
     assert rows["designed"]["value"] <= rows[steps["design"]["start"]]["value"]
     jsonschema.validate(numbers, REPORT_SCHEMA)
+
+
+def test_energies_are_refined_to_atol_unless_a_fixed_grid_is_given():
+    """energy.atol (the default): every exact energy within it, on grids of its own size per
+    point; energy.n_steps: that one grid for every point, its bars not held to atol."""
+    config = validate_config(builtin_config("bimodal", small=True))
+    score, reference, _ = resolve_subject(config, progress=False)
+    refined = energy_section(score, reference, config)
+    assert refined["atol"] == config["energy"]["atol"] and bool(refined["reached"].all())
+    assert float((refined["value"] - refined["exact"]).abs().max()) <= refined["atol"]
+    assert _grid_text(refined).startswith(f"refined to atol = {refined['atol']:.4g}: ")
+    fixed = energy_section(score, reference, {**config, "energy": {**config["energy"], "n_steps": 16}})
+    assert fixed["atol"] is None and bool((fixed["n_steps"] == 16).all()) and _grid_text(fixed) == "16 steps"
+    assert bool(((fixed["value"] - fixed["exact"]).abs() <= fixed["error"]).all())
 
 
 def test_the_design_metric_reaches_the_designer_and_a_bad_one_is_refused():
