@@ -244,14 +244,14 @@ def energy_section(score: Score, reference: Reference, config: dict[str, Any]) -
     x = reference.data_samples(cfg["n_points"], generator)
     if x.shape[1] == 1:
         x = x.sort(0).values
+    grid = ({"n_steps": cfg["n_steps"]} if cfg.get("n_steps") is not None else
+            {"atol": cfg["atol"], "max_steps": cfg["max_steps"]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        grid = ({"n_steps": cfg["n_steps"]} if cfg.get("n_steps") is not None else
-                {"atol": cfg["atol"], "max_steps": cfg["max_steps"]})
         res = energy(score, score.process, x, method=cfg["method"], **grid)
     out = {"points": x, "value": res.value, "error": res.error, "model_error": res.model_error,
            "total_error": res.total_error, "flags": list(res.flags), "nfe": res.nfe, "method": cfg["method"],
-           "n_steps": res.n_steps, "atol": None if cfg.get("n_steps") is not None else cfg["atol"],
+           "n_steps": res.n_steps, "atol": grid.get("atol"),
            "reached": res.reached, "exact": None, "max_abs_error": None, "normalised": reference.normalised}
     if reference.log_density is not None:
         exact = -reference.log_density(x).detach()
