@@ -572,12 +572,12 @@ class _Task:
         values = torch.empty(len(self.score.members), n, dtype=flat.dtype, device=flat.device)
         bars = torch.empty_like(values)
         per_row = isinstance(times, tuple)
-        if per_row:  # every row's grid padded to the longest with steps of length 0 at T
-            longest = max(len(g) for g in times)
-            grid = torch.stack([torch.as_tensor(np.pad(g, (0, longest - len(g)), mode="edge")) for g in times], 1)
+        if per_row:
+            grid, steps = refinement.padded([torch.as_tensor(g, dtype=flat.dtype, device=flat.device)[:, None]
+                                             for g in times])
+            wasted = self._padding_evaluations(grid, steps)
         else:
-            grid = torch.as_tensor(times)
-        grid = grid.to(dtype=flat.dtype, device=flat.device)
+            grid, wasted = torch.as_tensor(times, dtype=flat.dtype, device=flat.device), 0
         for k, member in enumerate(self.score.members):
             field = _Field(member, self.process, probes)
             if per_row:
@@ -587,7 +587,7 @@ class _Task:
                                                   self.solver_atol))
             readout = self._readout(field, flat, ends, T)
             values[k], bars[k] = readout["value"], _value_error(readout)
-            spent += field.nfe
+            spent += field.nfe - wasted
         numerical = bars.max(0).values
         return member_spread(values) + numerical, numerical, spent
 
@@ -608,12 +608,21 @@ class _Task:
             "x_T": x_T,
         }
 
-    def _counts(self, n: int, field: _Field, solve: int, steps: int, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        def full(value: int) -> torch.Tensor:
-            return torch.full((n,), value, dtype=torch.int64, device=x.device)
+    @staticmethod
+    def _counts(field: _Field, steps: torch.Tensor, solve: torch.Tensor, wasted: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+        """Per row: steps, score evaluations (the field's calls less ``wasted``, those of steps
+        of length 0 that only batch the row with longer grids), ``solve`` (those of the solve
+        whose value is returned) and vector-Jacobian products (the same number per call)."""
+        nfe = field.nfe - wasted
+        return {"nfe_per_point": nfe, "nfe_solve_per_point": solve, "n_vjp_per_point": field.n_vjp * nfe // field.nfe,
+                "n_steps": steps}
 
-        return {"nfe_per_point": full(field.nfe), "nfe_solve_per_point": full(solve),
-                "n_vjp_per_point": full(field.n_vjp), "n_steps": full(steps)}
+    def _padding_evaluations(self, times: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """Per row, the evaluations of :func:`~.integrators.integrate_recorded` on the steps of
+        length 0 that precede its own grid of ``steps`` steps in ``times`` (``refinement.padded``)."""
+        pad = times.shape[0] - 1 - steps
+        return integrators.STAGES[self.method] * (pad + pad // 2 + pad // 4)
 
     def _fixed(self, flat: torch.Tensor, probes: torch.Tensor | None) -> dict[str, Any]:
         """One grid for every row: the schedule's, or dopri5's own steps."""
@@ -627,7 +636,9 @@ class _Task:
         parts = self._readout(field, flat, solutions, times[-1])
         steps = 0 if self.method == "dopri5" else self.schedule.n_levels
         span = times[[0, -1]] if self.method == "dopri5" else times
-        return {**parts, **self._counts(flat.shape[0], field, solve, steps, flat), "times": span.cpu().numpy()}
+        n = torch.full((flat.shape[0],), steps, dtype=torch.int64, device=flat.device)
+        counts = self._counts(field, n, torch.full_like(n, solve), torch.zeros_like(n))
+        return {**parts, **counts, "times": span.cpu().numpy()}
 
     def _refined(self, flat: torch.Tensor, probes: torch.Tensor | None) -> dict[str, Any]:
         """Each row on its own grid, refined to the request (:func:`~.refinement.refine`)."""
@@ -639,20 +650,19 @@ class _Task:
         stages = integrators.STAGES[self.method]
         T = torch.as_tensor(self.process.t_max, dtype=flat.dtype, device=flat.device)
 
-        def solve(rows: torch.Tensor, times: torch.Tensor) -> refinement.Outcome:
+        def solve(rows: torch.Tensor, times: torch.Tensor, steps: torch.Tensor) -> refinement.Outcome:
             field = _Field(self.score, self.process, None if probes is None else probes[:, rows])
             solutions, increments = integrators.integrate_recorded(field, self.process, flat[rows], m, times,
                                                                    self.method)
             parts = self._readout(field, flat[rows], solutions, T)
-            steps = times.shape[0] - 1
-            parts.update(self._counts(len(rows), field, stages * steps, steps, flat))
+            parts.update(self._counts(field, steps, stages * steps, self._padding_evaluations(times, steps)))
             for name in ("nfe_per_point", "n_vjp_per_point"):
                 spent[name][rows] += parts.pop(name)
             for name, value in parts.items():
                 kept.setdefault(name, torch.empty((n, *value.shape[1:]), dtype=value.dtype, device=value.device))
                 kept[name][rows] = value
-            for i, row in enumerate(rows.tolist()):
-                grids[row] = times[:, i].cpu().numpy()
+            for i, (row, n_row) in enumerate(zip(rows.tolist(), steps.tolist())):
+                grids[row] = times[-n_row - 1 :, i].cpu().numpy()
             other = parts["reference_error"] + parts["divergence_error"] + parts["start_error"]
             return refinement.Outcome(parts["value"], parts["integrator_error"], parts["trusted"], other,
                                       increments)

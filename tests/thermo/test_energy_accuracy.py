@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
 from scorehamiltonian import OU, VE, ExactScore, example
 from scorehamiltonian.spectral.solution import ConvergenceWarning
 from scorehamiltonian.thermo.energy import energy
-from scorehamiltonian.thermo.refinement import PILOT_STEPS, allowed_steps, equidistributed_times
+from scorehamiltonian.thermo.refinement import (
+    OVERHEAD_ROWS,
+    PILOT_STEPS,
+    Outcome,
+    allowed_steps,
+    equidistributed_times,
+    refine,
+)
 
 from .test_energy import points_with_tails
 
@@ -131,3 +139,70 @@ def test_equidistributed_grids_put_each_share_of_steps_in_its_cell():
     assert float(times[2, 0]) == pytest.approx(1.0, abs=1e-12)
     torch.testing.assert_close(times[:, 1], torch.linspace(0.0, 3.0, 9, dtype=torch.float64))
     assert [allowed_steps(n) for n in (1, 33, 64, 65, 81, 100, 129)] == [4, 36, 64, 80, 96, 112, 160]
+
+
+def test_a_failed_grid_is_never_repeated():
+    """refine with a solve whose error is a_i 1e-2 (32 / N)^4 and whose local errors say
+    nothing (zero increments: the error model asks for no steps; it once repeated a failed
+    32-step grid for ever on two samples of the 2D four-mode mixture): row 0 (a = 0.05) is done
+    on the first grid after the pilot; row 1 (a = 1) grows by one allowed count a round until
+    it meets 1e-3 at 60 steps (32 (10)^(1/4) = 56.9), in one solve per round."""
+    scale = torch.tensor([0.05, 1.0], dtype=torch.float64)
+    solves = []
+
+    def solve(rows, times, steps):
+        assert len(solves) < 40, "the refinement does not end"
+        solves.append((rows.tolist(), steps.tolist()))
+        error = 1e-2 * scale[rows] * (32.0 / steps.double()) ** 4
+        zero = torch.zeros(len(rows), dtype=torch.float64)
+        increments = torch.zeros(len(rows), (times.shape[0] - 1) // 2, dtype=torch.float64)
+        return Outcome(zero, error, torch.ones(len(rows), dtype=torch.bool), zero, increments)
+
+    pilot = torch.linspace(0.0, 1.0, PILOT_STEPS + 1, dtype=torch.float64)
+    refine(solve, pilot, 2, lambda value: torch.full_like(value, 1e-3), 4, 8192)
+    assert solves[:2] == [([0, 1], [32, 32])] * 2
+    assert solves[2:] == [([1], [n]) for n in range(36, 61, 4)]
+
+
+def test_a_round_is_one_solve_its_shorter_grids_padded_at_their_start():
+    """Rows whose local errors differ by 10^3 and 10^6 get different step counts after the
+    pilot, and that round is one solve of the longest count while the padding costs no more
+    than the calls it saves (R (N - n) <= OVERHEAD_ROWS n): each shorter column is its own
+    grid preceded by steps of length 0 at its start time."""
+    size = torch.tensor([1.0, 1e3, 1e6], dtype=torch.float64)
+    solves = []
+
+    def solve(rows, times, steps):
+        solves.append((rows.tolist(), steps.tolist(), times.shape[0] - 1))
+        n = times.shape[0] - 1
+        for i, own in enumerate(steps.tolist()):
+            assert bool((times[: n - own + 1, i] == times[0, i]).all())
+            assert bool((times[n - own :, i].diff() > 0).all())
+        zero = torch.zeros(len(rows), dtype=torch.float64)
+        error = torch.full_like(zero, 1.0 if len(solves) == 1 else 0.0)
+        increments = 1e-6 * size[rows, None] * torch.ones(len(rows), n // 2, dtype=torch.float64)
+        return Outcome(zero, error, torch.ones(len(rows), dtype=torch.bool), zero, increments)
+
+    pilot = torch.linspace(0.0, 1.0, PILOT_STEPS + 1, dtype=torch.float64)
+    refine(solve, pilot, 3, lambda value: torch.full_like(value, 1e-3), 4, 8192)
+    (rows, steps, longest), = solves[1:]
+    assert len(set(steps)) == 3 and longest == max(steps)
+    assert all(len(rows) * (longest - n) <= OVERHEAD_ROWS * n for n in steps)
+
+
+def test_each_point_keeps_its_own_grid_result_and_count_in_a_shared_solve():
+    """Points of the trimodal mixture whose grids differ (samples and 3-sigma tails, atol 1e-5)
+    refined together (each round one solve, the shorter grids padded at their start) give each
+    point's energy, error, steps and evaluations bit for bit as when it is refined alone."""
+    mixture = example("trimodal")
+    process = OU()
+    score = ExactScore(mixture, process)
+    x = points_with_tails(mixture, 6)
+    kwargs = {"atol": 1e-5, "log_prior": lambda y: score.log_prob(y, process.t_max)}
+    together = energy(score, None, x, **kwargs)
+    assert len(set(together.n_steps.tolist())) > 2
+    for i in range(x.shape[0]):
+        alone = energy(score, None, x[i : i + 1], **kwargs)
+        for name in ("value", "error", "n_steps", "nfe_per_point", "nfe_solve_per_point"):
+            assert torch.equal(getattr(together, name)[i : i + 1], getattr(alone, name)), name
+        assert np.array_equal(together.times[i], alone.times[0])
